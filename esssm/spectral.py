@@ -1,0 +1,215 @@
+"""Fixed spectral filters of the Hankel matrix and the causal FFT convolution that applies them.
+
+The filters are the top eigenvectors of the L x L Hankel matrix
+Z[i, j] = 2 / ((i + j)^3 - (i + j)), i, j = 1..L (DESIGN.md section 1). They are computed in
+float64, ordered by descending eigenvalue (channel 1 = largest), given deterministic signs and
+cached on disk keyed by (L, K).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg
+import torch
+
+CACHE_ENV = "ESSSM_CACHE_DIR"
+_CACHE_VERSION = 1
+_DENSE_MAX_LEN = 1024  # above this a dense eigendecomposition is wasteful: use Lanczos.
+
+
+def hankel_entries(seq_len: int) -> np.ndarray:
+    """h[m] = Z value on anti-diagonal i + j = m + 2, for m = 0..2L-2 (float64, shape (2L-1,))."""
+    s = np.arange(2, 2 * seq_len + 1, dtype=np.float64)
+    return 2.0 / (s**3 - s)
+
+
+def hankel_matrix(seq_len: int) -> np.ndarray:
+    """The dense (L, L) float64 Hankel matrix Z; only for small L and for reference checks."""
+    _check_len(seq_len)
+    h = hankel_entries(seq_len)
+    idx = np.arange(seq_len)
+    return h[idx[:, None] + idx[None, :]]
+
+
+def _check_len(seq_len: int) -> None:
+    if not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+
+
+def _hankel_operator(seq_len: int) -> scipy.sparse.linalg.LinearOperator:
+    """Z as a LinearOperator: Z x is a correlation with h, done as one real FFT convolution.
+
+    (Z x)[i] = sum_j h[i + j] x[j] = (h * reverse(x))[i + L - 1], O(L log L) instead of O(L^2).
+    """
+    h = hankel_entries(seq_len)
+    nfft = fast_fft_size(3 * seq_len - 2)
+    h_hat = np.fft.rfft(h, nfft)
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        full = np.fft.irfft(h_hat * np.fft.rfft(x.ravel()[::-1], nfft), nfft)
+        return full[seq_len - 1 : 2 * seq_len - 1]
+
+    return scipy.sparse.linalg.LinearOperator(
+        (seq_len, seq_len), matvec=matvec, rmatvec=matvec, dtype=np.float64
+    )
+
+
+def _eig_dense(seq_len: int, k_max: int) -> tuple[np.ndarray, np.ndarray]:
+    sigma, phi = scipy.linalg.eigh(
+        hankel_matrix(seq_len), subset_by_index=[seq_len - k_max, seq_len - 1]
+    )
+    return sigma, phi
+
+
+def _eig_lanczos(seq_len: int, k_max: int) -> tuple[np.ndarray, np.ndarray]:
+    # A fixed starting vector makes ARPACK's iteration (and so its output) reproducible.
+    v0 = np.random.default_rng(0).standard_normal(seq_len)
+    ncv = min(seq_len, max(2 * k_max + 1, k_max + 32))
+    sigma, phi = scipy.sparse.linalg.eigsh(
+        _hankel_operator(seq_len), k=k_max, which="LA", v0=v0, ncv=ncv, tol=0.0
+    )
+    return sigma, phi
+
+
+def _fix_signs(phi: np.ndarray) -> np.ndarray:
+    """Make each column's projection on a fixed pseudo-random vector positive.
+
+    Eigenvectors are defined up to sign; a projection on a generic vector is never close to
+    zero, so the choice is stable across LAPACK/ARPACK builds, machines and DDP ranks.
+    """
+    probe = np.random.default_rng(1234).standard_normal(phi.shape[0])
+    signs = np.sign(probe @ phi)
+    signs[signs == 0] = 1.0
+    return phi * signs
+
+
+def compute_spectral_filters(
+    seq_len: int, k_max: int, method: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top k_max eigenpairs of Z without the disk cache.
+
+    Returns sigma (k_max,) descending and phi (seq_len, k_max) with orthonormal columns, float64.
+    method: "dense" (LAPACK subset eigh), "lanczos" (ARPACK + FFT mat-vec) or "auto".
+    """
+    _check_len(seq_len)
+    if not 1 <= k_max <= seq_len:
+        raise ValueError(f"k_max must be in [1, seq_len={seq_len}], got {k_max}")
+    if method == "auto":
+        method = "dense" if seq_len <= _DENSE_MAX_LEN or k_max >= seq_len // 2 else "lanczos"
+    if method == "dense":
+        sigma, phi = _eig_dense(seq_len, k_max)
+    elif method == "lanczos":
+        if k_max >= seq_len - 1:
+            raise ValueError("lanczos needs k_max < seq_len - 1; use method='dense'")
+        sigma, phi = _eig_lanczos(seq_len, k_max)
+    else:
+        raise ValueError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
+    order = np.argsort(sigma)[::-1]
+    return np.ascontiguousarray(sigma[order]), np.ascontiguousarray(_fix_signs(phi[:, order]))
+
+
+def default_cache_dir() -> Path:
+    """$ESSSM_CACHE_DIR, else ~/.cache/esssm/filters."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "esssm" / "filters"
+
+
+def _digest(sigma: np.ndarray, phi: np.ndarray) -> str:
+    return hashlib.sha256(sigma.tobytes() + phi.tobytes()).hexdigest()
+
+
+def _load_cached(path: Path, seq_len: int, k_max: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached pair, or None when the file is absent, truncated, or fails its checksum."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            sigma, phi, digest = f["sigma"], f["phi"], str(f["digest"])
+    except Exception:  # any unreadable file is recomputed, never trusted
+        return None
+    if sigma.shape != (k_max,) or phi.shape != (seq_len, k_max) or digest != _digest(sigma, phi):
+        return None
+    return sigma, phi
+
+
+def _save_atomic(path: Path, sigma: np.ndarray, phi: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, sigma=sigma, phi=phi, digest=np.array(_digest(sigma, phi)))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def spectral_filters(
+    seq_len: int, k_max: int, cache_dir: str | Path | None = None, use_cache: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sigma, phi) of Z, float64, from the disk cache when a valid entry exists.
+
+    sigma: (k_max,) descending; phi: (seq_len, k_max), orthonormal columns, deterministic signs.
+    """
+    if not use_cache:
+        return compute_spectral_filters(seq_len, k_max)
+    path = Path(cache_dir or default_cache_dir()) / f"hankel_v{_CACHE_VERSION}_L{seq_len}_K{k_max}.npz"
+    cached = _load_cached(path, seq_len, k_max)
+    if cached is not None:
+        return cached
+    sigma, phi = compute_spectral_filters(seq_len, k_max)
+    try:
+        _save_atomic(path, sigma, phi)
+    except OSError:
+        pass  # a read-only cache location only costs recomputation
+    return sigma, phi
+
+
+# --------------------------------------------------------------------------- FFT convolution
+
+
+def fast_fft_size(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n: sizes pocketfft and cuFFT handle without slow prime passes."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def fft_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else (bf16/fp16/fp32) is convolved in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def filter_spectra(filters: torch.Tensor, nfft: int) -> torch.Tensor:
+    """Real FFT of a filter bank (L, K) -> (K, nfft // 2 + 1) complex, zero-padded to nfft."""
+    return torch.fft.rfft(filters.t(), n=nfft, dim=-1)
+
+
+def causal_fft_conv(u: torch.Tensor, spectra: torch.Tensor, nfft: int) -> torch.Tensor:
+    """Causal linear convolution of every feature of u with every filter of a bank.
+
+    u: (B, L, D); spectra: (K, F) from `filter_spectra` with nfft >= 2L - 1 (no wrap-around).
+    Returns (B, K, D, L) in the FFT dtype: y[b, k, d, t] = sum_{s <= t} phi_k[t - s] u[b, s, d].
+    The (B, K, D, L) layout keeps time contiguous for the FFT and lets the caller contract
+    (K, D) in one GEMM without a permute copy. Autocast is disabled: FFTs stay in float32.
+    """
+    seq_len = u.shape[1]
+    if nfft < 2 * seq_len - 1:
+        raise ValueError(f"nfft={nfft} is too small for a linear convolution of length {seq_len}")
+    with torch.autocast(u.device.type, enabled=False):
+        u_hat = torch.fft.rfft(u.to(fft_dtype(u.dtype)).transpose(1, 2), n=nfft, dim=-1)
+        prod = u_hat.unsqueeze(1) * spectra[None, :, None, :]
+        return torch.fft.irfft(prod, n=nfft, dim=-1)[..., :seq_len]
