@@ -1,0 +1,61 @@
+"""Budget dropout: the stochastic spectral budget drawn for each optimizer step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+PAPER_GRID = (2, 3, 4, 6, 8, 12, 16, 24, 32)
+PAPER_EVAL_BUDGETS = (32, 24, 16, 12, 8, 6, 4, 3, 2)
+
+
+class BudgetSampler:
+    """Draws the training budget k for an optimizer step, as a pure function of (seed, step).
+
+    Full budget during the warm-up epochs and on every `full_every`-th step; otherwise
+    u ~ U(0, 1), u' = 1 - (1 - u)^(1 / bias) (bias < 1 favours large k), k = exp(log k_min +
+    u' (log k_max - log k_min)) snapped to the nearest grid value. Being stateless,
+    every DDP rank and every gradient-accumulation micro-batch of a step draws the same k, and a
+    resumed run continues the exact sequence.
+    """
+
+    def __init__(
+        self,
+        k_max: int,
+        k_min: int = 2,
+        grid: Sequence[int] | None = PAPER_GRID,
+        warmup_epochs: int = 2,
+        full_every: int = 8,
+        bias: float = 0.6,
+        seed: int = 0,
+        enabled: bool = True,
+    ) -> None:
+        if not 1 <= k_min <= k_max:
+            raise ValueError(f"need 1 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
+        if bias <= 0:
+            raise ValueError(f"bias must be > 0, got {bias}")
+        if full_every < 0 or warmup_epochs < 0:
+            raise ValueError("full_every and warmup_epochs must be >= 0 (0 disables them)")
+        self.k_max, self.k_min, self.bias, self.seed = k_max, k_min, bias, seed
+        self.warmup_epochs, self.full_every, self.enabled = warmup_epochs, full_every, enabled
+        values = range(k_min, k_max + 1) if grid is None else grid
+        self.grid = sorted({k for k in values if k_min <= k <= k_max} | {k_max})
+
+    def _uniform(self, step: int) -> float:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return torch.rand((), generator=generator, dtype=torch.float64).item()
+
+    def is_full(self, step: int, epoch: int) -> bool:
+        """Whether this step trains at the full budget (warm-up, every n-th step, or disabled)."""
+        every_nth = self.full_every > 0 and step % self.full_every == 0
+        return not self.enabled or epoch < self.warmup_epochs or every_nth
+
+    def sample(self, step: int, epoch: int = 0) -> int:
+        """The budget for optimizer step `step` (global step) in epoch `epoch`."""
+        if self.is_full(step, epoch):
+            return self.k_max
+        u = 1.0 - (1.0 - self._uniform(step)) ** (1.0 / self.bias)
+        k = math.exp(math.log(self.k_min) + u * (math.log(self.k_max) - math.log(self.k_min)))
+        return min(self.grid, key=lambda g: abs(g - k))

@@ -1,0 +1,241 @@
+"""Backbones, pooling and heads shared by ES-SSM and every baseline (plain torch, no Lightning).
+
+The backbone interface every sequence model in the project implements:
+
+    backbone.d_model: int
+    backbone.k_max: int | None          # None for models without a spectral budget
+    backbone(x, mask=None, budget=None) -> (B, L, d_model)
+
+where x is the already-encoded input (B, L, d_model) and mask (B, L) is True at valid tokens.
+Input encoders and task heads live in `SequenceClassifier`/`RetrievalClassifier`, so a config
+swaps one backbone for another without touching the data side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from esssm.layer import ESSSMLayer, check_budget
+
+MixerFactory = Callable[[int], nn.Module]
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample with probability p."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class FeedForward(nn.Sequential):
+    """Linear(d, m*d) -> GELU -> Dropout -> Linear(m*d, d), applied per token."""
+
+    def __init__(self, d_model: int, mult: int = 4, dropout: float = 0.1) -> None:
+        super().__init__(
+            nn.Linear(d_model, mult * d_model),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(mult * d_model, d_model),
+        )
+
+
+class ResidualBlock(nn.Module):
+    """Pre-norm block: x += DropPath(Dropout(mixer(LN x))); x += DropPath(FFN(LN x))."""
+
+    def __init__(
+        self, mixer: nn.Module, d_model: int, ffn_mult: int, dropout: float, drop_path: float
+    ) -> None:
+        super().__init__()
+        self.norm1, self.mixer = nn.LayerNorm(d_model), mixer
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, ffn_mult, dropout) if ffn_mult > 0 else None
+        self.dropout, self.drop_path = nn.Dropout(dropout), DropPath(drop_path)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, budget: int | None
+    ) -> torch.Tensor:
+        x = x + self.drop_path(self.dropout(self.mixer(self.norm1(x), mask=mask, budget=budget)))
+        if self.ffn is not None:
+            x = x + self.drop_path(self.ffn(self.norm2(x)))
+        return x
+
+
+class SequenceBackbone(nn.Module):
+    """A stack of pre-norm residual blocks around any mixer, then a final LayerNorm.
+
+    (B, L, D) -> (B, L, D). Mixers are built by `mixer_factory(layer_index)` and are called as
+    `mixer(x, mask=mask, budget=budget)`; the same budget reaches every layer of one pass.
+    Stochastic depth rises linearly from 0 at the first layer to `drop_path` at the last.
+    """
+
+    k_max: int | None = None
+
+    def __init__(
+        self,
+        mixer_factory: MixerFactory,
+        d_model: int,
+        n_layers: int,
+        ffn_mult: int = 4,
+        dropout: float = 0.1,
+        drop_path: float = 0.05,
+    ) -> None:
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        self.d_model = d_model
+        rates = torch.linspace(0.0, drop_path, n_layers).tolist() if n_layers > 1 else [0.0]
+        self.blocks = nn.ModuleList(
+            ResidualBlock(mixer_factory(i), d_model, ffn_mult, dropout, rate)
+            for i, rate in enumerate(rates)
+        )
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, budget: int | None = None
+    ) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"backbone expects (batch, length, d_model={self.d_model}), got {tuple(x.shape)}"
+            )
+        for block in self.blocks:
+            x = block(x, mask, budget)
+        return self.norm(x)
+
+
+class ESSSM(SequenceBackbone):
+    """The ES-SSM backbone: ESSSMLayer mixers; one model, evaluated at any budget k <= k_max."""
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        n_layers: int = 8,
+        seq_len: int = 2048,
+        k_max: int = 32,
+        gate: bool = True,
+        rms_rescale: bool = True,
+        ffn_mult: int = 4,
+        dropout: float = 0.1,
+        drop_path: float = 0.05,
+        channel_chunk: int | None = None,
+    ) -> None:
+        def mixer(_: int) -> ESSSMLayer:
+            return ESSSMLayer(d_model, seq_len, k_max, gate, rms_rescale, channel_chunk=channel_chunk)
+
+        super().__init__(mixer, d_model, n_layers, ffn_mult, dropout, drop_path)
+        self.k_max, self.seq_len = k_max, seq_len
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, budget: int | None = None
+    ) -> torch.Tensor:
+        return super().forward(x, mask, check_budget(budget, self.k_max))
+
+
+class InputEncoder(nn.Module):
+    """Token ids (B, L) -> embedding, or continuous features (B, L, C) -> linear, to (B, L, D)."""
+
+    def __init__(self, d_model: int, vocab_size: int | None = None, input_dim: int | None = None):
+        super().__init__()
+        if (vocab_size is None) == (input_dim is None):
+            raise ValueError(
+                "give exactly one of vocab_size (token inputs) or input_dim (continuous inputs), "
+                f"got vocab_size={vocab_size}, input_dim={input_dim}"
+            )
+        self.tokens = vocab_size is not None
+        self.proj = nn.Embedding(vocab_size, d_model) if self.tokens else nn.Linear(input_dim, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tokens and x.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"token input must be integer ids (B, L), got dtype {x.dtype}")
+        if not self.tokens and (x.dim() != 3 or not x.is_floating_point()):
+            raise ValueError(f"continuous input must be float (B, L, C), got {x.dtype} {tuple(x.shape)}")
+        return self.proj(x)
+
+
+def masked_mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over valid tokens: (B, L, D), mask (B, L) True = valid -> (B, D)."""
+    if mask is None:
+        return h.mean(dim=1)
+    weights = mask.to(h.dtype).unsqueeze(-1)
+    return (h * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+class SequenceClassifier(nn.Module):
+    """Encoder -> backbone -> masked mean pooling -> linear head: (B, L[, C]) -> logits (B, classes)."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        vocab_size: int | None = None,
+        input_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = InputEncoder(backbone.d_model, vocab_size, input_dim)
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.d_model, num_classes)
+
+    @property
+    def k_max(self) -> int | None:
+        return getattr(self.backbone, "k_max", None)
+
+    def features(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, budget: int | None = None
+    ) -> torch.Tensor:
+        """Pooled sequence features (B, D)."""
+        return masked_mean(self.backbone(self.encoder(x), mask=mask, budget=budget), mask)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, budget: int | None = None
+    ) -> torch.Tensor:
+        return self.head(self.features(x, mask, budget))
+
+
+class RetrievalClassifier(SequenceClassifier):
+    """Two documents through one shared backbone, [a, b, a-b, a*b] -> MLP -> logits (B, classes)."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int = 2,
+        vocab_size: int | None = None,
+        input_dim: int | None = None,
+    ) -> None:
+        super().__init__(backbone, num_classes, vocab_size, input_dim)
+        d = backbone.d_model
+        self.head = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Linear(d, num_classes))
+
+    def forward(  # type: ignore[override]
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor,
+        mask1: torch.Tensor | None = None,
+        mask2: torch.Tensor | None = None,
+        budget: int | None = None,
+    ) -> torch.Tensor:
+        a, b = self.features(x1, mask1, budget), self.features(x2, mask2, budget)
+        return self.head(torch.cat([a, b, a - b, a * b], dim=-1))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def active_parameters(model: nn.Module, budget: int | None = None) -> int:
+    """Parameters a forward pass at `budget` uses: all of them minus the channels beyond k."""
+    inactive = sum(
+        m.inactive_parameters(budget) for m in model.modules() if hasattr(m, "inactive_parameters")
+    )
+    return count_parameters(model) - inactive

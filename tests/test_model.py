@@ -1,0 +1,86 @@
+"""Backbone, pooling, heads, active-parameter counts, and a tiny model that overfits."""
+
+import pytest
+import torch
+
+from esssm.model import (
+    ESSSM,
+    RetrievalClassifier,
+    SequenceClassifier,
+    active_parameters,
+    count_parameters,
+    masked_mean,
+)
+
+
+def tiny_backbone(**kw) -> ESSSM:
+    args = dict(d_model=16, n_layers=2, seq_len=24, k_max=4, dropout=0.0, drop_path=0.0)
+    return ESSSM(**{**args, **kw})
+
+
+def test_masked_mean_ignores_padding():
+    h = torch.randn(2, 5, 3)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    pooled = masked_mean(h, mask)
+    assert torch.allclose(pooled[0], h[0, :2].mean(0))
+    assert torch.allclose(pooled[1], h[1].mean(0))
+
+
+def test_classifier_shapes_budget_and_padding_invariance():
+    torch.manual_seed(0)
+    model = SequenceClassifier(tiny_backbone(), num_classes=5, vocab_size=11).eval()
+    x = torch.randint(1, 11, (3, 20))
+    mask = torch.ones(3, 20, dtype=torch.bool)
+    logits = model(x, mask, budget=2)
+    assert logits.shape == (3, 5)
+    padded = torch.cat([x, torch.zeros(3, 4, dtype=torch.long)], dim=1)
+    pad_mask = torch.cat([mask, torch.zeros(3, 4, dtype=torch.bool)], dim=1)
+    assert torch.allclose(model(padded, pad_mask, budget=2), logits, atol=1e-5)
+    assert not torch.allclose(model(x, mask, budget=4), logits)
+    with pytest.raises(ValueError, match=r"\[1, 4\]"):
+        model(x, mask, budget=5)
+
+
+def test_continuous_inputs_and_encoder_errors():
+    model = SequenceClassifier(tiny_backbone(), num_classes=3, input_dim=2)
+    assert model(torch.randn(2, 10, 2)).shape == (2, 3)
+    with pytest.raises(ValueError, match="exactly one"):
+        SequenceClassifier(tiny_backbone(), num_classes=3)
+    with pytest.raises(ValueError, match="float"):
+        model(torch.randint(0, 3, (2, 10)))
+
+
+def test_retrieval_head_shares_backbone():
+    model = RetrievalClassifier(tiny_backbone(), vocab_size=11)
+    x1, x2 = torch.randint(1, 11, (2, 12)), torch.randint(1, 11, (2, 9))
+    assert model(x1, x2, budget=3).shape == (2, 2)
+
+
+def test_drop_path_schedule_rises_linearly():
+    backbone = ESSSM(d_model=8, n_layers=3, seq_len=8, k_max=2, drop_path=0.1)
+    rates = [block.drop_path.p for block in backbone.blocks]
+    assert rates == pytest.approx([0.0, 0.05, 0.1])
+
+
+def test_active_parameters():
+    model = SequenceClassifier(tiny_backbone(), num_classes=5, vocab_size=11)
+    total = count_parameters(model)
+    assert active_parameters(model) == total
+    per_channel = 16 * 16 + 8 + 1
+    assert active_parameters(model, 1) == total - 2 * 3 * per_channel
+
+
+def test_tiny_model_overfits_small_batch():
+    torch.manual_seed(0)
+    model = SequenceClassifier(tiny_backbone(d_model=32), num_classes=4, vocab_size=9)
+    x = torch.randint(1, 9, (16, 24))
+    y = torch.randint(0, 4, (16,))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert loss.item() < 0.1
+    assert (model(x).argmax(-1) == y).float().mean() == 1.0
