@@ -59,3 +59,33 @@ class BudgetSampler:
         u = 1.0 - (1.0 - self._uniform(step)) ** (1.0 / self.bias)
         k = math.exp(math.log(self.k_min) + u * (math.log(self.k_max) - math.log(self.k_min)))
         return min(self.grid, key=lambda g: abs(g - k))
+
+
+def sweep_budgets(k_max: int | None, budgets: Sequence[int] | str | None = None) -> list[int | None]:
+    """The budgets a sweep evaluates, ascending: "all" = 1..k_max; None = the paper's evaluation
+    budgets up to k_max, plus 1 and k_max. A model without a budget gets [None] (one pass)."""
+    if k_max is None:
+        return [None]
+    if budgets == "all":
+        return list(range(1, k_max + 1))
+    if isinstance(budgets, str):
+        raise ValueError(f"budgets must be a list of ints, 'all' or None, got {budgets!r}")
+    chosen = set(PAPER_EVAL_BUDGETS) | {1} if budgets is None else set(budgets)
+    bad = sorted(k for k in chosen if not 1 <= k <= k_max and budgets is not None)
+    if bad:
+        raise ValueError(f"sweep budgets {bad} are outside [1, k_max={k_max}]")
+    return sorted({k for k in chosen if k <= k_max} | {k_max})
+
+
+def curve_summary(budgets: Sequence[int], accuracy: Sequence[float], fraction: float = 0.98) -> dict:
+    """Area under the accuracy-vs-log2(k) curve, normalised to a mean accuracy, and the
+    smallest budget reaching `fraction` of the full-budget (largest k) accuracy."""
+    pairs = sorted(zip(budgets, accuracy))
+    ks, accs = [k for k, _ in pairs], [a for _, a in pairs]
+    full = accs[-1]
+    k_reach = next((k for k, a in pairs if a >= fraction * full), ks[-1])
+    if len(ks) == 1:
+        return {"auc": accs[0], "k98": k_reach, "full": full}
+    x = [math.log2(k) for k in ks]
+    area = sum((x[i + 1] - x[i]) * (accs[i + 1] + accs[i]) / 2 for i in range(len(x) - 1))
+    return {"auc": area / (x[-1] - x[0]), "k98": k_reach, "full": full}

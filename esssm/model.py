@@ -13,7 +13,11 @@ swaps one backbone for another without touching the data side.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,9 +83,27 @@ class SequenceBackbone(nn.Module):
     (B, L, D) -> (B, L, D). Mixers are built by `mixer_factory(layer_index)` and are called as
     `mixer(x, mask=mask, budget=budget)`; the same budget reaches every layer of one pass.
     Stochastic depth rises linearly from 0 at the first layer to `drop_path` at the last.
+
+    Every subclass records the arguments it was built with in `init_args`, so a checkpoint can
+    rebuild its backbone from `module_spec(backbone)` with no config file at hand.
     """
 
     k_max: int | None = None
+    init_args: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def recording_init(self: nn.Module, *args: Any, **kw: Any) -> None:
+            init(self, *args, **kw)
+            if type(self) is cls:  # the outermost constructor records the user's arguments
+                bound = inspect.signature(init).bind(self, *args, **kw)
+                bound.apply_defaults()
+                self.init_args = {k: v for k, v in list(bound.arguments.items())[1:]}
+
+        cls.__init__ = recording_init  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -227,6 +249,21 @@ class RetrievalClassifier(SequenceClassifier):
     ) -> torch.Tensor:
         a, b = self.features(x1, mask1, budget), self.features(x2, mask2, budget)
         return self.head(torch.cat([a, b, a - b, a * b], dim=-1))
+
+
+def module_spec(module: SequenceBackbone) -> dict[str, Any]:
+    """{"class_path", "init_args"} of a backbone: the form configs and checkpoints store."""
+    cls = type(module)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(module.init_args)}
+
+
+def build_module(spec: dict[str, Any]) -> nn.Module:
+    """Instantiate a {"class_path", "init_args"} spec (as written by `module_spec` or a config)."""
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise ValueError(f"expected a dict with 'class_path' and 'init_args', got {spec!r}")
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**spec.get("init_args", {}))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,227 @@
+"""LightningModule around any backbone: budget-dropout training, EMA, exact evaluation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+from torchmetrics.classification import MulticlassAccuracy
+
+from esssm.budget import PAPER_GRID, BudgetSampler
+from esssm.metrics import ExactAccuracy
+from esssm.model import RetrievalClassifier, SequenceClassifier, build_module, module_spec
+
+Batch = dict[str, torch.Tensor]
+TASKS = ("classification", "retrieval")
+
+
+class SequenceTask(L.LightningModule):
+    """Sequence classification (batch x, mask, y) or two-document retrieval (x1, mask1, x2, mask2, y).
+
+    The backbone is any `esssm.model.SequenceBackbone` (ES-SSM or a baseline). num_classes,
+    vocab_size/input_dim and task come from the datamodule (the CLI links them). Elastic
+    backbones (k_max set) train under budget dropout unless `budget_dropout` is False: one
+    budget per optimizer step, a pure function of (seed, global step), so every DDP rank and
+    accumulation micro-batch agrees and a resumed run continues the same sequence.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int = 2,
+        vocab_size: int | None = None,
+        input_dim: int | None = None,
+        task: str = "classification",
+        lr: float = 2e-4,
+        weight_decay: float = 0.03,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.06,
+        min_lr_ratio: float = 0.1,
+        ema_decay: float | None = 0.999,
+        label_smoothing: float = 0.0,
+        budget_dropout: bool = True,
+        budget_grid: list[int] | None = list(PAPER_GRID),
+        budget_k_min: int = 2,
+        budget_warmup_epochs: int = 2,
+        budget_full_every: int = 8,
+        budget_bias: float = 0.6,
+        budget_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if isinstance(backbone, dict):  # rebuilt from a checkpoint's hyperparameters
+            backbone = build_module(backbone)
+        self.save_hyperparameters(ignore=["backbone"])
+        self.hparams["backbone"] = module_spec(backbone)
+        model_cls = RetrievalClassifier if task == "retrieval" else SequenceClassifier
+        self.model = model_cls(backbone, num_classes, vocab_size, input_dim)
+        self.ema = self._make_ema(ema_decay)
+        self.sampler = self._make_sampler()
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_metric, self.test_metric = ExactAccuracy(), ExactAccuracy()
+
+    # ------------------------------------------------------------------ construction
+
+    def _make_ema(self, decay: float | None) -> AveragedModel | None:
+        if decay is None:
+            return None
+        ema = AveragedModel(self.model, multi_avg_fn=warmup_ema(decay), use_buffers=True)
+        ema.requires_grad_(False)
+        return ema
+
+    def _make_sampler(self) -> BudgetSampler | None:
+        hp = self.hparams
+        if self.k_max is None:
+            return None
+        return BudgetSampler(
+            self.k_max,
+            k_min=min(hp.budget_k_min, self.k_max),
+            grid=hp.budget_grid,
+            warmup_epochs=hp.budget_warmup_epochs,
+            full_every=hp.budget_full_every,
+            bias=hp.budget_bias,
+            seed=hp.budget_seed,
+            enabled=hp.budget_dropout,
+        )
+
+    @property
+    def k_max(self) -> int | None:
+        """The backbone's full spectral budget, or None for a backbone without one."""
+        return self.model.k_max
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights used for validation, test and export: the EMA copy when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, batch: Batch, budget: int | None = None, model: nn.Module | None = None):
+        """Logits (B, num_classes) of a batch at `budget` (None = full)."""
+        model = model or self.model
+        if self.hparams.task == "retrieval":
+            return model(batch["x1"], batch["x2"], batch.get("mask1"), batch.get("mask2"), budget)
+        return model(batch["x"], batch.get("mask"), budget)
+
+    def evaluate(self, batch: Batch, budget: int | None) -> torch.Tensor:
+        """Evaluation logits (B, C) with the eval weights; used by validation and the sweep."""
+        return self(batch, budget, self.eval_model)
+
+    def current_budget(self) -> int | None:
+        """The training budget of the current optimizer step."""
+        if self.sampler is None:
+            return None
+        return self.sampler.sample(self.global_step, self.current_epoch)
+
+    # ------------------------------------------------------------------ steps
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        budget = self.current_budget()
+        logits = self(batch, budget)
+        loss = F.cross_entropy(logits, batch["y"], label_smoothing=self.hparams.label_smoothing)
+        self.train_acc(logits.argmax(-1), batch["y"])
+        batch_size = batch["y"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=False, batch_size=batch_size)
+        if budget is not None:
+            self.log("train/budget", float(budget), batch_size=batch_size)
+        return loss
+
+    def _eval_step(self, batch: Batch, metric: ExactAccuracy) -> dict[str, torch.Tensor]:
+        if "index" not in batch:
+            raise KeyError(
+                "evaluation batches need an 'index' entry (B,) of dataset indices, used to count "
+                "each example once under DDP; the project's datamodules provide it"
+            )
+        logits = self.evaluate(batch, None)
+        loss = F.cross_entropy(logits.float(), batch["y"], reduction="none")
+        metric.update(batch["index"], logits.argmax(-1) == batch["y"], loss)
+        return {"logits": logits}
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, self.val_metric)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, self.test_metric)
+
+    def _log_eval(self, stage: str, metric: ExactAccuracy) -> None:
+        result = metric.compute()  # already gathered over ranks and de-duplicated
+        self.log(f"{stage}/acc", result["acc"], prog_bar=True, sync_dist=False, rank_zero_only=False)
+        self.log(f"{stage}/loss", result["loss"], sync_dist=False, rank_zero_only=False)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val", self.val_metric)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test", self.test_metric)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self.evaluate(batch, None).softmax(-1)
+
+    # ------------------------------------------------------------------ optimisation
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas)
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = warmup_cosine(total, round(hp.warmup_ratio * total), hp.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def warmup_ema(decay: float):
+    """EMA update with decay min(decay, (1 + n) / (10 + n)) after n updates.
+
+    A fixed 0.999 would keep ~74% of the random initialisation after 300 steps; the warm-up
+    lets short runs evaluate meaningful EMA weights while long runs get the full decay.
+    """
+
+    def update(ema_params: list, params: list, num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        torch._foreach_lerp_(ema_params, params, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+
+    return update
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices, none on biases, norms and embeddings."""
+    no_decay_ids = {
+        id(p)
+        for module in model.modules()
+        if isinstance(module, (nn.Embedding, nn.LayerNorm))
+        for p in module.parameters(recurse=False)
+    }
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or id(p) in no_decay_ids else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, floor: float):
+    """LR multiplier: linear warm-up to 1, then cosine decay to `floor` at `total_steps`."""
+
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return schedule

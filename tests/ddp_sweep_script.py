@@ -1,0 +1,36 @@
+"""Budget sweep of one fixed model on N CPU processes (gloo); rank 0 writes the rows as JSON.
+
+Run by tests/test_ddp.py as a script, because Lightning's DDP launcher re-executes sys.argv.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy_data import ToyDataModule  # noqa: E402
+
+from esssm.callbacks import BudgetSweep  # noqa: E402
+from esssm.lit import SequenceTask  # noqa: E402
+from esssm.model import ESSSM  # noqa: E402
+
+
+def main(devices: int, out: str) -> None:
+    L.seed_everything(0)
+    backbone = ESSSM(d_model=16, n_layers=1, seq_len=24, k_max=4, dropout=0.0, drop_path=0.0)
+    task = SequenceTask(backbone, num_classes=3, vocab_size=8, ema_decay=None)
+    sweep = BudgetSweep([1, 2, 4])
+    trainer = L.Trainer(
+        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+        logger=False, callbacks=[sweep], enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.validate(task, ToyDataModule(val_size=61, eval_batch_size=4), verbose=False)
+    if trainer.is_global_zero:
+        Path(out).write_text(json.dumps({"rows": sweep.last_results["val"], "world": trainer.world_size,
+                                         "val_acc": float(trainer.callback_metrics["val/acc"])}))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2])

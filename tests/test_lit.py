@@ -1,0 +1,152 @@
+"""Lightning stack: budget-dropout training that learns, the budget sweep, resume, EMA."""
+
+import csv
+
+import lightning as L
+import pytest
+import torch
+
+from esssm.budget import BudgetSampler, curve_summary, sweep_budgets
+from esssm.callbacks import BudgetSweep
+from esssm.lit import SequenceTask, parameter_groups, warmup_cosine
+from esssm.metrics import ExactAccuracy
+from esssm.model import ESSSM
+from toy_data import ToyDataModule
+
+
+class BudgetSpy(L.Callback):
+    """Records (global step, training budget) for every training micro-batch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append((trainer.global_step, pl_module.current_budget()))
+
+
+def make_task(**kw) -> SequenceTask:
+    backbone = ESSSM(d_model=32, n_layers=2, seq_len=24, k_max=8, dropout=0.0, drop_path=0.0)
+    args = dict(num_classes=3, vocab_size=8, lr=3e-3, ema_decay=None, budget_warmup_epochs=0)
+    return SequenceTask(backbone, **{**args, **kw})
+
+
+def trainer(tmp_path, **kw) -> L.Trainer:
+    args = dict(
+        default_root_dir=tmp_path, accelerator="cpu", devices=1, max_epochs=4,
+        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+        logger=L.pytorch.loggers.CSVLogger(tmp_path), callbacks=[BudgetSweep([1, 2, 4, 8])],
+    )
+    return L.Trainer(**{**args, **kw})
+
+
+def test_training_learns_and_sweep_logs_every_budget(tmp_path):
+    L.seed_everything(0)
+    task, data = make_task(), ToyDataModule()
+    fit = trainer(tmp_path)
+    fit.fit(task, data)
+    metrics = fit.callback_metrics
+    for k in (1, 2, 4, 8):
+        assert f"val/acc@k{k}" in metrics and f"val/loss@k{k}" in metrics
+    assert metrics["val/acc@k8"] > 0.8  # chance is 1/3
+    assert metrics["val/acc"] == metrics["val/acc@k8"]
+    assert {"val/budget_auc", "val/k98"} <= set(metrics)
+    rows = list(csv.DictReader(open(BudgetSweep.output_dir(fit) / "budget_curve_val.csv")))
+    assert [r["budget"] for r in rows] == ["1", "2", "4", "8"]
+    assert all(int(r["count"]) == 61 for r in rows)
+    logged = open(next(tmp_path.rglob("metrics.csv"))).read()
+    assert "train/budget" in logged
+
+
+def test_budget_per_step_is_the_sampler_draw_and_shared_by_accumulation(tmp_path):
+    task = make_task(budget_full_every=3)
+    spy = BudgetSpy()
+    trainer(tmp_path, max_steps=6, accumulate_grad_batches=2, callbacks=[spy]).fit(task, ToyDataModule())
+    seen = spy.seen
+    sampler = BudgetSampler(8, grid=task.hparams.budget_grid, full_every=3, warmup_epochs=0)
+    assert len(seen) == 12 and [s for s, _ in seen] == [s // 2 for s in range(12)]
+    assert all(k == sampler.sample(step) for step, k in seen)
+    assert len({k for _, k in seen}) > 1
+
+
+def test_baseline_without_budget_trains_and_sweeps_once(tmp_path):
+    from esssm.model import SequenceBackbone
+
+    class MeanMixer(torch.nn.Module):
+        def forward(self, x, mask=None, budget=None):
+            return torch.cumsum(x, 1) / torch.arange(1, x.shape[1] + 1).view(1, -1, 1)
+
+    class Cumulative(SequenceBackbone):
+        def __init__(self, d_model: int = 16):
+            super().__init__(lambda i: MeanMixer(), d_model, 1)
+
+    task = SequenceTask(Cumulative(), num_classes=3, vocab_size=8, ema_decay=None)
+    fit = trainer(tmp_path, max_epochs=1)
+    fit.fit(task, ToyDataModule())
+    assert "val/acc@kfull" in fit.callback_metrics
+
+
+def test_resume_restores_step_budget_sequence_and_ema(tmp_path):
+    L.seed_everything(0)
+    task = make_task(ema_decay=0.9)
+    first = trainer(tmp_path / "a", max_steps=10, callbacks=[], val_check_interval=5)
+    first.fit(task, ToyDataModule())
+    ckpt = tmp_path / "mid.ckpt"
+    first.save_checkpoint(ckpt)
+    resumed_task = make_task(ema_decay=0.9)
+    spy = BudgetSpy()
+    resumed = trainer(tmp_path / "b", max_steps=20, callbacks=[spy])
+    resumed.fit(resumed_task, ToyDataModule(), ckpt_path=ckpt)
+    assert resumed.global_step == 20 and spy.seen[0][0] == 10
+    expected = BudgetSampler(8, grid=resumed_task.hparams.budget_grid, warmup_epochs=0)
+    assert [k for _, k in spy.seen] == [expected.sample(s, resumed_task.current_epoch) for s, _ in spy.seen]
+    assert int(resumed_task.ema.n_averaged) == 20
+    state = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert any(key.startswith("ema.module.") for key in state)
+
+
+def test_ema_weights_are_used_for_evaluation():
+    task = make_task(ema_decay=0.5)
+    with torch.no_grad():
+        for p in task.model.parameters():
+            p.add_(1.0)
+    assert task.eval_model is task.ema.module
+    assert not torch.equal(next(task.ema.module.parameters()), next(task.model.parameters()))
+
+
+def test_parameter_groups_skip_decay_on_biases_norms_embeddings():
+    task = make_task()
+    decay, no_decay = parameter_groups(task.model, 0.03)
+    no_decay_ids = {id(p) for p in no_decay["params"]}
+    assert id(task.model.encoder.proj.weight) in no_decay_ids
+    assert id(task.model.backbone.blocks[0].norm1.weight) in no_decay_ids
+    assert id(task.model.backbone.blocks[0].mixer.mix) not in no_decay_ids
+    assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == sum(
+        p.numel() for p in task.model.parameters()
+    )
+
+
+def test_warmup_cosine_schedule():
+    f = warmup_cosine(100, 10, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.1)
+    assert 0.1 < f(55) < 1.0
+
+
+def test_exact_accuracy_counts_each_index_once():
+    metric = ExactAccuracy()
+    metric.update(torch.tensor([0, 1, 2]), torch.tensor([True, False, True]), torch.ones(3))
+    metric.update(torch.tensor([2, 0]), torch.tensor([True, True]), torch.ones(2))  # padding repeats
+    result = metric.compute()
+    assert result["count"] == 3 and result["acc"] == pytest.approx(2 / 3)
+
+
+def test_sweep_budgets_and_curve_summary():
+    assert sweep_budgets(None) == [None]
+    assert sweep_budgets(8) == [1, 2, 3, 4, 6, 8]
+    assert sweep_budgets(4, "all") == [1, 2, 3, 4]
+    assert sweep_budgets(32, [4, 2]) == [2, 4, 32]
+    with pytest.raises(ValueError, match="outside"):
+        sweep_budgets(8, [16])
+    summary = curve_summary([1, 2, 4], [0.5, 0.99, 1.0])
+    assert summary["k98"] == 2 and summary["full"] == 1.0
+    assert summary["auc"] == pytest.approx(((0.5 + 0.99) / 2 + (0.99 + 1.0) / 2) / 2)
