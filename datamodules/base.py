@@ -1,0 +1,330 @@
+"""Shared pieces of the task datamodules.
+
+Data folder resolution (argument, then ``$ESSSM_DATA/<task>``, then ``./data/<task>``),
+the errors for missing or malformed data, the padding collate that builds the batch
+dicts, seeded loaders and the LRA release download all live here, so every task uses
+the same code path.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tarfile
+import urllib.request
+from collections.abc import Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+DATA_ENV_VAR = "ESSSM_DATA"
+LRA_RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
+SPLITS = ("train", "val", "test")
+
+
+class DataFolderError(FileNotFoundError):
+    """A data folder is missing or lacks the files a datamodule reads."""
+
+
+class MalformedDataError(ValueError):
+    """A data file holds a row or value that does not fit its format."""
+
+
+def resolve_data_dir(data_dir: str | None, task_folder: str) -> Path:
+    """The data folder: ``data_dir`` if given, else ``$ESSSM_DATA/<task>``, else ``./data/<task>``."""
+    if data_dir:
+        return Path(data_dir).expanduser().absolute()
+    root = os.environ.get(DATA_ENV_VAR)
+    return ((Path(root).expanduser() if root else Path("data")) / task_folder).absolute()
+
+
+def first_folder_with(candidates: Sequence[Path], expected: Sequence[str]) -> Path | None:
+    """The first candidate folder that holds every expected relative path, or None."""
+    for folder in candidates:
+        if all((folder / name).exists() for name in expected):
+            return folder
+    return None
+
+
+def missing_data_error(
+    task: str, data_dir: Path, expected: Sequence[str], how_to_get: str, subfolders: Sequence[str] = ()
+) -> DataFolderError:
+    """The error for a data folder without the expected files: names folder, files and the fix."""
+    missing = [name for name in expected if not (data_dir / name).exists()]
+    state = "does not exist" if not data_dir.exists() else f"lacks {', '.join(missing)}"
+    where = f" (or in its subfolder {' or '.join(subfolders)})" if subfolders else ""
+    return DataFolderError(
+        f"{task} data folder {data_dir} {state}.\n"
+        f"Expected files there{where}: {', '.join(expected)}.\n"
+        f"How to get them: {how_to_get}\n"
+        f"(Set the folder with data_dir=... or the {DATA_ENV_VAR} environment variable.)"
+    )
+
+
+def malformed(path: Path, line: int, problem: str) -> MalformedDataError:
+    """The error for a bad row: ``<file>:<line>: <problem>``."""
+    return MalformedDataError(f"{path}:{line}: {problem}")
+
+
+def parse_label(field: bytes, num_classes: int, path: Path, line: int) -> int:
+    """A class label written as an int or float ("1", "1.0"), checked to lie in [0, num_classes)."""
+    try:
+        label = int(float(field))
+    except ValueError:
+        raise malformed(path, line, f"label {field!r} is not a number") from None
+    if not 0 <= label < num_classes:
+        raise malformed(path, line, f"label {label} is outside 0..{num_classes - 1}")
+    return label
+
+
+def iter_tsv_rows(path: Path) -> Iterator[tuple[int, list[bytes]]]:
+    """Yield (line number, tab-separated byte fields) for each non-blank line, quoting off.
+
+    Read in binary so only ``\\n`` ends a row (a stray ``\\r`` inside a text stays text),
+    and so byte-level tasks get the file's exact bytes.
+    """
+    with open(path, "rb") as file:
+        for line_number, line in enumerate(file, start=1):
+            line = line.rstrip(b"\r\n")
+            if line:
+                yield line_number, line.split(b"\t")
+
+
+def bytes_to_array(data: bytes, max_len: int) -> np.ndarray:
+    """The first ``max_len`` bytes as a uint8 array (ids are byte + 1, added at lookup)."""
+    return np.frombuffer(data[:max_len], dtype=np.uint8).copy()
+
+
+LRA_RELEASE_ROOT = "lra_release/lra_release"  # where LRA's own dataset_setup.sh takes the task folders from
+
+
+def download_lra_files(data_dir: Path, folder: str, names: Sequence[str], url: str = LRA_RELEASE_URL) -> None:
+    """Stream the LRA release archive; write ``<LRA_RELEASE_ROOT>/<folder>/<name>`` members into data_dir.
+
+    The archive is several GB (it holds every LRA task); streaming keeps only the files
+    this task needs on disk.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    wanted = {f"{LRA_RELEASE_ROOT}/{folder}/{name}": name for name in names}
+    with urllib.request.urlopen(url) as stream, tarfile.open(fileobj=stream, mode="r|gz") as archive:
+        for member in archive:
+            name = wanted.pop(member.name.removeprefix("./"), None)
+            if name is not None and member.isfile():
+                (data_dir / name).write_bytes(archive.extractfile(member).read())
+            if not wanted:
+                return
+    raise DataFolderError(f"The archive {url} has no member {', '.join(sorted(wanted))}.")
+
+
+class TokenDataset(Dataset):
+    """Examples of one or more byte/token sequences with a label.
+
+    ``columns`` maps a batch key ("x", or "x1"/"x2" for pairs) to one uint8 array per
+    example; item ids are ``array + id_offset`` (1 for bytes, so id 0 stays padding).
+    """
+
+    def __init__(self, columns: dict[str, list[np.ndarray]], labels: Sequence[int], id_offset: int) -> None:
+        self.columns = columns
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.id_offset = id_offset
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            key: torch.from_numpy(sequences[index].astype(np.int64)) + self.id_offset
+            for key, sequences in self.columns.items()
+        }
+        item["y"] = int(self.labels[index])
+        item["index"] = index
+        return item
+
+
+class IndexedSubset(Dataset):
+    """A subset whose items carry their position in the subset as "index" (not the parent's)."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.dataset[int(self.indices[index])])
+        item["index"] = index
+        return item
+
+
+def seeded_split(dataset: Dataset, val_size: int, seed: int) -> tuple[IndexedSubset, IndexedSubset]:
+    """Split into (train, val) with a permutation drawn from ``seed``; same seed, same split."""
+    size = len(dataset)
+    if not 0 < val_size < size:
+        raise ValueError(f"val_size must be between 1 and {size - 1} (the split has {size} examples), got {val_size}")
+    order = np.random.default_rng(seed).permutation(size)
+    return IndexedSubset(dataset, np.sort(order[val_size:])), IndexedSubset(dataset, np.sort(order[:val_size]))
+
+
+def mask_key(key: str) -> str:
+    """The mask key for a sequence key: "x" -> "mask", "x1" -> "mask1"."""
+    return "mask" + key[1:]
+
+
+def pad_sequences(sequences: Sequence[Tensor], length: int | None = None) -> tuple[Tensor, Tensor]:
+    """Right-pad (L_i, ...) tensors with zeros to (B, length, ...); mask (B, length) is True at data.
+
+    ``length`` defaults to the longest sequence in the batch.
+    """
+    length = length or max(len(sequence) for sequence in sequences)
+    first = sequences[0]
+    padded = first.new_zeros((len(sequences), length, *first.shape[1:]))
+    mask = torch.zeros(len(sequences), length, dtype=torch.bool)
+    for row, sequence in enumerate(sequences):
+        padded[row, : len(sequence)] = sequence
+        mask[row, : len(sequence)] = True
+    return padded, mask
+
+
+def pad_collate(items: Sequence[dict[str, Any]], pad_to: int | None = None) -> dict[str, Tensor]:
+    """Batch item dicts: tensors are padded (with a mask per sequence), ints become LongTensors."""
+    batch: dict[str, Tensor] = {}
+    for key, value in items[0].items():
+        values = [item[key] for item in items]
+        if isinstance(value, Tensor):
+            batch[key], batch[mask_key(key)] = pad_sequences(values, pad_to)
+        else:
+            batch[key] = torch.tensor(values, dtype=torch.long)
+    return batch
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and random in a loader worker from its torch seed (derived from the loader's generator)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class TaskDataModule(L.LightningDataModule):
+    """Base of the task datamodules: common arguments, model-facing attributes, loaders.
+
+    Subclasses set ``folder_name`` (default folder under $ESSSM_DATA or ./data),
+    ``expected_files`` (relative paths the data folder must hold) and ``subfolders``
+    (where a download or archive puts them below data_dir), and implement ``how_to_get``
+    (text for the missing-data error), ``_download`` (called by prepare_data when
+    ``download`` is set and the data is absent) and ``_load_splits``.
+    """
+
+    folder_name: str
+    expected_files: tuple[str, ...]
+    subfolders: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        *,
+        data_dir: str | None,
+        batch_size: int,
+        eval_batch_size: int | None,
+        num_workers: int,
+        seed: int,
+        download: bool,
+        pad_to_max: bool,
+        num_classes: int,
+        seq_len: int,
+        vocab_size: int | None = None,
+        input_dim: int | None = None,
+        task: str = "classification",
+    ) -> None:
+        super().__init__()
+        if (vocab_size is None) == (input_dim is None):
+            raise ValueError("exactly one of vocab_size (token inputs) and input_dim (continuous inputs) is set")
+        self.data_dir = resolve_data_dir(data_dir, self.folder_name)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.download = download
+        self.pad_to_max = pad_to_max
+        self.num_classes = num_classes
+        self.seq_len = seq_len
+        self.vocab_size = vocab_size
+        self.input_dim = input_dim
+        self.task = task
+        self.datasets: dict[str, Dataset] = {}
+
+    def prepare_data(self) -> None:
+        """Download (only when ``download`` is set and the data is not there yet)."""
+        if self.download and not self._has_data():
+            self._download()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the train/val/test splits from the data folder (once)."""
+        if not self.datasets:
+            self.datasets = self._load_splits()
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before the {split} dataloader is built")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=partial(pad_collate, pad_to=self.seq_len if self.pad_to_max else None),
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(self.seed),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def data_root(self) -> Path:
+        """The folder holding ``expected_files``: data_dir or one of its ``subfolders``."""
+        root = self._find_root()
+        if root is None:
+            raise self.missing_data_error()
+        return root
+
+    def missing_data_error(self) -> DataFolderError:
+        return missing_data_error(type(self).__name__, self.data_dir, self.expected_files, self.how_to_get(), self.subfolders)
+
+    def _find_root(self) -> Path | None:
+        return first_folder_with([self.data_dir, *(self.data_dir / sub for sub in self.subfolders)], self.expected_files)
+
+    def _has_data(self) -> bool:
+        return self._find_root() is not None
+
+    def how_to_get(self) -> str:
+        raise NotImplementedError
+
+    def _download(self) -> None:
+        raise NotImplementedError
+
+    def _load_splits(self) -> dict[str, Dataset]:
+        raise NotImplementedError
+
+
+class LRAReleaseDataModule(TaskDataModule):
+    """A task whose files come from one folder of the LRA release archive (``lra_folder``)."""
+
+    lra_folder: str
+
+    @property
+    def subfolders(self) -> tuple[str, ...]:
+        return (self.lra_folder, f"{LRA_RELEASE_ROOT}/{self.lra_folder}")
+
+    def _download(self) -> None:
+        download_lra_files(self.data_dir, self.lra_folder, self.expected_files)

@@ -1,0 +1,296 @@
+"""LRA ListOps: the datamodule, an evaluator for ListOps expressions, and a generator.
+
+Source strings look like the LRA release files, e.g. ``( ( ( [MAX 2 ) 9 ) ] )`` for
+[MAX 2 9 ] (= 9). Tokens are whitespace-separated; "(" and ")" are dropped as in LRA/S4,
+leaving operators, digits and "]" (which LRA renames "X").
+
+Generate a data set with no download (LRA sizes by default)::
+
+    python -m datamodules.listops generate --out data/listops
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from datamodules.base import (
+    LRA_RELEASE_ROOT,
+    LRA_RELEASE_URL,
+    SPLITS,
+    MalformedDataError,
+    LRAReleaseDataModule,
+    TokenDataset,
+    iter_tsv_rows,
+    malformed,
+    parse_label,
+)
+
+MIN, MAX, MED, SUM_MOD = "[MIN", "[MAX", "[MED", "[SM"
+OPERATORS = (MIN, MAX, MED, SUM_MOD)
+CLOSE = "]"
+PARENS = frozenset({"(", ")"})
+DIGITS = tuple(str(value) for value in range(10))
+VOCAB = ("<pad>", *OPERATORS, *DIGITS, CLOSE)  # id 0 is padding
+TOKEN_IDS = {token.encode(): token_id for token_id, token in enumerate(VOCAB) if token_id > 0}
+NUM_CLASSES = 10
+HEADER = ["Source", "Target"]
+VALUE_PROBABILITY = 0.25  # LRA's VALUE_P: a node below max depth is an operator with this probability
+
+
+# ----------------------------------------------------------------------------- evaluator
+
+
+def apply_operator(operator: str, args: Sequence[int]) -> int:
+    """One ListOps operation. MED of an even count is int(mean of the two middle values), as
+    LRA's ``int(np.median(...))``; SM is the sum modulo 10."""
+    if operator == MIN:
+        return min(args)
+    if operator == MAX:
+        return max(args)
+    if operator == SUM_MOD:
+        return sum(args) % 10
+    ordered = sorted(args)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) // 2
+
+
+def evaluate(source: str) -> int:
+    """The value of a ListOps expression string (with or without LRA's parentheses).
+
+    Raises ValueError for an unknown token, an unbalanced "]", an operator with no
+    arguments, or anything but exactly one top-level expression.
+    """
+    open_operators: list[tuple[str, list[int]]] = []
+    results: list[int] = []
+    for token in source.split():
+        if token in PARENS:
+            continue
+        if token in OPERATORS:
+            open_operators.append((token, []))
+            continue
+        if token == CLOSE:
+            if not open_operators:
+                raise ValueError(f"unmatched {CLOSE!r} in ListOps expression")
+            operator, args = open_operators.pop()
+            if not args:
+                raise ValueError(f"{operator} has no arguments")
+            value = apply_operator(operator, args)
+        elif token in DIGITS:
+            value = int(token)
+        else:
+            raise ValueError(f"unknown ListOps token {token!r}")
+        (open_operators[-1][1] if open_operators else results).append(value)
+    if open_operators or len(results) != 1:
+        raise ValueError(f"expected one complete ListOps expression, got {len(results)} and {len(open_operators)} unclosed")
+    return results[0]
+
+
+def tokenize(source: bytes) -> np.ndarray:
+    """Token ids (uint8) of a Source string: parentheses dropped, unknown tokens rejected."""
+    try:
+        return np.array([TOKEN_IDS[token] for token in source.split() if token not in {b"(", b")"}], dtype=np.uint8)
+    except KeyError as error:
+        raise ValueError(f"unknown ListOps token {error.args[0]!r}") from None
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+Tree = int | tuple[str, list["Tree"]]  # a digit, or (operator, arguments)
+
+
+def generate_tree(rng: random.Random, depth: int, max_depth: int, max_args: int) -> tuple[Tree, int]:
+    """One random expression as LRA's generator draws it: (tree, length).
+
+    Same random draws in the same order as LRA's ``generate_tree`` (value-or-operator,
+    argument count, arguments, then the operator). The length counts operators, digits
+    and "]", i.e. the tokens left after dropping parentheses.
+    """
+    if depth >= max_depth or rng.random() > VALUE_PROBABILITY:
+        return rng.choice(range(10)), 1
+    num_args = rng.randint(2, max_args)
+    args = [generate_tree(rng, depth + 1, max_depth, max_args) for _ in range(num_args)]
+    return (rng.choice(OPERATORS), [arg for arg, _ in args]), 2 + sum(length for _, length in args)
+
+
+def to_source(tree: Tree) -> str:
+    """The Source string LRA writes for a tree.
+
+    LRA nests an operator's arguments as left-nested pairs and prints each pair in
+    parentheses: n+1 "(" before the operator, a ")" after each argument and after "]".
+    """
+    tokens: list[str] = []
+
+    def write(node: Tree) -> None:
+        if isinstance(node, int):
+            tokens.append(DIGITS[node])
+            return
+        operator, args = node
+        tokens.extend(["("] * (len(args) + 1))
+        tokens.append(operator)
+        for arg in args:
+            write(arg)
+            tokens.append(")")
+        tokens.extend([CLOSE, ")"])
+
+    write(tree)
+    return " ".join(tokens)
+
+
+def generate_examples(
+    count: int, min_len: int, max_len: int, max_depth: int = 10, max_args: int = 10, seed: int = 0
+) -> list[tuple[str, int]]:
+    """``count`` distinct (source, label) pairs with min_len < length < max_len (LRA's strict window).
+
+    Raises ValueError when the window admits too few distinct expressions (no new one in
+    100k draws).
+    """
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    examples: list[tuple[str, int]] = []
+    draws_since_new = 0
+    while len(examples) < count:
+        tree, length = generate_tree(rng, 1, max_depth, max_args)
+        draws_since_new += 1
+        source = to_source(tree) if min_len < length < max_len else ""
+        if source and source not in seen:
+            seen.add(source)
+            examples.append((source, evaluate(source)))
+            draws_since_new = 0
+        elif draws_since_new >= 100_000:
+            raise ValueError(
+                f"no new expression with {min_len} < length < {max_len} in 100000 draws "
+                f"(max_depth={max_depth}, max_args={max_args}); widen the length window"
+            )
+    return examples
+
+
+def write_tsv(path: Path, examples: Sequence[tuple[str, int]]) -> None:
+    """Write examples in the LRA release format: header "Source\\tTarget", one row each."""
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file, delimiter="\t", lineterminator="\n")
+        writer.writerow(HEADER)
+        writer.writerows(examples)
+
+
+def generate_dataset(
+    out: Path, sizes: dict[str, int], min_len: int, max_len: int, max_depth: int, max_args: int, seed: int
+) -> None:
+    """Write basic_{train,val,test}.tsv into ``out``; splits are disjoint, as in LRA."""
+    examples = generate_examples(sum(sizes.values()), min_len, max_len, max_depth, max_args, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for split, size in sizes.items():
+        write_tsv(out / f"basic_{split}.tsv", examples[start : start + size])
+        start += size
+
+
+# ----------------------------------------------------------------------------- datamodule
+
+
+def read_listops_tsv(path: Path, max_len: int) -> TokenDataset:
+    """A ListOps split: "x" token ids truncated to max_len, "y" the target; header optional."""
+    sequences: list[np.ndarray] = []
+    labels: list[int] = []
+    for line_number, fields in iter_tsv_rows(path):
+        if not sequences and fields == [name.encode() for name in HEADER]:
+            continue
+        if len(fields) != 2:
+            raise malformed(path, line_number, f"expected 2 tab-separated columns (Source, Target), got {len(fields)}")
+        source, target = fields
+        try:
+            ids = tokenize(source)
+        except ValueError as error:
+            raise malformed(path, line_number, str(error)) from None
+        labels.append(parse_label(target, NUM_CLASSES, path, line_number))
+        sequences.append(ids[:max_len])
+    if not labels:
+        raise MalformedDataError(f"{path} holds no examples")
+    return TokenDataset({"x": sequences}, labels, id_offset=0)
+
+
+class ListOpsDataModule(LRAReleaseDataModule):
+    """LRA ListOps: 10-way classification of token sequences (vocab: pad, 4 operators, 10 digits, "]").
+
+    Batches: x (B, L) long, mask (B, L) bool, y (B,), index (B,).
+    """
+
+    folder_name = "listops"
+    expected_files = tuple(f"basic_{split}.tsv" for split in SPLITS)
+    lra_folder = "listops-1000"
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        download: bool = False,
+        pad_to_max: bool = False,
+        max_len: int = 2000,
+    ) -> None:
+        """max_len: truncate longer sequences (LRA: 2000; S4 uses 2048)."""
+        super().__init__(
+            data_dir=data_dir,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            download=download,
+            pad_to_max=pad_to_max,
+            num_classes=NUM_CLASSES,
+            seq_len=max_len,
+            vocab_size=len(VOCAB),
+        )
+        self.max_len = max_len
+
+    def how_to_get(self) -> str:
+        return (
+            f"generate them (no download) with `python -m datamodules.listops generate --out {self.data_dir}`, "
+            f"or set download: true to fetch them from the LRA release {LRA_RELEASE_URL} "
+            f"({LRA_RELEASE_ROOT}/{self.lra_folder})."
+        )
+
+    def _load_splits(self) -> dict[str, Dataset]:
+        root = self.data_root()
+        return {split: read_listops_tsv(root / f"basic_{split}.tsv", self.max_len) for split in SPLITS}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m datamodules.listops", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    generate = commands.add_parser(
+        "generate",
+        help="write basic_{train,val,test}.tsv with the LRA ListOps generator",
+        description="Write basic_{train,val,test}.tsv like the LRA release (defaults: LRA's settings). "
+        "Kept expressions have min-len < length < max-len tokens (parentheses not counted), as in LRA.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    generate.add_argument("--out", type=Path, required=True, help="output folder")
+    generate.add_argument("--train", type=int, default=96_000, help="training examples")
+    generate.add_argument("--val", type=int, default=2_000, help="validation examples")
+    generate.add_argument("--test", type=int, default=2_000, help="test examples")
+    generate.add_argument("--min-len", type=int, default=500, help="lengths must exceed this")
+    generate.add_argument("--max-len", type=int, default=2000, help="lengths must stay below this")
+    generate.add_argument("--max-depth", type=int, default=10, help="maximum tree depth")
+    generate.add_argument("--max-args", type=int, default=10, help="maximum arguments per operator")
+    generate.add_argument("--seed", type=int, default=0, help="random seed")
+    args = parser.parse_args(argv)
+    sizes = {"train": args.train, "val": args.val, "test": args.test}
+    generate_dataset(args.out, sizes, args.min_len, args.max_len, args.max_depth, args.max_args, args.seed)
+    print(f"wrote {', '.join(f'{size} {split}' for split, size in sizes.items())} examples to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
