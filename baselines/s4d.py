@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from baselines.common import depthwise_fft_conv, log_uniform, zero_padding
 from esssm.model import SequenceBackbone
@@ -78,7 +79,8 @@ class S4DMixer(nn.Module):
         x = zero_padding(x, mask)
         length = x.shape[1]
         nfft = fast_fft_size(2 * length - 1)
-        k = self.kernel(length)
+        # Recomputed in backward: the (kernels, N/2, L) Vandermonde matrix is never stored.
+        k = checkpoint(self.kernel, length, use_reentrant=False)
         if self.bidirectional:  # future lags 1..L-1 wrap to the end of the FFT buffer
             forward, backward = k.chunk(2, dim=0)
             gap = k.new_zeros(forward.shape[0], nfft - 2 * length + 1)
