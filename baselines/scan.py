@@ -69,7 +69,7 @@ def _discretise(
     u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ZOH decay a = exp(dt A) and Euler input b = dt u B, both (B, L, D, N)."""
-    a = torch.exp(dt.unsqueeze(-1) * A)
+    a = (dt.unsqueeze(-1) * A).exp_()
     b = (dt * u).unsqueeze(-1) * B.unsqueeze(2)
     return a, b
 
@@ -97,22 +97,20 @@ def _scan_backward(
     """
     a, b = _discretise(u, dt, A, B)
     h = linear_scan(a.clone(), b)
-    a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)
-    direct = grad_y.unsqueeze(-1) * C.unsqueeze(2)
-    g = linear_scan(a_next.flip(1), direct.flip(1)).flip(1)
-    del a_next, direct
-    h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
     grad_C = torch.einsum("bldn,bld->bln", h, grad_y)
+    # The reverse scan runs on time-flipped tensors; flipped a_{t+1} is [0, a_{L-1}, ..., a_1].
+    a_next = torch.cat([torch.zeros_like(a[:, :1]), a[:, 1:].flip(1)], dim=1)
+    g = linear_scan(a_next, (grad_y.unsqueeze(-1) * C.unsqueeze(2)).flip(1)).flip(1)
+    del a_next
+    grad_dtu = torch.einsum("bldn,bln->bld", g, B)  # dL/d(dt u)
+    grad_B = torch.einsum("bldn,bld->bln", g, dt * u)
+    g[:, 1:].mul_(h[:, :-1])  # g becomes dL/da_t = g_t h_{t-1} (h_{-1} = 0) ...
+    g[:, 0].zero_()
     del h
-    grad_log_a = g * h_prev * a  # dL/d(dt A)
-    del h_prev, a
+    grad_log_a = g.mul_(a)  # ... then dL/d(dt A) = dL/da * a
     grad_A = torch.einsum("bldn,bld->dn", grad_log_a, dt)
     grad_dt = torch.einsum("bldn,dn->bld", grad_log_a, A)
-    del grad_log_a
-    grad_dtu = torch.einsum("bldn,bln->bld", g, B)
-    grad_B = torch.einsum("bldn,bld->bln", g, dt * u)
     return grad_dtu * dt, grad_dt + grad_dtu * u, grad_A, grad_B, grad_C
-
 
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
