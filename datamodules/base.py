@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -25,7 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 
 DATA_ENV_VAR = "ESSSM_DATA"
 LRA_RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
+LRA_RELEASE_ROOT = "lra_release/lra_release"  # the archive folder LRA's own dataset_setup.sh reads tasks from
 SPLITS = ("train", "val", "test")
+BYTE_VOCAB_SIZE = 257  # pad id 0, then byte values 0..255 as ids 1..256
 
 
 class DataFolderError(FileNotFoundError):
@@ -101,11 +103,8 @@ def bytes_to_array(data: bytes, max_len: int) -> np.ndarray:
     return np.frombuffer(data[:max_len], dtype=np.uint8).copy()
 
 
-LRA_RELEASE_ROOT = "lra_release/lra_release"  # where LRA's own dataset_setup.sh takes the task folders from
-
-
 def download_lra_files(data_dir: Path, folder: str, names: Sequence[str], url: str = LRA_RELEASE_URL) -> None:
-    """Stream the LRA release archive; write ``<LRA_RELEASE_ROOT>/<folder>/<name>`` members into data_dir.
+    """Stream the LRA release archive; write its ``<LRA_RELEASE_ROOT>/<folder>/<name>`` files into data_dir.
 
     The archive is several GB (it holds every LRA task); streaming keeps only the files
     this task needs on disk.
@@ -167,9 +166,10 @@ def seeded_split(dataset: Dataset, val_size: int, seed: int) -> tuple[IndexedSub
     """Split into (train, val) with a permutation drawn from ``seed``; same seed, same split."""
     size = len(dataset)
     if not 0 < val_size < size:
-        raise ValueError(f"val_size must be between 1 and {size - 1} (the split has {size} examples), got {val_size}")
+        raise ValueError(f"val_size must lie in 1..{size - 1} (the split has {size}); got {val_size}")
     order = np.random.default_rng(seed).permutation(size)
-    return IndexedSubset(dataset, np.sort(order[val_size:])), IndexedSubset(dataset, np.sort(order[:val_size]))
+    train, val = np.sort(order[val_size:]), np.sort(order[:val_size])
+    return IndexedSubset(dataset, train), IndexedSubset(dataset, val)
 
 
 def mask_key(key: str) -> str:
@@ -205,7 +205,7 @@ def pad_collate(items: Sequence[dict[str, Any]], pad_to: int | None = None) -> d
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed numpy and random in a loader worker from its torch seed (derived from the loader's generator)."""
+    """Seed numpy and random in a loader worker from its torch seed (set by the loader's generator)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -228,22 +228,35 @@ class TaskDataModule(L.LightningDataModule):
     def __init__(
         self,
         *,
-        data_dir: str | None,
-        batch_size: int,
-        eval_batch_size: int | None,
-        num_workers: int,
-        seed: int,
-        download: bool,
-        pad_to_max: bool,
         num_classes: int,
         seq_len: int,
-        vocab_size: int | None = None,
-        input_dim: int | None = None,
-        task: str = "classification",
+        vocab_size: int | None,
+        input_dim: int | None,
+        task: Literal["classification", "retrieval"],
+        data_dir: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        download: bool = False,
+        pad_to_max: bool = False,
     ) -> None:
+        """Subclasses pass num_classes, seq_len, vocab_size, input_dim and task explicitly (so the CLI
+        does not offer them); the rest are the arguments every datamodule takes, which subclasses
+        forward as ``**kwargs``.
+
+        Args:
+            data_dir: data folder; default $ESSSM_DATA/<task> or ./data/<task>.
+            batch_size: training batch size.
+            eval_batch_size: validation/test batch size (default: batch_size).
+            num_workers: DataLoader worker processes.
+            seed: seed of the train/val splits, the training shuffle and the workers.
+            download: fetch the data from its official source in prepare_data if absent.
+            pad_to_max: pad every batch to seq_len instead of its longest sequence.
+        """
         super().__init__()
         if (vocab_size is None) == (input_dim is None):
-            raise ValueError("exactly one of vocab_size (token inputs) and input_dim (continuous inputs) is set")
+            raise ValueError("set exactly one of vocab_size (token inputs) and input_dim (continuous inputs)")
         self.data_dir = resolve_data_dir(data_dir, self.folder_name)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -279,7 +292,7 @@ class TaskDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
-            raise RuntimeError(f"{type(self).__name__}.setup() must run before the {split} dataloader is built")
+            raise RuntimeError(f"call {type(self).__name__}.setup() before building the {split} dataloader")
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
@@ -295,14 +308,17 @@ class TaskDataModule(L.LightningDataModule):
         """The folder holding ``expected_files``: data_dir or one of its ``subfolders``."""
         root = self._find_root()
         if root is None:
-            raise self.missing_data_error()
+            raise self._missing_data_error()
         return root
 
-    def missing_data_error(self) -> DataFolderError:
-        return missing_data_error(type(self).__name__, self.data_dir, self.expected_files, self.how_to_get(), self.subfolders)
+    def _missing_data_error(self) -> DataFolderError:
+        return missing_data_error(
+            type(self).__name__, self.data_dir, self.expected_files, self.how_to_get(), self.subfolders
+        )
 
     def _find_root(self) -> Path | None:
-        return first_folder_with([self.data_dir, *(self.data_dir / sub for sub in self.subfolders)], self.expected_files)
+        candidates = [self.data_dir, *(self.data_dir / sub for sub in self.subfolders)]
+        return first_folder_with(candidates, self.expected_files)
 
     def _has_data(self) -> bool:
         return self._find_root() is not None

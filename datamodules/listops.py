@@ -16,6 +16,7 @@ import csv
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -24,8 +25,8 @@ from datamodules.base import (
     LRA_RELEASE_ROOT,
     LRA_RELEASE_URL,
     SPLITS,
-    MalformedDataError,
     LRAReleaseDataModule,
+    MalformedDataError,
     TokenDataset,
     iter_tsv_rows,
     malformed,
@@ -36,6 +37,7 @@ MIN, MAX, MED, SUM_MOD = "[MIN", "[MAX", "[MED", "[SM"
 OPERATORS = (MIN, MAX, MED, SUM_MOD)
 CLOSE = "]"
 PARENS = frozenset({"(", ")"})
+PAREN_BYTES = frozenset({b"(", b")"})
 DIGITS = tuple(str(value) for value in range(10))
 VOCAB = ("<pad>", *OPERATORS, *DIGITS, CLOSE)  # id 0 is padding
 TOKEN_IDS = {token.encode(): token_id for token_id, token in enumerate(VOCAB) if token_id > 0}
@@ -88,16 +90,19 @@ def evaluate(source: str) -> int:
             raise ValueError(f"unknown ListOps token {token!r}")
         (open_operators[-1][1] if open_operators else results).append(value)
     if open_operators or len(results) != 1:
-        raise ValueError(f"expected one complete ListOps expression, got {len(results)} and {len(open_operators)} unclosed")
+        raise ValueError(
+            f"expected one complete ListOps expression, got {len(results)} and {len(open_operators)} unclosed"
+        )
     return results[0]
 
 
 def tokenize(source: bytes) -> np.ndarray:
     """Token ids (uint8) of a Source string: parentheses dropped, unknown tokens rejected."""
     try:
-        return np.array([TOKEN_IDS[token] for token in source.split() if token not in {b"(", b")"}], dtype=np.uint8)
+        ids = [TOKEN_IDS[token] for token in source.split() if token not in PAREN_BYTES]
     except KeyError as error:
         raise ValueError(f"unknown ListOps token {error.args[0]!r}") from None
+    return np.array(ids, dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------- generator
@@ -152,6 +157,8 @@ def generate_examples(
     Raises ValueError when the window admits too few distinct expressions (no new one in
     100k draws).
     """
+    if max_args < 2:
+        raise ValueError(f"max_args must be at least 2 (an operator has 2..max_args arguments): {max_args}")
     rng = random.Random(seed)
     seen: set[str] = set()
     examples: list[tuple[str, int]] = []
@@ -203,7 +210,8 @@ def read_listops_tsv(path: Path, max_len: int) -> TokenDataset:
         if not sequences and fields == [name.encode() for name in HEADER]:
             continue
         if len(fields) != 2:
-            raise malformed(path, line_number, f"expected 2 tab-separated columns (Source, Target), got {len(fields)}")
+            problem = f"expected 2 tab-separated columns (Source, Target); got {len(fields)}"
+            raise malformed(path, line_number, problem)
         source, target = fields
         try:
             ids = tokenize(source)
@@ -226,35 +234,26 @@ class ListOpsDataModule(LRAReleaseDataModule):
     expected_files = tuple(f"basic_{split}.tsv" for split in SPLITS)
     lra_folder = "listops-1000"
 
-    def __init__(
-        self,
-        data_dir: str | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        download: bool = False,
-        pad_to_max: bool = False,
-        max_len: int = 2000,
-    ) -> None:
-        """max_len: truncate longer sequences (LRA: 2000; S4 uses 2048)."""
+    def __init__(self, max_len: int = 2000, **kwargs: Any) -> None:
+        """Common arguments (data_dir, batch_size, ...): see TaskDataModule.
+
+        Args:
+            max_len: tokens kept per expression (LRA: 2000; S4 uses 2048).
+        """
         super().__init__(
-            data_dir=data_dir,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            download=download,
-            pad_to_max=pad_to_max,
             num_classes=NUM_CLASSES,
             seq_len=max_len,
             vocab_size=len(VOCAB),
+            input_dim=None,
+            task="classification",
+            **kwargs,
         )
         self.max_len = max_len
 
     def how_to_get(self) -> str:
         return (
-            f"generate them (no download) with `python -m datamodules.listops generate --out {self.data_dir}`, "
+            "generate them (no download) with "
+            f"`python -m datamodules.listops generate --out {self.data_dir}`, "
             f"or set download: true to fetch them from the LRA release {LRA_RELEASE_URL} "
             f"({LRA_RELEASE_ROOT}/{self.lra_folder})."
         )

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from datamodules import DataFolderError, ListOpsDataModule, MalformedDataError
+from datamodules.base import SPLITS
 from datamodules.listops import VOCAB, evaluate, generate_examples, main, to_source
 
 # Rows as in the LRA release files (LRA's parentheses included); values worked by hand.
@@ -23,7 +24,7 @@ ROWS = [
 
 def write_listops(folder: Path, rows=ROWS, header: bool = True, newline: str = "\n") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         lines = (["Source\tTarget"] if header else []) + [f"{source}\t{target}" for source, target in rows]
         (folder / f"basic_{split}.tsv").write_text(newline.join(lines) + newline)
     return folder
@@ -93,7 +94,8 @@ def test_generator_respects_window_depth_and_arity() -> None:
         assert evaluate(source) == label
         assert source.count("(") == source.count(")")
         depth, fewest, most = operator_depth_and_arity(source)
-        assert depth <= 3 and 2 <= fewest and most <= 5  # operators only above max_depth, 2..max_args arguments
+        assert depth <= 3  # operators only above max_depth
+        assert 2 <= fewest and most <= 5  # 2..max_args arguments
     assert max(operator_depth_and_arity(source)[0] for source, _ in examples) == 3
 
 
@@ -120,7 +122,7 @@ def test_generate_command_round_trip(tmp_path: Path) -> None:
     out = tmp_path / "listops"
     main(["generate", "--out", str(out), "--train", "60", "--val", "20", "--test", "20",
           "--min-len", "20", "--max-len", "200", "--seed", "5"])  # fmt: skip
-    lines = {split: (out / f"basic_{split}.tsv").read_text().splitlines() for split in ("train", "val", "test")}
+    lines = {split: (out / f"basic_{split}.tsv").read_text().splitlines() for split in SPLITS}
     assert all(split_lines[0] == "Source\tTarget" for split_lines in lines.values())
     assert [len(split_lines) - 1 for split_lines in lines.values()] == [60, 20, 20]
     sources = [line.split("\t")[0] for split_lines in lines.values() for line in split_lines[1:]]
@@ -128,7 +130,7 @@ def test_generate_command_round_trip(tmp_path: Path) -> None:
 
     module = ListOpsDataModule(data_dir=str(out), batch_size=8)
     module.setup("fit")
-    assert [len(module.datasets[split]) for split in ("train", "val", "test")] == [60, 20, 20]
+    assert [len(module.datasets[split]) for split in SPLITS] == [60, 20, 20]
     first_source, first_target = lines["train"][1].split("\t")
     item = module.datasets["train"][0]
     assert item["y"] == int(first_target) == evaluate(first_source)
@@ -159,7 +161,8 @@ def test_attributes_and_batches(tmp_path: Path) -> None:
 
 
 def test_truncates_to_max_len_and_pads_to_max(tmp_path: Path) -> None:
-    module = ListOpsDataModule(data_dir=str(write_listops(tmp_path)), batch_size=4, max_len=5, pad_to_max=True)
+    folder = write_listops(tmp_path)
+    module = ListOpsDataModule(data_dir=str(folder), batch_size=4, max_len=5, pad_to_max=True)
     module.setup()
     batch = next(iter(module.test_dataloader()))
     assert batch["x"].shape == (4, 5) and batch["mask"].sum(dim=1).tolist() == [4, 5, 5, 1]
@@ -197,5 +200,6 @@ def test_malformed_row_names_file_and_line(tmp_path: Path, bad_line: str, proble
     path = tmp_path / "basic_val.tsv"
     path.write_text(path.read_text() + bad_line + "\n")
     module = ListOpsDataModule(data_dir=str(tmp_path))
-    with pytest.raises(MalformedDataError, match=re.escape(f"{path}:{len(ROWS) + 2}: ") + ".*" + re.escape(problem)):
+    location = f"{path}:{len(ROWS) + 2}: "  # header, rows, then the bad line
+    with pytest.raises(MalformedDataError, match=re.escape(location) + ".*" + re.escape(problem)):
         module.setup()

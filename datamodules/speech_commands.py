@@ -1,0 +1,194 @@
+"""Speech Commands v0.02 keyword classification (SC35: all 35 words; SC10: 10 of them).
+
+Layout: one folder per word of 16 kHz mono WAV files; validation_list.txt and
+testing_list.txt name the held-out files ("word/file.wav"), every other file of a word
+folder is training data; _background_noise_ is ignored. WAV files are read with
+soundfile (torchaudio.load needs torchcodec).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import soundfile
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from datamodules.base import MalformedDataError, TaskDataModule
+
+SAMPLE_RATE = 16_000
+NUM_SAMPLES = 16_000  # one second; longer files are cropped, shorter ones padded
+SC35_WORDS = tuple(sorted((
+    "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward", "four", "go",
+    "happy", "house", "learn", "left", "marvin", "nine", "no", "off", "on", "one", "right", "seven",
+    "sheila", "six", "stop", "three", "tree", "two", "up", "visual", "wow", "yes", "zero",
+)))  # fmt: skip
+SC10_WORDS = tuple(sorted(("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")))
+SUBSETS = {"sc35": SC35_WORDS, "sc10": SC10_WORDS}
+LIST_FILES = {"val": "validation_list.txt", "test": "testing_list.txt"}
+# MFCC as in Kidger et al. (neural CDEs) and S4's SC10: 20 coefficients of 64 log-mel bands,
+# n_fft 200 with the default hop n_fft // 2 = 100 samples, centred frames: 161 per second.
+N_MFCC = 20
+MFCC_HOP = 100
+MFCC_MELS = 64
+MFCC_FRAMES = NUM_SAMPLES // MFCC_HOP + 1
+
+
+def read_wave(path: Path) -> Tensor:
+    """The first NUM_SAMPLES samples of a 16 kHz mono WAV file as a float32 (T,) tensor."""
+    wave, sample_rate = soundfile.read(path, dtype="float32", frames=NUM_SAMPLES)
+    if sample_rate != SAMPLE_RATE or wave.ndim != 1:
+        raise MalformedDataError(f"{path}: expected 16 kHz mono; got {sample_rate} Hz, shape {wave.shape}")
+    return torch.from_numpy(wave)
+
+
+class WaveFeatures:
+    """Turns a waveform (T,) into normalised model input (T', C): raw (T, 1) or MFCC (frames, 20).
+
+    ``mean``/``std`` (C,) come from training data (``fit``); before that they are 0 and 1.
+    """
+
+    def __init__(self, mfcc: bool) -> None:
+        self.mfcc = self._mfcc_transform() if mfcc else None
+        channels = N_MFCC if mfcc else 1
+        self.mean = torch.zeros(channels)
+        self.std = torch.ones(channels)
+
+    @staticmethod
+    def _mfcc_transform() -> torch.nn.Module:
+        import torchaudio
+
+        with warnings.catch_warnings():  # 64 bands on 101 frequency bins leave some empty: expected here
+            warnings.filterwarnings("ignore", message="At least one mel filterbank has all zero values")
+            return torchaudio.transforms.MFCC(
+                sample_rate=SAMPLE_RATE,
+                n_mfcc=N_MFCC,
+                log_mels=True,
+                melkwargs={"n_fft": 2 * MFCC_HOP, "n_mels": MFCC_MELS},
+            )
+
+    def raw(self, wave: Tensor) -> Tensor:
+        """Unnormalised features (T', C)."""
+        if self.mfcc is None:
+            return wave[:, None]
+        return self.mfcc(wave).T
+
+    def __call__(self, wave: Tensor) -> Tensor:
+        return (self.raw(wave) - self.mean) / self.std
+
+    def fit(self, waves: list[Tensor]) -> None:
+        """Per-channel mean and std over all time steps of these (training) waveforms."""
+        features = torch.cat([self.raw(wave) for wave in waves])
+        self.mean = features.mean(dim=0)
+        self.std = features.std(dim=0).clamp_min(1e-8)
+
+
+class SpeechDataset(Dataset):
+    """Files with labels; items are {"x": (T', C) float, "y", "index"}, read on access."""
+
+    def __init__(self, paths: list[Path], labels: list[int], features: WaveFeatures) -> None:
+        self.paths = paths
+        self.labels = labels
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"x": self.features(read_wave(self.paths[index])), "y": self.labels[index], "index": index}
+
+
+def read_file_list(path: Path) -> set[str]:
+    """The "word/file.wav" entries of validation_list.txt / testing_list.txt."""
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def split_files(root: Path, words: tuple[str, ...]) -> dict[str, list[tuple[Path, int]]]:
+    """(path, label) per split; label = position of the word in ``words``; files sorted."""
+    held_out = {split: read_file_list(root / name) for split, name in LIST_FILES.items()}
+    splits: dict[str, list[tuple[Path, int]]] = {"train": [], "val": [], "test": []}
+    for label, word in enumerate(words):
+        for path in sorted((root / word).glob("*.wav")):
+            relative = f"{word}/{path.name}"
+            split = next((name for name, files in held_out.items() if relative in files), "train")
+            splits[split].append((path, label))
+    return splits
+
+
+class SpeechCommandsDataModule(TaskDataModule):
+    """Speech Commands v0.02, SC35 (35 classes) or SC10 (10 classes); labels follow sorted word order.
+
+    Batches: x (B, 16000, 1) float raw audio, or (B, 161, 20) MFCC with ``mfcc``; mask
+    (B, T) True over the recorded part of each clip; y (B,); index (B,). Inputs are
+    normalised with mean/std from up to ``stats_samples`` training clips (seeded choice).
+    Clips are padded to the full second (``pad_to_max`` True by default, as S4).
+    """
+
+    folder_name = "speech_commands"
+    expected_files = (*LIST_FILES.values(), *SC35_WORDS)
+    subfolders = ("SpeechCommands/speech_commands_v0.02",)
+
+    def __init__(
+        self,
+        subset: Literal["sc35", "sc10"] = "sc35",
+        mfcc: bool = False,
+        stats_samples: int = 2000,
+        pad_to_max: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Common arguments (data_dir, batch_size, ...): see TaskDataModule.
+
+        Args:
+            subset: "sc35" (all words) or "sc10" (yes, no, up, down, left, right, on, off, stop, go).
+            mfcc: 20 MFCCs per 100-sample hop (161 frames) instead of the raw 16000 samples.
+            stats_samples: training clips read for the normalisation mean/std.
+            pad_to_max: pad every clip to one second (default, as S4) instead of the batch's longest.
+        """
+        super().__init__(
+            pad_to_max=pad_to_max,
+            num_classes=len(SUBSETS[subset]),
+            seq_len=MFCC_FRAMES if mfcc else NUM_SAMPLES,
+            vocab_size=None,
+            input_dim=N_MFCC if mfcc else 1,
+            task="classification",
+            **kwargs,
+        )
+        self.subset = subset
+        self.classes = SUBSETS[subset]
+        self.mfcc = mfcc
+        self.stats_samples = stats_samples
+
+    def how_to_get(self) -> str:
+        return (
+            "set download: true (torchaudio SPEECHCOMMANDS v0.02), or extract "
+            f"http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz into {self.data_dir}."
+        )
+
+    def _download(self) -> None:
+        from torchaudio.datasets import SPEECHCOMMANDS
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        SPEECHCOMMANDS(root=str(self.data_dir), url="speech_commands_v0.02", download=True)
+
+    def _load_splits(self) -> dict[str, Dataset]:
+        root = self.data_root()
+        files = split_files(root, self.classes)
+        if not files["train"]:
+            raise MalformedDataError(f"{root}: no training .wav files in {', '.join(self.classes)}")
+        features = WaveFeatures(self.mfcc)
+        splits = {
+            split: SpeechDataset([path for path, _ in pairs], [label for _, label in pairs], features)
+            for split, pairs in files.items()
+        }
+        features.fit(self._stats_waves(splits["train"].paths))
+        return splits
+
+    def _stats_waves(self, paths: list[Path]) -> list[Tensor]:
+        """Up to stats_samples training waveforms, chosen with the seed (same on every rank)."""
+        count = min(self.stats_samples, len(paths))
+        chosen = np.random.default_rng(self.seed).choice(len(paths), size=count, replace=False)
+        return [read_wave(paths[index]) for index in np.sort(chosen)]
