@@ -2,22 +2,32 @@
 
 Each exposes num_classes, vocab_size or input_dim, seq_len and task right after
 construction, and yields dict batches (see datamodules.base.pad_collate).
+
+Names are imported on first use, so ``python -m datamodules.listops`` does not import
+its own module twice and ``import datamodules`` stays cheap.
 """
 
-from datamodules.aan import AANDataModule
-from datamodules.base import DataFolderError, MalformedDataError, TaskDataModule
-from datamodules.imdb import IMDBDataModule
-from datamodules.listops import ListOpsDataModule
-from datamodules.scifar import SCIFARDataModule
-from datamodules.speech_commands import SpeechCommandsDataModule
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "AANDataModule",
-    "DataFolderError",
-    "IMDBDataModule",
-    "ListOpsDataModule",
-    "MalformedDataError",
-    "SCIFARDataModule",
-    "SpeechCommandsDataModule",
-    "TaskDataModule",
-]
+_EXPORTS = {
+    "AANDataModule": "datamodules.aan",
+    "DataFolderError": "datamodules.base",
+    "IMDBDataModule": "datamodules.imdb",
+    "ListOpsDataModule": "datamodules.listops",
+    "MalformedDataError": "datamodules.base",
+    "SCIFARDataModule": "datamodules.scifar",
+    "SpeechCommandsDataModule": "datamodules.speech_commands",
+    "TaskDataModule": "datamodules.base",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'datamodules' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -203,3 +205,14 @@ def test_malformed_row_names_file_and_line(tmp_path: Path, bad_line: str, proble
     location = f"{path}:{len(ROWS) + 2}: "  # header, rows, then the bad line
     with pytest.raises(MalformedDataError, match=re.escape(location) + ".*" + re.escape(problem)):
         module.setup()
+
+
+def test_generate_command_as_documented(tmp_path: Path) -> None:
+    """The exact `python -m datamodules.listops generate ...` command the error messages print."""
+    sizes = ["--train", "5", "--val", "2", "--test", "2", "--min-len", "20", "--max-len", "60"]
+    command = [sys.executable, "-W", "error::RuntimeWarning", "-m", "datamodules.listops", "generate"]
+    repo = Path(__file__).parents[1]
+    result = subprocess.run([*command, "--out", str(tmp_path), *sizes], capture_output=True, text=True, cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert "wrote 5 train, 2 val, 2 test examples" in result.stdout
+    assert len((tmp_path / "basic_val.tsv").read_text().splitlines()) == 3
