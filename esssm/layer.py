@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esssm.spectral import causal_fft_conv, fast_fft_size, filter_spectra, fft_dtype, spectral_filters
+from esssm.spectral import (
+    check_fft_size,
+    convolve_block,
+    fast_fft_size,
+    fft_dtype,
+    filter_spectra,
+    padded_rfft,
+    signal_blocks,
+    spectral_filters,
+)
 
 
 def check_budget(budget: int | None, k_max: int) -> int:
@@ -21,6 +31,207 @@ def check_budget(budget: int | None, k_max: int) -> int:
             f"got {budget!r}"
         )
     return budget
+
+
+# Working-set targets: an FFT block (complex product + real output, 8 bytes per sample in
+# float32) and a weighted chunk (the GEMM operand). On CPU they should stay in L2/L3 cache;
+# on a GPU they only need to be large enough to keep the kernels big.
+_CPU_BLOCK_BYTES, _CPU_CHUNK_BYTES = 16 << 20, 16 << 20
+_GPU_BLOCK_BYTES, _GPU_CHUNK_BYTES = 1 << 30, 1 << 30
+
+
+@dataclass(frozen=True)
+class MixPlan:
+    """How one pass cuts its work: FFT size, channels per GEMM, signals per FFT block.
+
+    chunk: channels whose weighted signals form one (B*L, chunk*D) x (chunk*D, D) GEMM;
+    rows: signals convolved per FFT block; checkpoint: recompute the convolutions in backward
+    instead of storing (B, k, D, L); gemm_dtype: dtype of the mixing GEMM (bf16/fp16 under
+    autocast), while FFTs and the weighting stay in float32 (float64 for float64 inputs).
+    """
+
+    nfft: int
+    chunk: int
+    rows: int
+    checkpoint: bool = False
+    gemm_dtype: torch.dtype = torch.float32
+
+    @staticmethod
+    def for_input(
+        shape: torch.Size,
+        k: int,
+        nfft: int,
+        gemm_dtype: torch.dtype,
+        channel_chunk: int | None = None,
+        checkpoint: bool = False,
+        device_type: str = "cpu",
+    ) -> MixPlan:
+        """Sizes from the working-set targets for an input of `shape` (B, L, D) at budget k."""
+        batch, length, d = shape
+        gpu = device_type != "cpu"
+        block_bytes, chunk_bytes = (
+            (_GPU_BLOCK_BYTES, _GPU_CHUNK_BYTES) if gpu else (_CPU_BLOCK_BYTES, _CPU_CHUNK_BYTES)
+        )
+        chunk = channel_chunk or max(1, chunk_bytes // (4 * batch * d * length))
+        rows = max(1, block_bytes // (8 * nfft))
+        return MixPlan(nfft, min(chunk, k), rows, checkpoint, gemm_dtype)
+
+
+def spectral_mixing(
+    u: torch.Tensor, weights: torch.Tensor, mix: torch.Tensor, spectra: torch.Tensor, plan: MixPlan
+) -> torch.Tensor:
+    """sum_j weights_j(t) M_j (phi_j * u)(t) over the k active channels -> (B, L, D).
+
+    u (B, L, D); weights (B, L, k) (gate times sigma^(1/4)); mix (k, D_in, D_out) = M^T;
+    spectra (k, F). Returned in the FFT dtype (float32, or float64 for float64 inputs).
+    Memory beyond the output is one chunk of weighted signals plus, when a gradient is needed
+    and plan.checkpoint is off, the (B, k, D, L) convolutions.
+    """
+    dtype = fft_dtype(u.dtype)
+    with torch.autocast(u.device.type, enabled=False):
+        u32 = u.to(dtype)
+        at = weights.to(dtype).transpose(1, 2).contiguous()  # (B, k, L): time contiguous
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (u, weights, mix)):
+            return _SpectralMixing.apply(u32, at, mix, spectra, plan)
+        return _mix_forward(u32, at, mix, spectra, plan, save=False)[0]
+
+
+class _SpectralMixing(torch.autograd.Function):
+    """Autograd for `spectral_mixing`: stores only the convolutions (nothing but the inputs
+    with checkpointing) and computes the gradients chunk by chunk with the same blocked FFTs."""
+
+    @staticmethod
+    def forward(ctx, u, at, mix, spectra, plan):  # type: ignore[override]
+        out, convs = _mix_forward(u, at, mix, spectra, plan, save=not plan.checkpoint)
+        ctx.plan, ctx.convs = plan, convs
+        ctx.save_for_backward(u, at, mix, spectra)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        u, at, mix, spectra = ctx.saved_tensors
+        du, d_at, d_mix = _mix_backward(grad, u, at, mix, spectra, ctx.plan, ctx.convs)
+        ctx.convs = None
+        return du, d_at, d_mix, None, None
+
+
+def _chunks(k: int, chunk: int) -> list[tuple[int, int]]:
+    return [(s, min(k, s + chunk)) for s in range(0, k, chunk)]
+
+
+def _convolve_chunk(
+    u_hat: torch.Tensor,
+    spectra: torch.Tensor,
+    at: torch.Tensor,
+    plan: MixPlan,
+    conv: torch.Tensor | None,
+    weighted: torch.Tensor | None,
+) -> None:
+    """Fill conv (B, c, D, L) = phi_j * u and/or weighted = conv * at, one FFT block at a time.
+
+    u_hat (B, 1, D, F); spectra (c, F); at (B, c, L). Blocks keep the complex product and the
+    2L-long inverse FFT in cache; only the first L samples are written out.
+    """
+    target = conv if conv is not None else weighted
+    batch, channels, d, length = target.shape
+    for b, c, f in signal_blocks(batch, channels, d, plan.rows):
+        block = convolve_block(u_hat[b, :, f], spectra[None, c, None, :], plan.nfft)[..., :length]
+        if conv is not None:
+            block = conv[b, c, f].copy_(block)
+        if weighted is not None:
+            torch.mul(block, at[b, c].unsqueeze(2), out=weighted[b, c, f])
+
+
+def _gemm_accumulate(out: torch.Tensor, weighted: torch.Tensor, mix: torch.Tensor) -> None:
+    """out (B, L, D) += weighted^T (B, L, c*D) @ mix (c*D, D), weighted stored (B, c, D, L)."""
+    batch, channels, d, length = weighted.shape
+    lhs = weighted.view(batch, channels * d, length).transpose(1, 2)
+    rhs = mix.reshape(channels * d, -1).to(weighted.dtype)
+    if out.dtype != weighted.dtype:
+        out.add_(lhs @ rhs)
+    elif batch == 1:
+        out[0].addmm_(lhs[0], rhs)
+    else:
+        out.baddbmm_(lhs, rhs.expand(batch, -1, -1))
+
+
+def _mix_forward(
+    u: torch.Tensor,
+    at: torch.Tensor,
+    mix: torch.Tensor,
+    spectra: torch.Tensor,
+    plan: MixPlan,
+    save: bool,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Output (B, L, D) and, when save, the per-chunk convolutions (B, c, D, L) for backward."""
+    batch, length, d = u.shape
+    check_fft_size(length, plan.nfft)
+    u_hat = padded_rfft(u.transpose(1, 2), plan.nfft).unsqueeze(1)  # (B, 1, D, F)
+    out = u.new_zeros(batch, length, d)
+    buffer = u.new_empty(batch, plan.chunk, d, length, dtype=plan.gemm_dtype)
+    convs = []
+    for s, e in _chunks(at.shape[1], plan.chunk):
+        conv = u.new_empty(batch, e - s, d, length) if save else None
+        weighted = buffer[:, : e - s]
+        _convolve_chunk(u_hat, spectra[s:e], at[:, s:e], plan, conv, weighted)
+        _gemm_accumulate(out, weighted, mix[s:e])
+        if save:
+            convs.append(conv)
+    return out, convs
+
+
+def _mix_backward(
+    grad: torch.Tensor,
+    u: torch.Tensor,
+    at: torch.Tensor,
+    mix: torch.Tensor,
+    spectra: torch.Tensor,
+    plan: MixPlan,
+    convs: list[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (du (B, L, D), d_at (B, k, L), d_mix (k, D, D)) given grad (B, L, D).
+
+    Per chunk: d_mix = W^T G and dW = G M^T (two GEMMs the size of the forward one),
+    d_at = <dW, conv> over D, dconv = dW * at. du = sum_j phi_j (x) dconv_j is a correlation:
+    irfft(sum_j conj(S_j) rfft(dconv_j)), the inverse FFT done once for all channels.
+    """
+    batch, length, d = u.shape
+    g = grad.to(u.dtype).contiguous()
+    g_gemm = g.to(plan.gemm_dtype)
+    u_hat = None if convs else padded_rfft(u.transpose(1, 2), plan.nfft).unsqueeze(1)
+    du_hat = u.new_zeros(batch, d, plan.nfft // 2 + 1, dtype=spectra.dtype)
+    d_at, d_mix = torch.zeros_like(at), torch.zeros_like(mix)
+    for i, (s, e) in enumerate(_chunks(at.shape[1], plan.chunk)):
+        conv = convs[i] if convs else _recompute(u_hat, spectra[s:e], at[:, s:e], plan)
+        a = at[:, s:e].unsqueeze(2)  # (B, c, 1, L)
+        flat = (conv * a).to(plan.gemm_dtype).view(batch, (e - s) * d, length)
+        d_mix[s:e] = (flat @ g_gemm).sum(0).view(e - s, d, d)
+        rhs = mix[s:e].reshape((e - s) * d, d).to(plan.gemm_dtype)
+        d_conv = (rhs @ g_gemm.transpose(1, 2)).view(batch, e - s, d, length).to(u.dtype)
+        d_at[:, s:e] = (d_conv * conv).sum(2)
+        _correlate_accumulate(du_hat, d_conv.mul_(a), spectra[s:e], plan)
+    du = torch.fft.irfft(du_hat, n=plan.nfft, dim=-1)[..., :length].transpose(1, 2)
+    return du, d_at, d_mix
+
+
+def _recompute(
+    u_hat: torch.Tensor, spectra: torch.Tensor, at: torch.Tensor, plan: MixPlan
+) -> torch.Tensor:
+    """The chunk's convolutions (B, c, D, L) again, for backward under checkpointing."""
+    conv = at.new_empty(u_hat.shape[0], spectra.shape[0], u_hat.shape[2], at.shape[-1])
+    _convolve_chunk(u_hat, spectra, at, plan, conv, None)
+    return conv
+
+
+def _correlate_accumulate(
+    du_hat: torch.Tensor, d_conv: torch.Tensor, spectra: torch.Tensor, plan: MixPlan
+) -> None:
+    """du_hat (B, D, F) += sum_c conj(S_c) rfft(d_conv[:, c]) in FFT blocks; d_conv (B, c, D, L)."""
+    batch, channels, d, _ = d_conv.shape
+    for b, c, f in signal_blocks(batch, channels, d, plan.rows):
+        spec = padded_rfft(d_conv[b, c, f], plan.nfft) * spectra[None, c, None, :].conj()
+        du_hat[b, f] += spec.sum(1)
 
 
 class ESSSMLayer(nn.Module):
@@ -46,13 +257,14 @@ class ESSSMLayer(nn.Module):
         channel_chunk: int | None = None,
         eps: float = 1e-6,
         filter_cache_dir: str | None = None,
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if d_model < 2:
             raise ValueError(f"d_model must be >= 2, got {d_model}")
         self.d_model, self.seq_len, self.k_max = d_model, seq_len, k_max
         self.gate, self.rms_rescale, self.eps = gate, rms_rescale, eps
-        self.channel_chunk = channel_chunk or k_max
+        self.channel_chunk, self.checkpoint = channel_chunk, checkpoint
         sigma, phi = spectral_filters(seq_len, k_max, cache_dir=filter_cache_dir)
         # Persistent: a trained model never depends on recomputing the near-null-space filters.
         self.register_buffer("sigma", torch.from_numpy(sigma).float())
@@ -105,27 +317,16 @@ class ESSSMLayer(nn.Module):
         self._check_input(u)
         spectra, nfft = self.spectra(u.shape[1], fft_dtype(u.dtype))
         weights = self.channel_weights(u, k) * self.sigma[:k].pow(0.25)  # (B, L, k)
-        out = self.skip(u)
-        for start in range(0, k, self.channel_chunk):
-            stop = min(k, start + self.channel_chunk)
-            out = out + self._mix_channels(u, weights, spectra, nfft, start, stop)
-        return out
+        plan = self._plan(u, k, nfft)
+        return self.skip(u) + spectral_mixing(u, weights, self.mix[:k], spectra[:k], plan)
 
-    def _mix_channels(
-        self,
-        u: torch.Tensor,
-        weights: torch.Tensor,
-        spectra: torch.Tensor,
-        nfft: int,
-        start: int,
-        stop: int,
-    ) -> torch.Tensor:
-        """Channels [start, stop): convolve, weight per (t, channel), then one (c*D, D) GEMM."""
-        batch, length, d = u.shape
-        conv = causal_fft_conv(u, spectra[start:stop], nfft)  # (B, c, D, L)
-        weighted = conv * weights[:, :, start:stop].transpose(1, 2).unsqueeze(2).to(conv.dtype)
-        flat = weighted.reshape(batch, (stop - start) * d, length).transpose(1, 2)
-        return flat.to(u.dtype) @ self.mix[start:stop].reshape(-1, d).to(u.dtype)
+    def _plan(self, u: torch.Tensor, k: int, nfft: int) -> MixPlan:
+        gemm_dtype = u.dtype
+        if torch.is_autocast_enabled(u.device.type) and u.dtype != torch.float64:
+            gemm_dtype = torch.get_autocast_dtype(u.device.type)
+        return MixPlan.for_input(
+            u.shape, k, nfft, gemm_dtype, self.channel_chunk, self.checkpoint, u.device.type
+        )
 
     def _check_input(self, u: torch.Tensor) -> None:
         if u.dim() != 3 or u.shape[-1] != self.d_model:

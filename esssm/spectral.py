@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,15 @@ def filter_spectra(filters: torch.Tensor, nfft: int) -> torch.Tensor:
     return torch.fft.rfft(filters.t(), n=nfft, dim=-1)
 
 
+def padded_rfft(x: torch.Tensor, nfft: int) -> torch.Tensor:
+    """rfft of x (..., L) zero-padded to nfft along the last dim -> (..., nfft // 2 + 1).
+
+    x is made contiguous first: rfft's own padding of a strided (e.g. transposed) input is
+    about 10x slower on CPU than padding a contiguous one.
+    """
+    return torch.fft.rfft(x.contiguous(), n=nfft, dim=-1)
+
+
 def causal_fft_conv(u: torch.Tensor, spectra: torch.Tensor, nfft: int) -> torch.Tensor:
     """Causal linear convolution of every feature of u with every filter of a bank.
 
@@ -205,11 +215,51 @@ def causal_fft_conv(u: torch.Tensor, spectra: torch.Tensor, nfft: int) -> torch.
     Returns (B, K, D, L) in the FFT dtype: y[b, k, d, t] = sum_{s <= t} phi_k[t - s] u[b, s, d].
     The (B, K, D, L) layout keeps time contiguous for the FFT and lets the caller contract
     (K, D) in one GEMM without a permute copy. Autocast is disabled: FFTs stay in float32.
+    This materialises all K*D signals at once; `ESSSMLayer` convolves in cache-sized blocks.
     """
     seq_len = u.shape[1]
+    check_fft_size(seq_len, nfft)
+    with torch.autocast(u.device.type, enabled=False):
+        u_hat = padded_rfft(u.to(fft_dtype(u.dtype)).transpose(1, 2), nfft)
+        return convolve_block(u_hat.unsqueeze(1), spectra[None, :, None, :], nfft)[..., :seq_len]
+
+
+def check_fft_size(seq_len: int, nfft: int) -> None:
     if nfft < 2 * seq_len - 1:
         raise ValueError(f"nfft={nfft} is too small for a linear convolution of length {seq_len}")
-    with torch.autocast(u.device.type, enabled=False):
-        u_hat = torch.fft.rfft(u.to(fft_dtype(u.dtype)).transpose(1, 2), n=nfft, dim=-1)
-        prod = u_hat.unsqueeze(1) * spectra[None, :, None, :]
-        return torch.fft.irfft(prod, n=nfft, dim=-1)[..., :seq_len]
+
+
+def convolve_block(u_hat: torch.Tensor, spectra: torch.Tensor, nfft: int) -> torch.Tensor:
+    """irfft(u_hat * spectra) over broadcast shapes, e.g. (b, 1, d, F) x (1, c, 1, F) -> (b, c, d, nfft).
+
+    The caller keeps the first L samples: with nfft >= 2L - 1 they are the causal linear
+    convolution, untouched by wrap-around.
+    """
+    return torch.fft.irfft(u_hat * spectra, n=nfft, dim=-1)
+
+
+def signal_blocks(
+    batch: int, channels: int, features: int, rows: int
+) -> Iterator[tuple[slice, slice, slice]]:
+    """Cut the (batch, channels, features) grid of signals into blocks of at most max(rows, 1) signals.
+
+    Each block (b, c, d) is contiguous in a (B, C, D, L) tensor, so a block's FFT buffers stay
+    in cache (CPU) or amount to a few large kernels (GPU): below `features` rows a block is a
+    feature range of one (sample, channel); below `channels * features` a channel range of
+    one sample; otherwise a range of whole samples.
+    """
+    rows = max(rows, 1)
+    if rows < features:
+        for b in range(batch):
+            for c in range(channels):
+                for d in range(0, features, rows):
+                    yield slice(b, b + 1), slice(c, c + 1), slice(d, d + rows)
+    elif rows < channels * features:
+        step = rows // features
+        for b in range(batch):
+            for c in range(0, channels, step):
+                yield slice(b, b + 1), slice(c, c + step), slice(None)
+    else:
+        step = rows // (channels * features)
+        for b in range(0, batch, step):
+            yield slice(b, b + step), slice(None), slice(None)

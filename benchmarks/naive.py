@@ -1,0 +1,25 @@
+"""The yardstick of issue 7 / DESIGN.md section 4: a straightforward ES-SSM layer forward.
+
+All k*D convolutions are materialised at once, each channel is projected by its own einsum
+into a (B, L, k, D) tensor, and only then weighted by the gate and summed. It uses the
+parameters and filters of a real `ESSSMLayer`, so the two must agree to float32 round-off.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from esssm.layer import ESSSMLayer, check_budget
+from esssm.spectral import causal_fft_conv, fft_dtype
+
+
+def naive_forward(layer: ESSSMLayer, u: torch.Tensor, budget: int | None = None) -> torch.Tensor:
+    """u (B, L, D) -> (B, L, D), the same function as `layer(u, budget)`."""
+    k = check_budget(budget, layer.k_max)
+    spectra, nfft = layer.spectra(u.shape[1], fft_dtype(u.dtype))
+    conv = causal_fft_conv(u, spectra[:k], nfft).to(u.dtype)  # (B, k, D, L)
+    projected = torch.stack(
+        [torch.einsum("bdl,de->ble", conv[:, j], layer.mix[j]) for j in range(k)], dim=2
+    )  # (B, L, k, D)
+    alpha = layer.channel_weights(u, k) * layer.sigma[:k].pow(0.25)  # (B, L, k)
+    return layer.skip(u) + (projected * alpha.unsqueeze(-1)).sum(dim=2)

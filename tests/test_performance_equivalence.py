@@ -1,0 +1,63 @@
+"""The fast layer against the naive yardstick of the benchmarks: outputs and gradients agree."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
+from benchmarks.naive import naive_forward  # noqa: E402
+from esssm.layer import ESSSMLayer  # noqa: E402
+
+
+def make_layer(**kw) -> ESSSMLayer:
+    torch.manual_seed(0)
+    layer = ESSSMLayer(16, 64, 8, mix_init_std=0.3, **kw)
+    with torch.no_grad():  # a non-trivial gate: softmax weights that differ per channel
+        layer.gate_out.weight.normal_(0, 1.0)
+        layer.gate_out.bias.normal_(0, 1.0)
+    return layer
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+@pytest.mark.parametrize("options", [{}, {"channel_chunk": 3}, {"checkpoint": True}])
+def test_fast_layer_matches_naive(k, options):
+    layer = make_layer(**options)
+    u = torch.randn(3, 64, 16, requires_grad=True)
+    fast = layer(u, budget=k)
+    fast.square().sum().backward()
+    fast_grads = [u.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+    u.grad = None
+    layer.zero_grad()
+    slow = naive_forward(layer, u, budget=k)
+    slow.square().sum().backward()
+    slow_grads = [u.grad] + [p.grad for p in layer.parameters()]
+    assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fast_grads, slow_grads):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_inference_matches_naive_at_every_budget_and_length():
+    layer = make_layer()
+    with torch.no_grad():
+        for length in (1, 17, 64):
+            u = torch.randn(2, length, 16)
+            for k in range(1, 9):
+                assert torch.allclose(layer(u, budget=k), naive_forward(layer, u, k), atol=1e-5)
+
+
+def test_small_fft_blocks_give_the_same_result(monkeypatch):
+    """Blocks cut inside one channel's features (the CPU cache path) change nothing."""
+    import esssm.layer as layer_module
+
+    layer = make_layer()
+    u = torch.randn(2, 64, 16, requires_grad=True)
+    expected = naive_forward(layer, u, 5)
+    monkeypatch.setattr(layer_module, "_CPU_BLOCK_BYTES", 8 * 128 * 5)  # 5 signals per block
+    monkeypatch.setattr(layer_module, "_CPU_CHUNK_BYTES", 4 * 2 * 16 * 64 * 2)  # 2 channels
+    out = layer(u, budget=5)
+    assert torch.allclose(out, expected, atol=1e-5)
+    (grad_fast,) = torch.autograd.grad(out.sum(), u)
+    (grad_slow,) = torch.autograd.grad(expected.sum(), u)
+    assert torch.allclose(grad_fast, grad_slow, atol=1e-4)
