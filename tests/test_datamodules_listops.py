@@ -212,7 +212,8 @@ def test_generate_command_as_documented(tmp_path: Path) -> None:
     sizes = ["--train", "5", "--val", "2", "--test", "2", "--min-len", "20", "--max-len", "60"]
     command = [sys.executable, "-W", "error::RuntimeWarning", "-m", "datamodules.listops", "generate"]
     repo = Path(__file__).parents[1]
-    result = subprocess.run([*command, "--out", str(tmp_path), *sizes], capture_output=True, text=True, cwd=repo)
+    arguments = [*command, "--out", str(tmp_path), *sizes]
+    result = subprocess.run(arguments, capture_output=True, text=True, cwd=repo)
     assert result.returncode == 0, result.stderr
     assert "wrote 5 train, 2 val, 2 test examples" in result.stdout
     assert len((tmp_path / "basic_val.tsv").read_text().splitlines()) == 3
