@@ -64,7 +64,9 @@ class ResidualBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.norm1, self.mixer = nn.LayerNorm(d_model), mixer
-        self.norm2 = nn.LayerNorm(d_model)
+        # Mixer-only blocks (Mamba-style, ffn_mult=0) get no FFN and no second norm: unused
+        # parameters would inflate counts and break DDP's gradient bucketing.
+        self.norm2 = nn.LayerNorm(d_model) if ffn_mult > 0 else None
         self.ffn = FeedForward(d_model, ffn_mult, dropout) if ffn_mult > 0 else None
         self.dropout, self.drop_path = nn.Dropout(dropout), DropPath(drop_path)
 

@@ -1,0 +1,5 @@
+import sys
+
+from esssm.cli import main
+
+sys.exit(main())

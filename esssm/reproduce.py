@@ -1,0 +1,361 @@
+"""`./reproduce.sh`: train every (task, model) run, sweep its budgets on the test split, and write
+the paper's tables (markdown + CSV) and budget-curve PNGs.
+
+Each run trains through the same `esssm fit --config conf/...` a user would type, in its own
+process. A run whose `finished.json` exists is not retrained; an interrupted one resumes from
+its last checkpoint. Tasks whose data folder is missing are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esssm.budget import curve_summary
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ("listops", "text", "retrieval", "scifar", "speech")
+BASELINES = ("transformer", "mamba", "mamba2", "s4d", "arstu")
+ABLATIONS = {  # Table C rows: config name -> label
+    "esssm": "full ES-SSM",
+    "esssm_nogate": "no gate (uniform weights)",
+    "esssm_nodropout": "no budget dropout",
+    "esssm_norms": "no RMS rescale",
+}
+PROFILES = {
+    "quick": {"conf": "conf/quick", "tasks": ("listops",), "models": ("esssm", "fixed", "transformer")},
+    "full": {"conf": "conf", "tasks": TASKS, "models": ("esssm", "fixed", *BASELINES, *list(ABLATIONS)[1:])},
+}
+# The quick profile's ListOps: the LRA generator at short lengths (no download).
+QUICK_LISTOPS = {"train": 4000, "val": 500, "test": 500, "min_len": 20, "max_len": 256}
+
+
+@dataclass(frozen=True)
+class Run:
+    task: str
+    model: str
+    config: Path
+    out: Path
+
+    @property
+    def log_dir(self) -> Path:
+        return self.out / "runs" / self.task / self.model / "run"
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.log_dir / "checkpoints"
+
+    @property
+    def finished(self) -> Path:
+        return self.ckpt_dir / "finished.json"
+
+    @property
+    def result(self) -> Path:
+        return self.out / "results" / self.task / f"{self.model}.json"
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def generate_quick_listops(folder: Path, train_size: int) -> None:
+    """Generated ListOps for the quick profile; kept when already there."""
+    from datamodules.listops import generate_dataset
+
+    if all((folder / f"basic_{s}.tsv").exists() for s in ("train", "val", "test")):
+        return
+    sizes = {"train": train_size, "val": max(32, train_size // 8), "test": max(32, train_size // 8)}
+    print(f"generating ListOps ({sizes}) into {folder}", flush=True)
+    q = QUICK_LISTOPS
+    generate_dataset(folder, sizes, q["min_len"], q["max_len"], 10, 10, seed=0)
+
+
+def data_overrides(run: Run, profile: str) -> dict[str, Any]:
+    if profile == "quick" and run.task == "listops":
+        return {"data_dir": str(run.out / "data" / "listops-quick")}
+    return {}
+
+
+def data_problem(run: Run, overrides: dict[str, Any]) -> str | None:
+    """None when the run's data folder is usable, else the datamodule's own explanation."""
+    from esssm.commands import load_datamodule
+
+    try:
+        datamodule = load_datamodule(run.config, overrides)
+        datamodule.prepare_data()
+        datamodule.data_root()
+    except (FileNotFoundError, ValueError) as error:
+        return str(error)
+    return None
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def fit_command(run: Run, overrides: dict[str, Any], devices: int, extra: list[str]) -> list[str]:
+    command = [
+        sys.executable, "-m", "esssm", "fit", "--config", str(run.config),
+        f"--trainer.logger.init_args.save_dir={run.out / 'runs'}",
+        f"--trainer.logger.init_args.name={run.task}/{run.model}",
+        "--trainer.logger.init_args.version=run",
+        f"--trainer.devices={devices}",
+        *(f"--data.init_args.{key}={value}" for key, value in overrides.items()),
+    ]
+    if (run.ckpt_dir / "last.ckpt").exists():
+        command.append("--ckpt_path=last")  # an interrupted run resumes where it stopped
+    return command + extra
+
+
+def train(run: Run, overrides: dict[str, Any], devices: int, extra: list[str]) -> bool:
+    if run.finished.exists():
+        print(f"[{run.task}/{run.model}] finished earlier: {run.ckpt_dir}", flush=True)
+        return True
+    command = fit_command(run, overrides, devices, extra)
+    print(f"[{run.task}/{run.model}] training: {' '.join(command)}", flush=True)
+    start = time.time()
+    if subprocess.run(command, cwd=REPO).returncode != 0:
+        print(f"[{run.task}/{run.model}] training FAILED; rerun to resume", flush=True)
+        return False
+    run.finished.write_text(json.dumps({"seconds": round(time.time() - start, 1)}))
+    return True
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def best_checkpoint(run: Run) -> Path:
+    best = sorted(run.ckpt_dir.glob("best-*.ckpt"), key=os.path.getmtime)
+    return best[-1] if best else run.ckpt_dir / "last.ckpt"
+
+
+def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | None) -> dict[str, Any]:
+    """Test-split accuracy at every budget, with active parameters and inference latency."""
+    from esssm.commands import load_datamodule, load_task, run_sweep
+    from esssm.model import count_parameters
+    from esssm.timing import median_latency_ms
+
+    ckpt = best_checkpoint(run)
+    task = load_task(ckpt).eval()
+    datamodule = load_datamodule(run.config, overrides)
+    rows = run_sweep(task, datamodule, budgets, split="test")
+    batch = next(iter(datamodule.test_dataloader()))
+    with torch.no_grad():
+        for row in rows:
+            budget = None if row["budget"] == "full" else row["budget"]
+            row["latency_ms"] = median_latency_ms(lambda: task.evaluate(batch, budget), repeats=3)
+    return {
+        "task": run.task, "model": run.model, "checkpoint": str(ckpt),
+        "params": count_parameters(task.eval_model), "k_max": task.k_max,
+        "batch_size": int(batch["y"].shape[0]), "rows": rows,
+    }
+
+
+def load_or_evaluate(run: Run, overrides: dict[str, Any], budgets) -> dict[str, Any]:
+    if run.result.exists() and run.result.stat().st_mtime >= best_checkpoint(run).stat().st_mtime:
+        return json.loads(run.result.read_text())
+    result = evaluate(run, overrides, budgets)
+    run.result.parent.mkdir(parents=True, exist_ok=True)
+    run.result.write_text(json.dumps(result, indent=1))
+    return result
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def full_row(result: dict[str, Any]) -> dict[str, Any]:
+    return max(result["rows"], key=lambda r: -1 if r["budget"] == "full" else r["budget"])
+
+
+def elastic_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """Full-budget accuracy, smallest budget reaching 98% of it, and the area under the curve."""
+    rows = [r for r in result["rows"] if r["budget"] != "full"]
+    if not rows:
+        return {"full": full_row(result)["acc"], "k98": None, "acc_k98": None, "auc": None}
+    summary = curve_summary([r["budget"] for r in rows], [r["acc"] for r in rows])
+    acc_k98 = next(r["acc"] for r in rows if r["budget"] == summary["k98"])
+    return {**summary, "acc_k98": acc_k98}
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def table_a(results: dict[tuple[str, str], dict]) -> tuple[str, list[dict]]:
+    """Accuracy of every model on every task (elastic models also at their 98% budget)."""
+    rows = []
+    for (task, model), result in sorted(results.items()):
+        if model in list(ABLATIONS)[1:]:
+            continue
+        s = elastic_summary(result)
+        rows.append({"task": task, "model": model, "params": result["params"], "acc_full": s["full"],
+                     "k98": s["k98"], "acc_at_k98": s["acc_k98"]})
+    lines = ["| task | model | params | test acc (full) | smallest k with >= 98% | acc at that k |",
+             "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['task']} | {r['model']} | {r['params'] / 1e6:.2f}M | {pct(r['acc_full'])} | "
+              f"{r['k98'] if r['k98'] is not None else '-'} | {pct(r['acc_at_k98'])} |" for r in rows]
+    return "\n".join(lines), rows
+
+
+def table_b(results: dict[tuple[str, str], dict]) -> tuple[str, list[dict]]:
+    """ES-SSM per budget (fixed-budget spectral SSM beside it), active params, latency."""
+    rows, lines = [], []
+    for task in sorted({t for t, _ in results}):
+        elastic, fixed = results.get((task, "esssm")), results.get((task, "fixed"))
+        if elastic is None:
+            continue
+        fixed_acc = {r["budget"]: r["acc"] for r in fixed["rows"]} if fixed else {}
+        lines += [f"\n**{task}** (batch {elastic['batch_size']}, latency = median forward ms on this machine)\n",
+                  "| k | ES-SSM acc | fixed-budget SSM acc | active params | latency ms |",
+                  "|---:|---:|---:|---:|---:|"]
+        for r in elastic["rows"]:
+            row = {"task": task, "budget": r["budget"], "esssm_acc": r["acc"],
+                   "fixed_acc": fixed_acc.get(r["budget"]), "active_params": r["active_params"],
+                   "latency_ms": round(r["latency_ms"], 3)}
+            rows.append(row)
+            lines.append(f"| {r['budget']} | {pct(r['acc'])} | {pct(row['fixed_acc'])} | "
+                         f"{r['active_params']:,} | {row['latency_ms']:.1f} |")
+    return "\n".join(lines), rows
+
+
+def table_c(results: dict[tuple[str, str], dict]) -> tuple[str, list[dict]]:
+    """Ablations: full ES-SSM vs no gate, no budget dropout, no RMS rescale."""
+    rows = []
+    for (task, model), result in sorted(results.items()):
+        if model not in ABLATIONS:
+            continue
+        s = elastic_summary(result)
+        small = min((r for r in result["rows"] if r["budget"] != "full"), key=lambda r: r["budget"], default=None)
+        rows.append({"task": task, "variant": ABLATIONS[model], "acc_full": s["full"], "auc": s["auc"],
+                     "k98": s["k98"], "smallest_k": small and small["budget"], "acc_smallest_k": small and small["acc"]})
+    if len({r["variant"] for r in rows}) < 2:
+        return "", []
+    lines = ["| task | variant | acc (full) | mean acc over log k | k98 | acc at smallest k |",
+             "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['task']} | {r['variant']} | {pct(r['acc_full'])} | {pct(r['auc'])} | {r['k98']} | "
+              f"{pct(r['acc_smallest_k'])} (k={r['smallest_k']}) |" for r in rows]
+    return "\n".join(lines), rows
+
+
+def write_curves(results: dict[tuple[str, str], dict], folder: Path) -> list[Path]:
+    from esssm.callbacks import plot_budget_curve
+
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for task in sorted({t for t, _ in results}):
+        curves = {m: r["rows"] for (t, m), r in sorted(results.items()) if t == task and r["k_max"]}
+        if not curves:
+            continue
+        figure = plot_budget_curve(curves, title=f"{task}: test accuracy vs budget")
+        path = folder / f"budget_curve_{task}.png"
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def write_tables(results: dict[tuple[str, str], dict], folder: Path, profile: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    sections = [f"# ES-SSM reproduction ({profile} profile)\n",
+                "Test-split accuracy (%). Written by `./reproduce.sh`; raw numbers in the CSV files.\n"]
+    for name, build, title in (("table_a", table_a, "Table A: accuracy per model and task"),
+                               ("table_b", table_b, "Table B: accuracy per spectral budget"),
+                               ("table_c", table_c, "Table C: ablations")):
+        text, rows = build(results)
+        if rows:
+            sections += [f"\n## {title}\n", text, ""]
+            write_csv(folder / f"{name}.csv", rows)
+    path = folder / "tables.md"
+    path.write_text("\n".join(sections) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="./reproduce.sh", description=__doc__.split("\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="profile", action="store_const", const="quick",
+                      help="generated ListOps, small models, minutes on a CPU (default)")
+    mode.add_argument("--full", dest="profile", action="store_const", const="full",
+                      help="the paper's five tasks at ~20M parameters (GPUs and the data sets)")
+    parser.add_argument("--tasks", help=f"comma-separated subset of {','.join(TASKS)}")
+    parser.add_argument("--models", help="comma-separated config names under conf/<task>/ (e.g. esssm,fixed)")
+    parser.add_argument("--devices", type=int, default=1, help="devices per run (DDP when > 1)")
+    parser.add_argument("--out", type=Path, default=REPO, help="folder for runs/, results/ and data/")
+    parser.add_argument("--data-size", type=int, default=QUICK_LISTOPS["train"],
+                        help="training examples of the quick profile's generated ListOps")
+    parser.add_argument("--budgets", default=None, help="budgets to evaluate: 'all', comma list, or the paper grid")
+    parser.add_argument("extra", nargs=argparse.REMAINDER,
+                        help="after --: extra `esssm fit` arguments for every run, e.g. -- --trainer.max_epochs=1")
+    parser.set_defaults(profile="quick")
+    return parser.parse_args(argv)
+
+
+def select(text: str | None, default: tuple[str, ...]) -> list[str]:
+    return default if text is None else [s.strip() for s in text.split(",") if s.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    profile = PROFILES[args.profile]
+    out = args.out.resolve()
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    budgets = args.budgets if args.budgets in (None, "all") else [int(k) for k in args.budgets.split(",")]
+    if budgets is None and args.profile == "quick":
+        budgets = "all"
+    results, skipped, failed = {}, [], []
+    for task in select(args.tasks, profile["tasks"]):
+        runs = [Run(task, m, REPO / profile["conf"] / task / f"{m}.yaml", out)
+                for m in select(args.models, profile["models"])]
+        missing = [str(r.config) for r in runs if not r.config.exists()]
+        if missing:
+            print(f"[{task}] no config {', '.join(missing)}; skipping those models", flush=True)
+            runs = [r for r in runs if r.config.exists()]
+        if args.profile == "quick" and task == "listops":
+            generate_quick_listops(out / "data" / "listops-quick", args.data_size)
+        problem = runs and data_problem(runs[0], data_overrides(runs[0], args.profile))
+        if problem:
+            print(f"[{task}] SKIPPED, data missing:\n{problem}\n", flush=True)
+            skipped.append(task)
+            continue
+        for run in runs:
+            overrides = data_overrides(run, args.profile)
+            if train(run, overrides, args.devices, extra):
+                results[(task, run.model)] = load_or_evaluate(run, overrides, budgets)
+            else:
+                failed.append(f"{task}/{run.model}")
+    tables = write_tables(results, out / "results", args.profile)
+    curves = write_curves(results, out / "results")
+    print(f"\ntables: {tables}\ncsv:    {out / 'results'}/table_*.csv")
+    for path in curves:
+        print(f"curve:  {path}")
+    print(f"tensorboard --logdir {out / 'runs'}")
+    if skipped:
+        print(f"skipped for missing data: {', '.join(skipped)}")
+    if failed:
+        print(f"FAILED runs (rerun to resume): {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
