@@ -269,9 +269,12 @@ class ESSSMLayer(nn.Module):
         # Persistent: a trained model never depends on recomputing the near-null-space filters.
         self.register_buffer("sigma", torch.from_numpy(sigma).float())
         self.register_buffer("phi", torch.from_numpy(phi).float())
-        self.gate_in = nn.Linear(d_model, d_model // 2)
-        self.gate_out = nn.Linear(d_model // 2, k_max)
-        nn.init.constant_(self.gate_out.bias, gate_bias_init)
+        # Without the gate (the fixed-budget ablation) no gate parameters exist: unused ones
+        # would inflate parameter counts and break DDP's gradient bucketing.
+        self.gate_in = nn.Linear(d_model, d_model // 2) if gate else None
+        self.gate_out = nn.Linear(d_model // 2, k_max) if gate else None
+        if gate:
+            nn.init.constant_(self.gate_out.bias, gate_bias_init)
         self.mix = nn.Parameter(torch.randn(k_max, d_model, d_model) * mix_init_std)
         self.skip = nn.Linear(d_model, d_model, bias=False)
         self._spectra: dict[tuple, torch.Tensor] = {}
@@ -343,5 +346,6 @@ class ESSSMLayer(nn.Module):
     def inactive_parameters(self, budget: int | None) -> int:
         """Parameters owned by channels beyond the budget (mixing matrices, gate output rows)."""
         k = check_budget(budget, self.k_max)
-        per_channel = self.d_model * self.d_model + self.gate_out.in_features + 1
+        gate_row = self.gate_out.in_features + 1 if self.gate else 0
+        per_channel = self.d_model * self.d_model + gate_row
         return (self.k_max - k) * per_channel

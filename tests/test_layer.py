@@ -36,9 +36,10 @@ def reference_layer(layer: ESSSMLayer, u: torch.Tensor, k: int) -> torch.Tensor:
 def make_layer(d=8, seq_len=32, k_max=6, **kw) -> ESSSMLayer:
     torch.manual_seed(0)
     layer = ESSSMLayer(d, seq_len, k_max, mix_init_std=0.3, **kw)
-    with torch.no_grad():  # non-trivial gate so the softmax weights differ per channel
-        layer.gate_out.weight.normal_(0, 1.0)
-        layer.gate_out.bias.normal_(0, 1.0)
+    if layer.gate:
+        with torch.no_grad():  # non-trivial gate so the softmax weights differ per channel
+            layer.gate_out.weight.normal_(0, 1.0)
+            layer.gate_out.bias.normal_(0, 1.0)
     return layer
 
 
@@ -136,3 +137,5 @@ def test_inactive_parameters_scale_with_budget():
     per_channel = 8 * 8 + 4 + 1
     assert layer.inactive_parameters(None) == 0
     assert layer.inactive_parameters(2) == 4 * per_channel
+    ungated = make_layer(d=8, k_max=6, gate=False)
+    assert ungated.gate_in is None and ungated.inactive_parameters(2) == 4 * 8 * 8
