@@ -154,9 +154,15 @@ class ESSSM(SequenceBackbone):
         dropout: float = 0.1,
         drop_path: float = 0.05,
         channel_chunk: int | None = None,
+        init_filters: bool = True,
     ) -> None:
+        """init_filters=False: filters left NaN, to be filled by load_state_dict (see ESSSMLayer)."""
+
         def mixer(_: int) -> ESSSMLayer:
-            return ESSSMLayer(d_model, seq_len, k_max, gate, rms_rescale, channel_chunk=channel_chunk)
+            return ESSSMLayer(
+                d_model, seq_len, k_max, gate, rms_rescale, channel_chunk=channel_chunk,
+                init_filters=init_filters,
+            )
 
         super().__init__(mixer, d_model, n_layers, ffn_mult, dropout, drop_path)
         self.k_max, self.seq_len = k_max, seq_len
