@@ -24,8 +24,6 @@ def load_task(ckpt: str | Path, map_location: str = "cpu") -> SequenceTask:
 def load_datamodule(config: str | Path, overrides: dict[str, Any] | None = None) -> L.LightningDataModule:
     """Instantiate the `data:` section of a YAML config (a full fit config works), with overrides
     of its init_args (e.g. data_dir, batch_size)."""
-    from jsonargparse import ArgumentParser
-
     path = Path(config)
     if not path.is_file():
         raise FileNotFoundError(f"data config {path} does not exist (see conf/<task>/*.yaml)")
@@ -33,10 +31,16 @@ def load_datamodule(config: str | Path, overrides: dict[str, Any] | None = None)
     spec = raw.get("data", raw)
     if not isinstance(spec, dict) or "class_path" not in spec:
         raise ValueError(f"{path} has no 'data: {{class_path: ..., init_args: ...}}' section")
-    spec = {**spec, "init_args": {**spec.get("init_args", {}), **(overrides or {})}}
+    return instantiate_datamodule({**spec, "init_args": {**spec.get("init_args", {}), **(overrides or {})}})
+
+
+def instantiate_datamodule(spec: dict[str, Any]) -> L.LightningDataModule:
+    """A datamodule from {"class_path", "init_args"}, type-checked as LightningCLI would."""
+    from jsonargparse import ArgumentParser
+
     parser = ArgumentParser()
     parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
-    return parser.instantiate_classes(parser.parse_object({"data": spec})).data
+    return parser.instantiate(parser.parse_object({"data": spec})).data
 
 
 def run_sweep(

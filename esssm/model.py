@@ -120,7 +120,7 @@ class SequenceBackbone(nn.Module):
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         self.d_model = d_model
-        rates = torch.linspace(0.0, drop_path, n_layers).tolist() if n_layers > 1 else [0.0]
+        rates = [drop_path * i / max(1, n_layers - 1) for i in range(n_layers)]
         self.blocks = nn.ModuleList(
             ResidualBlock(mixer_factory(i), d_model, ffn_mult, dropout, rate)
             for i, rate in enumerate(rates)

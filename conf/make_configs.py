@@ -1,0 +1,151 @@
+"""Write conf/<task>/<model>.yaml and conf/quick/listops/<model>.yaml from one table.
+
+    python conf/make_configs.py
+
+One source for every config: the task recipe (data, epochs, batch) and the model (backbone).
+Baselines get the width whose whole-model parameter count is closest to the task's ES-SSM
+(within 10%, asserted by tests/test_configs.py), so the comparison is at matched size.
+Edit this file, not the YAML it writes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+from baselines.sizing import match_width  # noqa: E402
+from esssm.model import SequenceClassifier, build_module, count_parameters  # noqa: E402
+
+# Authors' recipe (DESIGN.md): AdamW lr 2e-4, betas (0.9, 0.95), wd 0.03, warm-up 6% then cosine
+# to 0.1x, clip 1.0, EMA 0.999, budget dropout (2 warm-up epochs, every 8th step full).
+# The same optimiser recipe is used for every model of a task so the comparison is fair.
+TASKS = {
+    "listops": {"data": "datamodules.ListOpsDataModule", "args": {"max_len": 2000}, "seq_len": 2000,
+                "batch": 32, "epochs": 40},
+    "text": {"data": "datamodules.IMDBDataModule", "args": {"max_len": 4096}, "seq_len": 4096,
+             "batch": 16, "epochs": 32},
+    "retrieval": {"data": "datamodules.AANDataModule", "args": {"max_len": 4000}, "seq_len": 4000,
+                  "batch": 16, "epochs": 20},
+    "scifar": {"data": "datamodules.SCIFARDataModule", "args": {"mode": "gray"}, "seq_len": 1024,
+               "batch": 50, "epochs": 200},
+    "speech": {"data": "datamodules.SpeechCommandsDataModule", "args": {"subset": "sc35"},
+               "seq_len": 16000, "batch": 16, "epochs": 40},
+}
+# The quick profile: generated short ListOps, small models, minutes on 2 CPU cores.
+QUICK = {"data": "datamodules.ListOpsDataModule", "args": {"max_len": 256, "data_dir": "data/listops-quick"},
+         "seq_len": 256, "batch": 32, "epochs": 6}
+
+FULL_SIZE = {"d_model": 256, "n_layers": 8, "k_max": 32}
+QUICK_SIZE = {"d_model": 64, "n_layers": 2, "k_max": 16}
+
+
+def spectral_models(size: dict, seq_len: int) -> dict[str, tuple[dict, dict]]:
+    """ES-SSM, its ablations and the fixed-budget SSM: name -> (backbone spec, model overrides)."""
+    base = {"d_model": size["d_model"], "n_layers": size["n_layers"], "seq_len": seq_len, "k_max": size["k_max"]}
+    esssm = lambda **kw: {"class_path": "esssm.model.ESSSM", "init_args": {**base, **kw}}  # noqa: E731
+    return {
+        "esssm": (esssm(), {}),
+        "esssm_nogate": (esssm(gate=False), {}),
+        "esssm_norms": (esssm(rms_rescale=False), {}),
+        "esssm_nodropout": (esssm(), {"budget_dropout": False}),
+        "fixed": ({"class_path": "baselines.FixedSpectralSSM", "init_args": base}, {"budget_dropout": False}),
+    }
+
+
+def baseline_builders(n_layers: int, seq_len: int) -> dict[str, tuple[str, dict, int]]:
+    """name -> (class path, fixed init args, width multiple); the width is matched."""
+    return {
+        "transformer": ("baselines.Transformer", {"n_layers": n_layers, "n_heads": 8, "max_len": seq_len}, 8),
+        "mamba": ("baselines.Mamba", {"n_layers": n_layers}, 8),
+        "mamba2": ("baselines.Mamba2", {"n_layers": n_layers, "headdim": 32}, 16),
+        "s4d": ("baselines.S4D", {"n_layers": n_layers}, 8),
+        "arstu": ("baselines.ARSTU", {"n_layers": n_layers, "seq_len": seq_len, "num_filters": 24}, 8),
+    }
+
+
+def whole_model_params(backbone: dict, data: dict) -> int:
+    return count_parameters(SequenceClassifier(build_module(backbone), **data))
+
+
+def matched(class_path: str, args: dict, multiple: int, target: int, data: dict) -> dict:
+    spec = lambda d: {"class_path": class_path, "init_args": {"d_model": d, **args}}  # noqa: E731
+    width = match_width(lambda d: SequenceClassifier(build_module(spec(d)), **data), target, multiple)
+    return spec(width)
+
+
+def budget_recipe(task: dict) -> dict:
+    """Budget dropout of spectral models (the authors': 2 full-budget warm-up epochs, every 8th
+    step full); baselines have no budget to drop."""
+    return {"budget_warmup_epochs": 2 if task is not QUICK else 1, "budget_full_every": 8}
+
+
+def config(task: dict, name: str, run_name: str, backbone: dict, overrides: dict) -> dict:
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "auto",
+            "max_epochs": task["epochs"],
+            "gradient_clip_val": 1.0,
+            "log_every_n_steps": 10,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "runs", "name": run_name, "default_hp_metric": False},
+            },
+        },
+        "model": {
+            "backbone": backbone,
+            "lr": 2e-4 if task is not QUICK else 2e-3,
+            "weight_decay": 0.03,
+            "warmup_ratio": 0.06,
+            "ema_decay": 0.999 if task is not QUICK else 0.99,
+            **(budget_recipe(task) if "k_max" in backbone["init_args"] else {}),
+            **overrides,
+        },
+        "data": {"class_path": task["data"], "init_args": {**task["args"], "batch_size": task["batch"]}},
+        "sweep": {"budgets": "all" if task is QUICK else None},
+    }
+
+
+def data_facts(task: dict) -> dict:
+    """num_classes / vocab_size / input_dim of the task, read from its datamodule (no data needed)."""
+    from esssm.commands import instantiate_datamodule
+
+    dm = instantiate_datamodule({"class_path": task["data"], "init_args": task["args"]})
+    return {"num_classes": dm.num_classes, "vocab_size": dm.vocab_size, "input_dim": dm.input_dim}
+
+
+def write(path: Path, cfg: dict, header: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None, width=100)
+    path.write_text(f"# {header}\n# Generated by conf/make_configs.py: edit there, then rerun it.\n{body}")
+    print(f"wrote {path.relative_to(ROOT.parent)}")
+
+
+def write_task(task_name: str, task: dict, size: dict, folder: Path, baselines: tuple[str, ...]) -> None:
+    data = data_facts(task)
+    models = spectral_models(size, task["seq_len"])
+    target = whole_model_params(models["esssm"][0], data)
+    for name, (class_path, args, multiple) in baseline_builders(size["n_layers"], task["seq_len"]).items():
+        if name in baselines:
+            models[name] = (matched(class_path, args, multiple, target, data), {})
+    prefix = "quick/" if task is QUICK else ""
+    for name, (backbone, overrides) in models.items():
+        params = whole_model_params(backbone, data)
+        header = f"{prefix}{task_name} / {name}: {params / 1e6:.2f}M parameters (ES-SSM: {target / 1e6:.2f}M)"
+        write(folder / f"{name}.yaml", config(task, name, f"{prefix}{task_name}/{name}", backbone, overrides), header)
+
+
+def main() -> None:
+    every = tuple(baseline_builders(1, 1))
+    for task_name, task in TASKS.items():
+        write_task(task_name, task, FULL_SIZE, ROOT / task_name, every)
+    write_task("listops", QUICK, QUICK_SIZE, ROOT / "quick" / "listops", ("transformer",))
+
+
+if __name__ == "__main__":
+    main()
