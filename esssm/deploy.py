@@ -1,0 +1,523 @@
+"""Budgeted deployment: export a truncated model, pick a budget for a latency target, cascade.
+
+Plain torch, no Lightning: an exported file loads with `load_exported` and nothing but the
+model classes of this package. The command-line glue (`esssm export | plan | cascade`) lives
+in esssm/commands.py.
+
+- Export: a model trained at k_max, cut to budget k, physically holds only channels 1..k of
+  every ES-SSM layer (mix[:k], gate_out rows [:k], phi[:, :k], sigma[:k]) and computes exactly
+  what the full model computes at budget k. The truncated filters are the stored ones, never
+  recomputed: the top-k eigenvectors of an (L, k) problem agree with those of (L, K) only up
+  to numerics in the near-null space.
+- Plan: join measured latency per budget with a recorded budget-accuracy curve.
+- Cascade: answer at a small budget, escalate only the examples whose confidence is low.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import importlib
+import importlib.util
+import inspect
+import io
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from esssm.layer import ESSSMLayer, check_budget
+from esssm.model import (
+    RetrievalClassifier,
+    SequenceClassifier,
+    active_parameters,
+    build_module,
+)
+from esssm.spectral import causal_fft_conv
+from esssm.timing import median_latency_ms
+
+Batch = dict[str, Any]
+EXPORT_FORMAT, EXPORT_VERSION = "esssm-export", 1
+DATA_KEYS = ("num_classes", "vocab_size", "input_dim", "task")
+# Channel axis of every per-channel tensor of an ESSSMLayer's state dict.
+CHANNEL_AXES = {"mix": 0, "gate_out.weight": 0, "gate_out.bias": 0, "sigma": 0, "phi": 1}
+
+
+# --------------------------------------------------------------------------- model and batches
+
+
+def model_config(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """What rebuilds a classifier without Lightning: the backbone spec and the data facts.
+
+    hparams: a SequenceTask's hyperparameters (`task.hparams`) or an exported config.
+    """
+    config = {key: hparams.get(key) for key in DATA_KEYS}
+    config["task"] = config["task"] or "classification"
+    config["backbone"] = copy.deepcopy(dict(hparams["backbone"]))
+    return config
+
+
+def _accepts(spec: Mapping[str, Any], argument: str) -> bool:
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return argument in inspect.signature(cls).parameters
+
+
+def build_model(config: Mapping[str, Any], init_filters: bool = True) -> nn.Module:
+    """SequenceClassifier/RetrievalClassifier from `model_config`. init_filters=False skips the
+    eigendecomposition where the backbone allows it (the state dict brings the filters)."""
+    spec = copy.deepcopy(dict(config["backbone"]))
+    if not init_filters and _accepts(spec, "init_filters"):
+        spec["init_args"] = {**spec.get("init_args", {}), "init_filters": False}
+    cls = RetrievalClassifier if config["task"] == "retrieval" else SequenceClassifier
+    return cls(build_module(spec), config["num_classes"], config["vocab_size"], config["input_dim"])
+
+
+def model_inputs(model: nn.Module, batch: Batch) -> tuple[torch.Tensor | None, ...]:
+    """Positional inputs of a classifier's forward: (x, mask) or (x1, x2, mask1, mask2)."""
+    if isinstance(model, RetrievalClassifier):
+        return batch["x1"], batch["x2"], batch.get("mask1"), batch.get("mask2")
+    return batch["x"], batch.get("mask")
+
+
+def batch_logits(model: nn.Module, batch: Batch, budget: int | None = None) -> torch.Tensor:
+    """Logits (B, C) of a project batch dict at `budget` (None = the model's full k_max)."""
+    return model(*model_inputs(model, batch), budget=budget)
+
+
+def synthetic_batch(
+    config: Mapping[str, Any], batch_size: int, seq_len: int, device: str | torch.device = "cpu"
+) -> Batch:
+    """Random inputs of the task's kind, shape (B, L) token ids or (B, L, C) features, with
+    all-valid masks; two documents for retrieval. Seeded, so every call gives the same batch."""
+    gen = torch.Generator().manual_seed(0)
+
+    def document() -> torch.Tensor:
+        if config["vocab_size"] is not None:
+            return torch.randint(config["vocab_size"], (batch_size, seq_len), generator=gen)
+        return torch.randn(batch_size, seq_len, config["input_dim"], generator=gen)
+
+    names = [("x1", "mask1"), ("x2", "mask2")] if config["task"] == "retrieval" else [("x", "mask")]
+    mask = torch.ones(batch_size, seq_len, dtype=torch.bool)
+    return {key: t.to(device) for x, m in names for key, t in ((x, document()), (m, mask))}
+
+
+def to_device(batch: Batch, device: str | torch.device) -> Batch:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def elastic_k_max(model: nn.Module) -> int:
+    """The model's k_max; a clear error for a backbone without a spectral budget."""
+    k_max = getattr(model, "k_max", None)
+    if k_max is None or not any(isinstance(m, ESSSMLayer) for m in model.modules()):
+        backbone = type(getattr(model, "backbone", model)).__name__
+        raise ValueError(
+            f"budgeted deployment needs an elastic ES-SSM backbone; {backbone} has no spectral "
+            "budget (k_max), so it runs at one size only"
+        )
+    return k_max
+
+
+# --------------------------------------------------------------------------- export
+
+
+def truncated_state_dict(model: nn.Module, budget: int) -> dict[str, torch.Tensor]:
+    """model's state dict with every ES-SSM layer cut to channels 1..budget (copies, so a saved
+    file holds only the kept channels, not the storage of the full tensors)."""
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        if isinstance(module, ESSSMLayer):
+            for key, axis in CHANNEL_AXES.items():
+                full = f"{name}.{key}"
+                if full in state:
+                    state[full] = state[full].narrow(axis, 0, budget).clone()
+    return state
+
+
+def truncate(model: nn.Module, config: Mapping[str, Any], budget: int) -> tuple[nn.Module, dict]:
+    """A standalone model holding channels 1..budget only, and its config (k_max = budget).
+
+    model: the full classifier (for a trained task, its EMA `eval_model`); config: its
+    `model_config`. The result, called at its full budget, equals `model` at `budget`.
+    """
+    k_max = elastic_k_max(model)
+    budget = check_budget(budget, k_max)
+    small_config = model_config(config)
+    init_args = small_config["backbone"].setdefault("init_args", {})
+    if "k_max" not in init_args:
+        raise ValueError(f"backbone spec {small_config['backbone']} records no k_max to truncate")
+    init_args["k_max"] = budget
+    small_config["exported"] = {"budget": budget, "from_k_max": k_max}
+    small = build_model(small_config, init_filters=False)
+    small.load_state_dict(truncated_state_dict(model, budget), strict=True)
+    return small.eval(), small_config
+
+
+def atomic_write(path: str | Path, write: Callable[[str], Any]) -> int:
+    """Run write(tmp) on a temporary file beside `path`, then rename it over `path`: readers
+    never see a half-written file. Returns the file size in bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path.stat().st_size
+
+
+def save_exported(model: nn.Module, config: Mapping[str, Any], path: str | Path) -> int:
+    """Write {format, version, config, state_dict} atomically; returns the size in bytes."""
+    payload = {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "config": dict(config),
+        "state_dict": model.state_dict(),
+    }
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_exported(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The model of an exported file, in eval mode; its config is kept as `.export_config`.
+
+    Needs no Lightning, training code or data; loads with weights_only=True (no pickled code).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported model {path} does not exist (write one with `esssm export`)")
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
+        raise ValueError(
+            f"{path} is not an `esssm export` file (a Lightning checkpoint loads with "
+            "esssm.commands.load_task)"
+        )
+    if payload.get("version") != EXPORT_VERSION:
+        raise ValueError(f"{path} has export version {payload.get('version')}, expected {EXPORT_VERSION}")
+    model = build_model(payload["config"], init_filters=False)
+    model.load_state_dict(payload["state_dict"], strict=True)
+    model.export_config = payload["config"]
+    return model.to(map_location).eval()
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Serialised size of a model's state dict: the weights-only file size, for comparisons."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+# --------------------------------------------------------------------------- TorchScript / ONNX
+
+
+class TraceableMixer(nn.Module):
+    """ESSSMLayer's maths at its full k_max in plain tensor ops that torch.jit.trace records.
+
+    The fast layer cuts its FFTs into cache-sized blocks with in-place writes and Python-side
+    shape arithmetic, which a tracer cannot follow. This one materialises the (B, k, D, L)
+    convolutions (fine at deployment budgets) with filter spectra precomputed for one length L.
+    """
+
+    def __init__(self, layer: ESSSMLayer, seq_len: int) -> None:
+        super().__init__()
+        self.layer, self.k = layer, layer.k_max
+        spectra, self.nfft = layer.spectra(seq_len, torch.float32)
+        self.register_buffer("spectra_", spectra.clone(), persistent=False)
+
+    def forward(
+        self, u: torch.Tensor, mask: torch.Tensor | None = None, budget: int | None = None
+    ) -> torch.Tensor:
+        layer = self.layer
+        conv = causal_fft_conv(u, self.spectra_, self.nfft)  # (B, k, D, L)
+        weights = layer.channel_weights(u, self.k) * layer.sigma.pow(0.25)  # (B, L, k)
+        weighted = (conv * weights.transpose(1, 2).unsqueeze(2)).to(u.dtype)
+        return layer.skip(u) + torch.einsum("bkdl,kde->ble", weighted, layer.mix)
+
+
+def traceable_copy(model: nn.Module, seq_len: int) -> nn.Module:
+    """A copy of `model` whose ES-SSM layers are `TraceableMixer`s for inputs of length seq_len."""
+    model = copy.deepcopy(model).eval()
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, ESSSMLayer):
+                setattr(parent, name, TraceableMixer(child, seq_len))
+    return model
+
+
+def export_torchscript(model: nn.Module, example: Batch, path: str | Path) -> int:
+    """Trace `model` (at its full budget) on `example` and save it atomically; returns bytes.
+
+    The graph is specialised to the example's shape (B, L): pad shorter inputs to L with the
+    mask (the layers are causal and pooling is masked, so padding does not change the logits).
+    """
+    inputs = model_inputs(model, example)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still works
+        traced = torch.jit.trace(traceable_copy(model, inputs[0].shape[1]), inputs, check_trace=False)
+    return atomic_write(path, traced.save)
+
+
+def export_onnx(model: nn.Module, example: Batch, path: str | Path) -> int:
+    """ONNX export of the traceable copy; a clear error where torch.onnx cannot do it."""
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(
+            f"ONNX export needs the {' and '.join(missing)} package(s) (pip install onnx onnxscript); "
+            "even then torch.onnx cannot translate the FFT convolution (see below)"
+        )
+    inputs = model_inputs(model, example)
+    copy_ = traceable_copy(model, inputs[0].shape[1])
+    try:
+        return atomic_write(path, lambda tmp: torch.onnx.export(copy_, inputs, tmp, dynamo=True))
+    except Exception as error:  # the converter raises several types; all mean "not exportable"
+        raise RuntimeError(
+            "torch.onnx cannot translate this model: the spectral convolution multiplies complex "
+            "FFT spectra and ONNX has no complex tensors. Use --torchscript (libtorch) or the "
+            f"exported .pt file instead (converter error: {type(error).__name__})"
+        ) from error
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    budget: int
+    acc: float
+    active_params: int
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    budget: int
+    acc: float
+    latency_ms: float
+    active_params: int
+    meets: bool
+
+
+def read_curve(path: str | Path) -> list[CurvePoint]:
+    """Budget-accuracy points from a BudgetSweep CSV (budget, acc, active_params, ...).
+
+    A "full" row (a model without a budget) is skipped; a budget listed twice keeps its last row.
+    """
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"budget", "acc", "active_params"} - set(rows[0] if rows else {})
+    if missing:
+        raise ValueError(f"{path} is not a budget curve: columns {sorted(missing)} missing (or no rows)")
+    points = {
+        int(r["budget"]): CurvePoint(int(r["budget"]), float(r["acc"]), int(r["active_params"]))
+        for r in rows
+        if r["budget"].isdigit()
+    }
+    return [points[k] for k in sorted(points)]
+
+
+def find_curve(ckpt: str | Path) -> Path | None:
+    """The curve BudgetSweep wrote beside a checkpoint: validation first (choosing a budget on
+    the test split would leak it), else test."""
+    for split in ("val", "test"):
+        path = Path(ckpt).parent / f"budget_curve_{split}.csv"
+        if path.is_file():
+            return path
+    return None
+
+
+def measure_latencies(
+    model: nn.Module,
+    example: Batch,
+    budgets: Iterable[int],
+    device: str | torch.device = "cpu",
+    timer: Callable[..., float] = median_latency_ms,
+) -> dict[int, float]:
+    """Milliseconds of one forward pass of `example` per budget; `timer(fn, device)` is
+    injectable (default: the median of timed runs after warm-up)."""
+    model = model.to(device).eval()
+    example = to_device(example, device)
+    with torch.inference_mode():
+        return {k: timer(lambda k=k: batch_logits(model, example, k), device) for k in budgets}
+
+
+def plan_budget(
+    curve: Sequence[CurvePoint], latencies: Mapping[int, float], target_ms: float
+) -> tuple[PlanRow | None, list[PlanRow]]:
+    """The most accurate budget whose latency meets `target_ms` (ties: the faster one), or None,
+    and the table behind the choice (budgets with both an accuracy and a latency)."""
+    rows = [
+        PlanRow(p.budget, p.acc, latencies[p.budget], p.active_params, latencies[p.budget] <= target_ms)
+        for p in curve
+        if p.budget in latencies
+    ]
+    feasible = [r for r in rows if r.meets]
+    best = max(feasible, key=lambda r: (r.acc, -r.latency_ms)) if feasible else None
+    return best, rows
+
+
+def format_plan(rows: Sequence[PlanRow], best: PlanRow | None, target_ms: float) -> str:
+    """The plan table, the chosen row marked, and the verdict."""
+    lines = [f"{'budget':>6}  {'acc %':>7}  {'latency ms':>10}  {'active params':>13}  meets {target_ms:g} ms"]
+    for r in rows:
+        mark = "  <- best" if r is best else ""
+        lines.append(
+            f"{r.budget:>6}  {100 * r.acc:7.2f}  {r.latency_ms:10.2f}  {r.active_params:13,d}  "
+            f"{'yes' if r.meets else 'no':>5}{mark}"
+        )
+    if best is None:
+        fastest = min(rows, key=lambda r: r.latency_ms)
+        lines.append(
+            f"no budget meets {target_ms:g} ms: the fastest, k={fastest.budget}, takes "
+            f"{fastest.latency_ms:.2f} ms here; raise the target, lower --batch/--seq-len, or use a GPU"
+        )
+    else:
+        lines.append(
+            f"best budget: k={best.budget} ({100 * best.acc:.2f}% at {best.latency_ms:.2f} ms, "
+            f"{best.active_params:,d} active parameters)"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- cascade
+
+
+@dataclass
+class CascadeResult:
+    """Per example (B,): the answering stage's logits (B, C), the budget that answered, and the
+    compute spent on it over every stage it went through (channels = sum of their budgets,
+    params = sum of their active parameters)."""
+
+    logits: torch.Tensor
+    budget: torch.Tensor
+    channels: torch.Tensor
+    params: torch.Tensor
+
+
+def subset(batch: Batch, index: torch.Tensor, size: int) -> Batch:
+    """Rows `index` of every (size, ...) tensor of a batch; other entries unchanged."""
+    return {
+        k: v[index] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == size else v
+        for k, v in batch.items()
+    }
+
+
+def cascade_predict(
+    model: nn.Module, batch: Batch, budgets: Sequence[int], threshold: float
+) -> CascadeResult:
+    """Anytime inference: run the smallest budget; examples whose confidence (max softmax
+    probability) is below `threshold` go on to the next budget; the largest answers the rest.
+
+    threshold 0 answers everything at the smallest budget, threshold > 1 everything at the
+    largest. Later stages recompute from scratch (the gate renormalises over the active prefix,
+    so no activation is shared between budgets), hence compute adds up over stages.
+    """
+    k_max = elastic_k_max(model)
+    budgets = sorted({check_budget(k, k_max) for k in budgets})
+    if not budgets:
+        raise ValueError("cascade needs at least one budget")
+    size = int(model_inputs(model, batch)[0].shape[0])
+    device = model_inputs(model, batch)[0].device
+    pending = torch.arange(size, device=device)
+    answered = torch.zeros(size, dtype=torch.long, device=device)
+    channels, params = torch.zeros_like(answered), torch.zeros_like(answered)
+    logits = None
+    for stage, k in enumerate(budgets):
+        out = batch_logits(model, batch if len(pending) == size else subset(batch, pending, size), k)
+        logits = out.new_empty(size, out.shape[-1]) if logits is None else logits
+        last = stage == len(budgets) - 1
+        done = torch.ones_like(pending, dtype=torch.bool) if last else out.float().softmax(-1).amax(-1) >= threshold
+        channels[pending] += k
+        params[pending] += active_parameters(model, k)
+        logits[pending[done]], answered[pending[done]] = out[done], k
+        pending = pending[~done]
+        if len(pending) == 0:
+            break
+    return CascadeResult(logits, answered, channels, params)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def evaluate_policy(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    budgets: Sequence[int],
+    threshold: float,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Accuracy, mean compute per example and measured model time of one cascade policy over
+    labelled batches (a single budget is the fixed-budget policy)."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    correct = count = channels = params = 0
+    seconds = 0.0
+    answered: dict[int, int] = {}
+    with torch.inference_mode():
+        for batch in batches:
+            batch = to_device(batch, device)
+            _synchronize(device)
+            start = time.perf_counter()
+            result = cascade_predict(model, batch, budgets, threshold)
+            _synchronize(device)
+            seconds += time.perf_counter() - start
+            correct += int((result.logits.argmax(-1) == batch["y"]).sum())
+            count += len(result.budget)
+            channels += int(result.channels.sum())
+            params += int(result.params.sum())
+            for k, n in zip(*torch.unique(result.budget, return_counts=True)):
+                answered[int(k)] = answered.get(int(k), 0) + int(n)
+    if count == 0:
+        raise ValueError("no examples to evaluate (empty data split)")
+    return {
+        "acc": correct / count,
+        "count": count,
+        "avg_channels": channels / count,
+        "avg_params": params / count,
+        "ms_per_example": 1000.0 * seconds / count,
+        "answered": {k: n / count for k, n in sorted(answered.items())},
+    }
+
+
+def cascade_sweep(
+    model: nn.Module,
+    batches: Callable[[], Iterable[Batch]],
+    budgets: Sequence[int],
+    thresholds: Sequence[float],
+    device: str | torch.device = "cpu",
+) -> list[dict[str, Any]]:
+    """The fixed-budget curve (one row per budget) followed by the cascade over `budgets` at
+    every threshold; `batches()` yields a fresh pass over the labelled data each time."""
+    policies = [(f"k={k}", [k], math.inf) for k in sorted(budgets)]
+    cascade = ",".join(str(k) for k in sorted(budgets))
+    policies += [(f"cascade {cascade} @ {t:g}", budgets, t) for t in thresholds]
+    return [
+        {"policy": name, "threshold": t, **evaluate_policy(model, batches(), ks, t, device)}
+        for name, ks, t in policies
+    ]
+
+
+def format_cascade(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Accuracy vs mean compute per example, fixed budgets first, then the cascades."""
+    lines = [
+        f"{'policy':<28}  {'acc %':>7}  {'avg channels':>12}  {'avg active params':>17}  "
+        f"{'ms/example':>10}  answered at (fraction)"
+    ]
+    for r in rows:
+        answered = " ".join(f"k{k}:{f:.2f}" for k, f in r["answered"].items())
+        lines.append(
+            f"{r['policy']:<28}  {100 * r['acc']:7.2f}  {r['avg_channels']:12.2f}  "
+            f"{r['avg_params']:17,.0f}  {r['ms_per_example']:10.3f}  {answered}"
+        )
+    return "\n".join(lines)

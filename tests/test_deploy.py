@@ -1,0 +1,228 @@
+"""Budgeted deployment on a tiny trained model: export, plan, cascade, and their commands."""
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+import esssm.layer
+from esssm import deploy
+from esssm.callbacks import BudgetSweep
+from esssm.cli import main
+from esssm.commands import load_task
+from esssm.deploy import CurvePoint
+from esssm.lit import SequenceTask
+from esssm.model import ESSSM, active_parameters, count_parameters
+from toy_data import ToyDataModule, collate
+
+BUDGETS = [1, 2, 4, 8]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: a second OpenMP thread only spins against other work on shared cores
+    (measured: this file 43-69 s with 2 threads under load, 10 s with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny ES-SSM (k_max=8) trained for 3 epochs with EMA, its checkpoint and budget curve."""
+    root = tmp_path_factory.mktemp("deploy")
+    L.seed_everything(0)
+    backbone = ESSSM(d_model=32, n_layers=2, seq_len=24, k_max=8, dropout=0.0, drop_path=0.0)
+    task = SequenceTask(
+        backbone, num_classes=3, vocab_size=8, lr=3e-3, ema_decay=0.9, budget_warmup_epochs=0
+    )
+    trainer = L.Trainer(
+        default_root_dir=root, accelerator="cpu", devices=1, max_epochs=3, logger=False,
+        enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[BudgetSweep(BUDGETS), ModelCheckpoint(dirpath=root / "ckpts", save_last=True)],
+    )
+    trainer.fit(task, ToyDataModule())
+    ckpt = root / "ckpts" / "last.ckpt"
+    task = load_task(ckpt).eval()
+    return {"ckpt": ckpt, "task": task, "config": deploy.model_config(task.hparams), "root": root}
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """20 validation examples of varying length (right-padded, masked)."""
+    data = ToyDataModule(val_size=20)
+    data.setup()
+    return collate([data.val[i] for i in range(20)])
+
+
+def test_export_equals_full_model_at_budget_and_is_smaller(trained, batch, tmp_path):
+    task, config = trained["task"], trained["config"]
+    full = task.eval_model
+    assert full is task.ema.module  # export uses the EMA weights the curve was measured with
+    sizes = []
+    for k in (1, 3, 8):
+        small, small_config = deploy.truncate(full, config, k)
+        path = tmp_path / f"k{k}.pt"
+        sizes.append(deploy.save_exported(small, small_config, path))
+        loaded = deploy.load_exported(path)
+        assert loaded.k_max == k and loaded.export_config["exported"] == {"budget": k, "from_k_max": 8}
+        with torch.no_grad():
+            expected = task.evaluate(batch, k)
+            assert torch.allclose(deploy.batch_logits(loaded, batch), expected, atol=1e-6, rtol=0)
+        assert count_parameters(loaded) == active_parameters(full, k)
+        layer = loaded.backbone.blocks[0].mixer
+        assert layer.mix.shape[0] == layer.gate_out.out_features == layer.sigma.shape[0] == k
+        assert torch.equal(layer.phi, full.backbone.blocks[0].mixer.phi[:, :k])  # stored, not recomputed
+    assert sizes[0] < sizes[1] < sizes[2] <= deploy.state_bytes(full) * 1.01
+
+
+def test_loading_an_export_computes_no_filters_and_needs_no_lightning(trained, tmp_path, monkeypatch):
+    path = tmp_path / "k2.pt"
+    deploy.save_exported(*deploy.truncate(trained["task"].eval_model, trained["config"], 2), path)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an exported model must not recompute its filters")
+
+    monkeypatch.setattr(esssm.layer, "spectral_filters", forbidden)
+    assert deploy.load_exported(path).k_max == 2
+    script = f"""
+        import sys
+        sys.modules["lightning"] = sys.modules["pytorch_lightning"] = None  # any import fails
+        import torch
+        from esssm.deploy import load_exported
+        model = load_exported({str(path)!r})
+        print(tuple(model(torch.randint(8, (2, 24))).shape))
+        assert not any(m.startswith("lightning") for m in sys.modules if sys.modules[m] is not None)
+    """
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "(2, 3)"
+
+
+def test_load_exported_rejects_a_training_checkpoint(trained):
+    with pytest.raises(ValueError, match="not an `esssm export` file"):
+        deploy.load_exported(trained["ckpt"])
+
+
+def test_torchscript_agrees_and_onnx_says_why_not(trained, batch, tmp_path):
+    small, _ = deploy.truncate(trained["task"].eval_model, trained["config"], 4)
+    path = tmp_path / "k4.torchscript.pt"
+    assert deploy.export_torchscript(small, batch, path) == path.stat().st_size
+    with torch.no_grad():
+        traced = torch.jit.load(path)(batch["x"], batch["mask"])
+        assert torch.allclose(traced, trained["task"].evaluate(batch, 4), atol=1e-5, rtol=0)
+    with pytest.raises(RuntimeError, match="ONNX|onnx"):
+        deploy.export_onnx(small, batch, tmp_path / "k4.onnx")
+
+
+def test_non_elastic_model_is_refused():
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="elastic ES-SSM backbone"):
+        deploy.elastic_k_max(model)
+
+
+CURVE = [CurvePoint(1, 0.5, 100), CurvePoint(2, 0.8, 200), CurvePoint(4, 0.9, 300), CurvePoint(8, 0.9, 400)]
+LATENCY = {1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0}
+
+
+@pytest.mark.parametrize("target, expected", [(5.0, 4), (100.0, 4), (3.0, 2), (1.0, 1), (0.5, None)])
+def test_plan_picks_the_most_accurate_budget_meeting_the_target(target, expected):
+    best, rows = deploy.plan_budget(CURVE, LATENCY, target)
+    assert (best.budget if best else None) == expected  # accuracy ties go to the faster budget
+    assert [r.meets for r in rows] == [LATENCY[p.budget] <= target for p in CURVE]
+    text = deploy.format_plan(rows, best, target)
+    assert ("no budget meets" in text) == (expected is None)
+
+
+def test_measure_latencies_times_each_budget_with_an_injected_timer(trained):
+    model, config = trained["task"].eval_model, trained["config"]
+    seen = []
+
+    def fake_timer(fn, device):
+        seen.append(fn().shape)
+        return 10.0 * len(seen)
+
+    example = deploy.synthetic_batch(config, 3, 24)
+    assert deploy.measure_latencies(model, example, [1, 4], timer=fake_timer) == {1: 10.0, 4: 20.0}
+    assert seen == [(3, 3), (3, 3)]
+
+
+def test_curve_beside_the_checkpoint(trained):
+    path = deploy.find_curve(trained["ckpt"])
+    assert path.name == "budget_curve_val.csv"
+    curve = deploy.read_curve(path)
+    assert [p.budget for p in curve] == BUDGETS
+    assert [p.active_params for p in curve] == [active_parameters(trained["task"].eval_model, k) for k in BUDGETS]
+
+
+def test_cascade_extremes_and_compute_accounting(trained, batch):
+    model, budgets = trained["task"].eval_model, [2, 4, 8]
+    params = {k: active_parameters(model, k) for k in budgets}
+    with torch.no_grad():
+        low = deploy.cascade_predict(model, batch, budgets, 0.0)
+        assert (low.budget == 2).all() and (low.channels == 2).all() and (low.params == params[2]).all()
+        assert torch.equal(low.logits, deploy.batch_logits(model, batch, 2))
+        high = deploy.cascade_predict(model, batch, budgets, 1.01)
+        assert (high.budget == 8).all() and (high.channels == 14).all()
+        assert (high.params == sum(params.values())).all()
+        assert torch.allclose(high.logits, deploy.batch_logits(model, batch, 8), atol=1e-6, rtol=0)
+        conf = {k: deploy.batch_logits(model, batch, k).softmax(-1).amax(-1) for k in budgets}
+        threshold = float(conf[2].median())
+        mid = deploy.cascade_predict(model, batch, budgets, threshold)
+    assert 0 < (mid.budget == 2).sum() < len(mid.budget)
+    for i, k in enumerate(mid.budget.tolist()):
+        visited = [b for b in budgets if b <= k]
+        assert mid.channels[i] == sum(visited) and mid.params[i] == sum(params[b] for b in visited)
+        assert all(conf[b][i] < threshold + 1e-6 for b in visited[:-1])
+        assert k == 8 or conf[k][i] >= threshold - 1e-6
+
+
+def test_cascade_sweep_rows_next_to_the_fixed_budget_curve(trained):
+    data = ToyDataModule(val_size=30, eval_batch_size=8)
+    data.setup()
+    model = trained["task"].eval_model
+    rows = deploy.cascade_sweep(model, data.val_dataloader, [2, 8], [0.0, 2.0])
+    assert [r["policy"] for r in rows] == ["k=2", "k=8", "cascade 2,8 @ 0", "cascade 2,8 @ 2"]
+    fixed2, fixed8, low, high = rows
+    assert fixed2["avg_channels"] == 2 and fixed8["avg_channels"] == 8 and high["avg_channels"] == 10
+    assert low["acc"] == fixed2["acc"] and high["acc"] == fixed8["acc"]
+    assert high["avg_params"] == active_parameters(model, 2) + active_parameters(model, 8)
+    assert low["answered"] == {2: 1.0} and all(r["count"] == 30 and r["ms_per_example"] > 0 for r in rows)
+    assert "avg channels" in deploy.format_cascade(rows)
+
+
+def test_commands_export_plan_cascade(trained, tmp_path, capsys):
+    ckpt, out = str(trained["ckpt"]), tmp_path / "model_k4.pt"
+    assert main(["export", "--ckpt", ckpt, "--budget", "4", "--out", str(out), "--torchscript"]) == 0
+    text = capsys.readouterr().out
+    small = active_parameters(trained["task"].eval_model, 4)
+    assert f"-> {small:,d}" in text and "max |logits" in text and "torchscript" in text
+    assert out.is_file() and out.with_suffix(".torchscript.pt").is_file()
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+    fast = ["plan", "--ckpt", ckpt, "--repeats", "1", "--warmup", "0"]
+    assert main([*fast, "--latency-ms", "1e9"]) == 0
+    text = capsys.readouterr().out
+    best = max(p.acc for p in deploy.read_curve(deploy.find_curve(ckpt)))
+    assert "best budget: k=" in text and f"({100 * best:.2f}%" in text
+    assert main([*fast, "--latency-ms", "0"]) == 1
+    assert "no budget meets" in capsys.readouterr().out
+    lonely = tmp_path / "no_curve_here" / "last.ckpt"
+    lonely.parent.mkdir()
+    shutil.copy(ckpt, lonely)
+    with pytest.raises(FileNotFoundError, match="esssm sweep"):
+        main(["plan", "--ckpt", str(lonely), "--latency-ms", "1"])
+
+    config = tmp_path / "data.yaml"
+    config.write_text("data:\n  class_path: toy_data.ToyDataModule\n  init_args: {val_size: 12}\n")
+    args = ["cascade", "--ckpt", ckpt, "--data-config", str(config), "--budgets", "2,32", "--thresholds", "0.9"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "k=2" in text and "k=8" in text and "cascade 2,8 @ 0.9" in text and "12 examples" in text
