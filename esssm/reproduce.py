@@ -151,7 +151,7 @@ def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | Non
     with torch.no_grad():
         for row in rows:
             budget = None if row["budget"] == "full" else row["budget"]
-            row["latency_ms"] = median_latency_ms(lambda: task.evaluate(batch, budget), repeats=3)
+            row["latency_ms"] = median_latency_ms(lambda: task.evaluate(batch, budget), warmup=1, repeats=3)
     return {
         "task": run.task, "model": run.model, "checkpoint": str(ckpt),
         "params": count_parameters(task.eval_model), "k_max": task.k_max,
