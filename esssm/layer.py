@@ -36,7 +36,7 @@ def check_budget(budget: int | None, k_max: int) -> int:
 # Working-set targets: an FFT block (complex product + real output, 8 bytes per sample in
 # float32) and a weighted chunk (the GEMM operand). On CPU they should stay in L2/L3 cache;
 # on a GPU they only need to be large enough to keep the kernels big.
-_CPU_BLOCK_BYTES, _CPU_CHUNK_BYTES = 16 << 20, 16 << 20
+_CPU_BLOCK_BYTES, _CPU_CHUNK_BYTES = 4 << 20, 16 << 20
 _GPU_BLOCK_BYTES, _GPU_CHUNK_BYTES = 1 << 30, 1 << 30
 
 
@@ -226,7 +226,7 @@ def _mix_backward(
     irfft(sum_j conj(S_j) rfft(dconv_j)), the inverse FFT done once for all channels.
     """
     batch, length, d = u.shape
-    g = grad.to(plan.gemm_dtype)
+    g = grad.to(plan.gemm_dtype).contiguous()  # e.g. sum().backward() gives an expanded grad
     g_t = g.transpose(1, 2).contiguous()  # (B, D, L)
     u_hat = None if convs else padded_rfft(u.transpose(1, 2), plan.nfft).unsqueeze(1)
     du_hat = u.new_zeros(batch, d, plan.nfft // 2 + 1, dtype=spectra.dtype)
@@ -259,8 +259,11 @@ def _correlate_accumulate(
     """du_hat (B, D, F) += sum_c conj(S_c) rfft(d_conv[:, c]) in FFT blocks; d_conv (B, c, D, L)."""
     batch, channels, d, _ = d_conv.shape
     for b, c, f in signal_blocks(batch, channels, d, plan.rows):
-        spec = padded_rfft(d_conv[b, c, f], plan.nfft) * spectra[None, c, None, :].conj()
-        du_hat[b, f] += spec.sum(1)
+        spec = padded_rfft(d_conv[b, c, f], plan.nfft)  # (b, c, d, F)
+        if spec.shape[1] == 1:  # one channel: multiply-add in one pass
+            du_hat[b, f].addcmul_(spec[:, 0], spectra[c].conj())
+        else:
+            du_hat[b, f] += (spec * spectra[None, c, None, :].conj()).sum(1)
 
 
 class ESSSMLayer(nn.Module):
