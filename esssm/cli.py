@@ -28,14 +28,19 @@ class ESSSMCLI(LightningCLI):
         for name in DATA_LINKS:
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
         parser.add_lightning_class_args(BudgetSweep, "sweep")
+        # Two checkpoints: the best by full-budget validation accuracy, and last.ckpt rewritten at
+        # every epoch end. Lightning's own save_last only refreshes last.ckpt when a new best is
+        # saved, so a resume would silently drop the epochs since the last improvement.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch}-step{step}",
                 "checkpoint.auto_insert_metric_name": False,
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.enable_version_counter": False,
             }
         )
 

@@ -53,10 +53,16 @@ def run_sweep(
     budgets: list[int] | str | None = None,
     split: str = "test",
     accelerator: str = "auto",
+    output_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate a trained task at every budget on one split; rows of budget, acc, loss, params."""
+    """Evaluate a trained task at every budget on one split; rows of budget, acc, loss, params.
+
+    The curve is also written to `output_dir/budget_curve_{split}.csv` (default: the current
+    folder); pass the checkpoint's folder so `esssm plan` finds it there.
+    """
     sweep = BudgetSweep(budgets)
     trainer = L.Trainer(
+        default_root_dir=output_dir,
         accelerator=accelerator,
         devices=1,
         logger=False,
@@ -98,7 +104,10 @@ def sweep_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     overrides = {"data_dir": args.data_dir, "eval_batch_size": args.batch_size}
     datamodule = load_datamodule(args.data_config, {k: v for k, v in overrides.items() if v is not None})
-    rows = run_sweep(load_task(args.ckpt), datamodule, _budget_list(args.budgets), args.split, args.accelerator)
+    rows = run_sweep(
+        load_task(args.ckpt), datamodule, _budget_list(args.budgets), args.split, args.accelerator,
+        output_dir=Path(args.ckpt).parent,
+    )
     print(format_table(rows))
     return 0
 

@@ -146,7 +146,7 @@ def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | Non
     ckpt = best_checkpoint(run)
     task = load_task(ckpt).eval()
     datamodule = load_datamodule(run.config, overrides)
-    rows = run_sweep(task, datamodule, budgets, split="test")
+    rows = run_sweep(task, datamodule, budgets, split="test", output_dir=ckpt.parent)
     batch = next(iter(datamodule.test_dataloader()))
     with torch.no_grad():
         for row in rows:
