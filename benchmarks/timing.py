@@ -8,7 +8,9 @@ every byte the call touched, torch's or not.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
+import json
 import os
 import platform
 import statistics
@@ -28,6 +30,37 @@ class Measurement:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def inference_call(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], object]:
+    """fn(x) under torch.no_grad: the inference workload."""
+
+    def run() -> object:
+        with torch.no_grad():
+            return fn(x)
+
+    return run
+
+
+def training_call(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, module: torch.nn.Module
+) -> Callable[[], object]:
+    """Forward + backward of a mean-square loss, gradients (input's too) reset each call."""
+    x = x.detach().requires_grad_()
+
+    def run() -> None:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        fn(x).square().mean().backward()
+
+    return run
+
+
+def workload(fn, x: torch.Tensor, module: torch.nn.Module, mode: str) -> Callable[[], object]:
+    """mode 'inference' or 'training'."""
+    if mode not in ("inference", "training"):
+        raise ValueError(f"mode must be 'inference' or 'training', got {mode!r}")
+    return inference_call(fn, x) if mode == "inference" else training_call(fn, x, module)
 
 
 def sync(device: torch.device) -> None:
@@ -124,3 +157,39 @@ def _cpu_model() -> str:
 def parse_ints(text: str) -> list[int]:
     """'1024,4096' -> [1024, 4096] (CLI lists)."""
     return [int(x) for x in text.split(",") if x]
+
+
+def add_common_args(p: argparse.ArgumentParser, lengths: list[int], cuda_tokens: int) -> None:
+    """CLI options every benchmark shares; `--tokens` defaults to 1 sequence on CPU."""
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--lengths", type=parse_ints, default=lengths)
+    p.add_argument("--modes", type=lambda s: s.split(","), default=["inference", "training"])
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--k-max", type=int, default=32)
+    p.add_argument("--batch", type=int, default=None, help="fixed batch (default: --tokens // L)")
+    p.add_argument("--tokens", type=int, default=None,
+                   help=f"tokens per batch without --batch (CPU: 1 sequence, CUDA: {cuda_tokens})")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", default=None, help="write the rows and machine info here")
+    p.set_defaults(cuda_tokens=cuda_tokens)
+
+
+def start(args: argparse.Namespace) -> tuple[torch.device, dict]:
+    """Apply --threads and --tokens defaults; the device and the machine info of the run."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.tokens is None:
+        args.tokens = args.cuda_tokens if device.type == "cuda" else 1
+    return device, machine_info(device)
+
+
+def finish(args: argparse.Namespace, info: dict, rows: list[dict], table: str) -> None:
+    """Print the table and machine info; write the JSON when asked."""
+    info["loadavg_end"] = os.getloadavg()
+    print(table)
+    print(f"machine: {info}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "machine": info, "rows": rows}, f, indent=1)
