@@ -14,7 +14,6 @@ from esssm import deploy
 from esssm.callbacks import BudgetSweep
 from esssm.lit import SequenceTask
 from esssm.model import count_parameters
-from esssm.timing import median_latency_ms
 
 
 def load_task(ckpt: str | Path, map_location: str = "cpu") -> SequenceTask:
@@ -176,7 +175,7 @@ def export_model(
                 path = str(Path(out).with_suffix(suffix))
                 report[kind] = {"path": path, "bytes": write(small, example, path)}
                 if kind == "torchscript":
-                    got = torch.jit.load(path)(*deploy.model_inputs(small, example))
+                    got = deploy.load_torchscript(path)(*deploy.model_inputs(small, example))
                     report[kind]["diff"] = _check_agreement(kind, got, expected)
     return report
 
@@ -222,10 +221,6 @@ def export_main(argv: list[str]) -> int:
     return 0
 
 
-def _latency_timer(warmup: int, repeats: int) -> Any:
-    return lambda fn, device: median_latency_ms(fn, device, warmup, repeats)
-
-
 def plan_main(argv: list[str]) -> int:
     parser = _ckpt_parser("plan", "Best budget for a latency target on this machine.")
     parser.add_argument("--latency-ms", type=float, required=True, help="latency target per batch")
@@ -233,8 +228,8 @@ def plan_main(argv: list[str]) -> int:
     parser.add_argument("--batch", type=int, default=1, help="batch size of the timed forward pass")
     parser.add_argument("--seq-len", type=int, help="input length (default: the model's seq_len)")
     parser.add_argument("--curve", help="budget-accuracy CSV (default: budget_curve_{val,test}.csv beside --ckpt)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per budget (median)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per budget")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds over all budgets (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     args = parser.parse_args(argv)
     curve_path = args.curve or deploy.find_curve(args.ckpt)
     if curve_path is None:
@@ -250,8 +245,8 @@ def plan_main(argv: list[str]) -> int:
     deploy.elastic_k_max(model)
     seq_len = _seq_len(config, args.seq_len)
     example = deploy.synthetic_batch(config, args.batch, seq_len)
-    timer = _latency_timer(args.warmup, args.repeats)
-    latencies = deploy.measure_latencies(model, example, [p.budget for p in curve], args.device, timer)
+    budgets = [p.budget for p in curve]
+    latencies = deploy.measure_latencies(model, example, budgets, args.device, args.repeats, args.warmup)
     best, rows = deploy.plan_budget(curve, latencies, args.latency_ms)
     print(f"curve: {curve_path}; latency: batch {args.batch} x length {seq_len} on {args.device}")
     print(deploy.format_plan(rows, best, args.latency_ms))

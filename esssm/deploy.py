@@ -23,7 +23,8 @@ import inspect
 import io
 import math
 import os
-import tempfile
+import secrets
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -166,8 +167,8 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> int:
     never see a half-written file. Returns the file size in bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # Not mkstemp: its 0600 mode would survive the rename; this name is unique per process.
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -254,6 +255,13 @@ def traceable_copy(model: nn.Module, seq_len: int) -> nn.Module:
     return model
 
 
+def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
+    """A file written by `export_torchscript` (torch.jit is deprecated in torch 2.x, still works)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path))
+
+
 def export_torchscript(model: nn.Module, example: Batch, path: str | Path) -> int:
     """Trace `model` (at its full budget) on `example` and save it atomically; returns bytes.
 
@@ -335,19 +343,38 @@ def find_curve(ckpt: str | Path) -> Path | None:
     return None
 
 
+def time_once(fn: Callable[[], object], device: str | torch.device) -> float:
+    """Milliseconds of one call of fn (CUDA-synchronised on GPUs)."""
+    return median_latency_ms(fn, device, warmup=0, repeats=1)
+
+
 def measure_latencies(
     model: nn.Module,
     example: Batch,
-    budgets: Iterable[int],
+    budgets: Sequence[int],
     device: str | torch.device = "cpu",
-    timer: Callable[..., float] = median_latency_ms,
+    rounds: int = 5,
+    warmup: int = 1,
+    timer: Callable[[Callable[[], object], str | torch.device], float] = time_once,
 ) -> dict[int, float]:
-    """Milliseconds of one forward pass of `example` per budget; `timer(fn, device)` is
-    injectable (default: the median of timed runs after warm-up)."""
+    """Median milliseconds of one forward pass of `example` per budget.
+
+    Budgets are timed in interleaved rounds (every budget once per round) after `warmup`
+    untimed rounds, so a burst of load from other processes hits all budgets alike instead of
+    skewing whichever budget was being timed. `timer(fn, device) -> ms` is injectable.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     model = model.to(device).eval()
     example = to_device(example, device)
+    times: dict[int, list[float]] = {k: [] for k in budgets}
     with torch.inference_mode():
-        return {k: timer(lambda k=k: batch_logits(model, example, k), device) for k in budgets}
+        for r in range(warmup + rounds):
+            for k in budgets:
+                ms = timer(lambda k=k: batch_logits(model, example, k), device)
+                if r >= warmup:
+                    times[k].append(ms)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def plan_budget(

@@ -116,7 +116,7 @@ def test_torchscript_agrees_and_onnx_says_why_not(trained, batch, tmp_path):
     path = tmp_path / "k4.torchscript.pt"
     assert deploy.export_torchscript(small, batch, path) == path.stat().st_size
     with torch.no_grad():
-        traced = torch.jit.load(path)(batch["x"], batch["mask"])
+        traced = deploy.load_torchscript(path)(batch["x"], batch["mask"])
         assert torch.allclose(traced, trained["task"].evaluate(batch, 4), atol=1e-5, rtol=0)
     with pytest.raises(RuntimeError, match="ONNX|onnx"):
         deploy.export_onnx(small, batch, tmp_path / "k4.onnx")
@@ -141,17 +141,17 @@ def test_plan_picks_the_most_accurate_budget_meeting_the_target(target, expected
     assert ("no budget meets" in text) == (expected is None)
 
 
-def test_measure_latencies_times_each_budget_with_an_injected_timer(trained):
+def test_measure_latencies_interleaves_rounds_and_takes_medians(trained):
     model, config = trained["task"].eval_model, trained["config"]
-    seen = []
+    seen, fake = [], iter([99, 99, 5, 50, 1, 10, 3, 30])  # warm-up round, then 3 rounds of (k=1, k=4)
 
     def fake_timer(fn, device):
-        seen.append(fn().shape)
-        return 10.0 * len(seen)
+        seen.append(tuple(fn().shape))
+        return next(fake)
 
     example = deploy.synthetic_batch(config, 3, 24)
-    assert deploy.measure_latencies(model, example, [1, 4], timer=fake_timer) == {1: 10.0, 4: 20.0}
-    assert seen == [(3, 3), (3, 3)]
+    latencies = deploy.measure_latencies(model, example, [1, 4], rounds=3, warmup=1, timer=fake_timer)
+    assert latencies == {1: 3, 4: 30} and seen == [(3, 3)] * 8
 
 
 def test_curve_beside_the_checkpoint(trained):
@@ -206,6 +206,8 @@ def test_commands_export_plan_cascade(trained, tmp_path, capsys):
     assert f"-> {small:,d}" in text and "max |logits" in text and "torchscript" in text
     assert out.is_file() and out.with_suffix(".torchscript.pt").is_file()
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+    (tmp_path / "plain").write_text("")
+    assert out.stat().st_mode == (tmp_path / "plain").stat().st_mode  # umask mode, not mkstemp's 0600
 
     fast = ["plan", "--ckpt", ckpt, "--repeats", "1", "--warmup", "0"]
     assert main([*fast, "--latency-ms", "1e9"]) == 0
