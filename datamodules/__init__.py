@@ -1,4 +1,5 @@
-"""Lightning datamodules: LRA ListOps, Text (IMDb), Retrieval (AAN), sCIFAR, Speech Commands.
+"""Lightning datamodules: LRA ListOps, Text (IMDb), Retrieval (AAN), sCIFAR, Speech Commands,
+and byte-level language modelling.
 
 Each exposes num_classes, vocab_size or input_dim, seq_len and task right after
 construction, and yields dict batches (see datamodules.base.pad_collate).
@@ -12,6 +13,7 @@ from typing import Any
 
 _EXPORTS = {
     "AANDataModule": "datamodules.aan",
+    "ByteLMDataModule": "datamodules.bytelm",
     "DataFolderError": "datamodules.base",
     "IMDBDataModule": "datamodules.imdb",
     "ListOpsDataModule": "datamodules.listops",

@@ -12,7 +12,7 @@ import os
 import random
 import tarfile
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -232,7 +232,7 @@ class TaskDataModule(L.LightningDataModule):
         seq_len: int,
         vocab_size: int | None,
         input_dim: int | None,
-        task: Literal["classification", "retrieval"],
+        task: Literal["classification", "retrieval", "lm"],
         data_dir: str | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -298,11 +298,15 @@ class TaskDataModule(L.LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            collate_fn=partial(pad_collate, pad_to=self.seq_len if self.pad_to_max else None),
+            collate_fn=self.collate_fn(),
             worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(self.seed),
             persistent_workers=self.num_workers > 0,
         )
+
+    def collate_fn(self) -> Callable[[Sequence[dict[str, Any]]], dict[str, Tensor]]:
+        """How items become a batch: right-padding with masks (to seq_len with pad_to_max)."""
+        return partial(pad_collate, pad_to=self.seq_len if self.pad_to_max else None)
 
     def data_root(self) -> Path:
         """The folder holding ``expected_files``: data_dir or one of its ``subfolders``."""

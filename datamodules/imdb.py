@@ -49,8 +49,8 @@ def hf_split_to_dataset(split: datasets.Dataset, max_len: int) -> TokenDataset:
     return TokenDataset({"x": sequences}, split["label"], id_offset=1)
 
 
-def load_hf_cache() -> datasets.DatasetDict | None:
-    """The cached HF "stanfordnlp/imdb" DatasetDict when HF_HUB_OFFLINE is set, else None.
+def load_hf_cache(name: str = HF_NAME) -> datasets.DatasetDict | None:
+    """The cached HF DatasetDict `name` when HF_HUB_OFFLINE is set, else None.
 
     Offline mode is required so that setup can never start a download.
     """
@@ -59,7 +59,7 @@ def load_hf_cache() -> datasets.DatasetDict | None:
     if not datasets.config.HF_HUB_OFFLINE:
         return None
     try:
-        return datasets.load_dataset(HF_NAME)
+        return datasets.load_dataset(name)
     except (ConnectionError, FileNotFoundError, ValueError):
         return None
 

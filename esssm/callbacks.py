@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
@@ -48,8 +48,7 @@ class BudgetSweep(L.Callback):
         for k in self.budgets:
             full = k == pl_module.k_max and isinstance(outputs, dict) and "logits" in outputs
             logits = outputs["logits"] if full else pl_module.evaluate(batch, k)
-            loss = F.cross_entropy(logits.float(), batch["y"], reduction="none")
-            self.metrics[_key(k)].update(batch["index"], logits.argmax(-1) == batch["y"], loss)
+            self.metrics[_key(k)].update(batch["index"], *pl_module.example_stats(batch, logits))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if not trainer.sanity_checking:
@@ -77,6 +76,7 @@ class BudgetSweep(L.Callback):
                     "loss": float(result["loss"]),
                     "count": int(result["count"]),
                     "active_params": active_parameters(pl_module.eval_model, k),
+                    **({"bpb": float(result["loss"]) / math.log(2)} if pl_module.hparams.task == "lm" else {}),
                 }
             )
         self.last_results[stage] = rows
@@ -90,6 +90,8 @@ class BudgetSweep(L.Callback):
         for row in rows:
             log(f"{stage}/acc@k{row['budget']}", row["acc"])
             log(f"{stage}/loss@k{row['budget']}", row["loss"])
+            if "bpb" in row:
+                log(f"{stage}/bpb@k{row['budget']}", row["bpb"])
         ks = [r["budget"] for r in rows if r["budget"] != "full"]
         if ks:
             summary = curve_summary(ks, [r["acc"] for r in rows])

@@ -14,14 +14,22 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from esssm.budget import PAPER_GRID, BudgetSampler
 from esssm.metrics import ExactAccuracy
-from esssm.model import RetrievalClassifier, SequenceClassifier, build_module, module_spec
+from esssm.model import (
+    LanguageModel,
+    RetrievalClassifier,
+    SequenceClassifier,
+    build_module,
+    module_spec,
+)
 
 Batch = dict[str, torch.Tensor]
-TASKS = ("classification", "retrieval")
+TASKS = ("classification", "retrieval", "lm")
+PAD = 0  # token id 0 pads sequences; as an LM target it marks positions without a next byte
 
 
 class SequenceTask(L.LightningModule):
-    """Sequence classification (batch x, mask, y) or two-document retrieval (x1, mask1, x2, mask2, y).
+    """Sequence classification (batch x, mask, y), two-document retrieval (x1, mask1, x2, mask2,
+    y) or causal language modelling (x (B, L), y (B, L) next-token ids, 0 = no target).
 
     The backbone is any `esssm.model.SequenceBackbone` (ES-SSM or a baseline). num_classes,
     vocab_size/input_dim and task come from the datamodule (the CLI links them). Elastic
@@ -59,11 +67,11 @@ class SequenceTask(L.LightningModule):
             backbone = build_module(backbone)
         self.save_hyperparameters(ignore=["backbone"])
         self.hparams["backbone"] = module_spec(backbone)
-        model_cls = RetrievalClassifier if task == "retrieval" else SequenceClassifier
-        self.model = model_cls(backbone, num_classes, vocab_size, input_dim)
+        self.model = build_task_model(task, backbone, num_classes, vocab_size, input_dim)
         self.ema = self._make_ema(ema_decay)
         self.sampler = self._make_sampler()
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        ignore = PAD if task == "lm" else None
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore)
         self.val_metric, self.test_metric = ExactAccuracy(), ExactAccuracy()
 
     # ------------------------------------------------------------------ construction
@@ -103,15 +111,30 @@ class SequenceTask(L.LightningModule):
     # ------------------------------------------------------------------ forward
 
     def forward(self, batch: Batch, budget: int | None = None, model: nn.Module | None = None):
-        """Logits (B, num_classes) of a batch at `budget` (None = full)."""
+        """Logits (B, num_classes), or (B, L, vocab) for "lm", of a batch at `budget` (None = full)."""
         model = model or self.model
         if self.hparams.task == "retrieval":
             return model(batch["x1"], batch["x2"], batch.get("mask1"), batch.get("mask2"), budget)
         return model(batch["x"], batch.get("mask"), budget)
 
     def evaluate(self, batch: Batch, budget: int | None) -> torch.Tensor:
-        """Evaluation logits (B, C) with the eval weights; used by validation and the sweep."""
+        """Evaluation logits with the eval weights; used by validation and the sweep."""
         return self(batch, budget, self.eval_model)
+
+    def example_stats(self, batch: Batch, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per example (B,): correct predictions, summed cross-entropy (nats), predictions made.
+
+        One prediction per example for classification; one per target token for "lm", so
+        the exact metrics give per-token accuracy and loss (bits per byte = loss / ln 2).
+        """
+        y = batch["y"]
+        if self.hparams.task != "lm":
+            loss = F.cross_entropy(logits.float(), y, reduction="none")
+            return logits.argmax(-1) == y, loss, torch.ones_like(loss)
+        valid = y != PAD
+        loss = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none", ignore_index=PAD)
+        correct = (logits.argmax(-1) == y) & valid
+        return correct.sum(1), loss.sum(1), valid.sum(1)
 
     def current_budget(self) -> int | None:
         """The training budget of the current optimizer step."""
@@ -124,8 +147,12 @@ class SequenceTask(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         budget = self.current_budget()
         logits = self(batch, budget)
-        loss = F.cross_entropy(logits, batch["y"], label_smoothing=self.hparams.label_smoothing)
-        self.train_acc(logits.argmax(-1), batch["y"])
+        flat_logits, flat_y = logits.reshape(-1, logits.shape[-1]), batch["y"].reshape(-1)
+        loss = F.cross_entropy(
+            flat_logits, flat_y, label_smoothing=self.hparams.label_smoothing,
+            ignore_index=PAD if self.hparams.task == "lm" else -100,
+        )
+        self.train_acc(flat_logits.argmax(-1), flat_y)
         batch_size = batch["y"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=False, batch_size=batch_size)
@@ -140,8 +167,7 @@ class SequenceTask(L.LightningModule):
                 "each example once under DDP; the project's datamodules provide it"
             )
         logits = self.evaluate(batch, None)
-        loss = F.cross_entropy(logits.float(), batch["y"], reduction="none")
-        metric.update(batch["index"], logits.argmax(-1) == batch["y"], loss)
+        metric.update(batch["index"], *self.example_stats(batch, logits))
         return {"logits": logits}
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -154,6 +180,8 @@ class SequenceTask(L.LightningModule):
         result = metric.compute()  # already gathered over ranks and de-duplicated
         self.log(f"{stage}/acc", result["acc"], prog_bar=True, sync_dist=False, rank_zero_only=False)
         self.log(f"{stage}/loss", result["loss"], sync_dist=False, rank_zero_only=False)
+        if self.hparams.task == "lm":
+            self.log(f"{stage}/bpb", result["loss"] / math.log(2), prog_bar=True, sync_dist=False)
         metric.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -181,6 +209,18 @@ class SequenceTask(L.LightningModule):
         schedule = warmup_cosine(total, round(hp.warmup_ratio * total), hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def build_task_model(
+    task: str, backbone: nn.Module, num_classes: int, vocab_size: int | None, input_dim: int | None
+) -> nn.Module:
+    """The plain-torch model of a task around a backbone (what export and deployment load)."""
+    if task == "lm":
+        if vocab_size is None:
+            raise ValueError("task 'lm' needs token inputs: vocab_size must be set")
+        return LanguageModel(backbone, vocab_size)
+    model_cls = RetrievalClassifier if task == "retrieval" else SequenceClassifier
+    return model_cls(backbone, num_classes, vocab_size, input_dim)
 
 
 def warmup_ema(decay: float):

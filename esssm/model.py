@@ -259,6 +259,25 @@ class RetrievalClassifier(SequenceClassifier):
         return self.head(torch.cat([a, b, a - b, a * b], dim=-1))
 
 
+class LanguageModel(SequenceClassifier):
+    """Causal next-token model: embedding -> backbone -> head tied to the embedding.
+
+    Token ids (B, L) -> logits (B, L, vocab_size) at every position. Tying the output matrix
+    to the input embedding (plus an output bias) is the usual byte-LM choice: it saves
+    vocab x D parameters and keeps the head in the embedding space. Every part is causal when
+    the backbone is (ES-SSM is), so position t never sees bytes after t.
+    """
+
+    def __init__(self, backbone: nn.Module, vocab_size: int) -> None:
+        super().__init__(backbone, vocab_size, vocab_size=vocab_size)
+        self.head.weight = self.encoder.proj.weight
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, budget: int | None = None
+    ) -> torch.Tensor:
+        return self.head(self.backbone(self.encoder(x), mask=mask, budget=budget))
+
+
 def module_spec(module: SequenceBackbone) -> dict[str, Any]:
     """{"class_path", "init_args"} of a backbone: the form configs and checkpoints store."""
     cls = type(module)

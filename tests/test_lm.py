@@ -1,0 +1,95 @@
+"""Byte-level language modelling: data segments, strict causality, a tiny model that learns,
+bits per byte at every budget."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from datamodules import ByteLMDataModule, DataFolderError
+from esssm.callbacks import BudgetSweep
+from esssm.lit import SequenceTask
+from esssm.model import ESSSM, LanguageModel
+
+TEXT = "the quick brown fox jumps over the lazy dog. " * 40
+
+
+def text_folder(tmp_path, documents=24):
+    folder = tmp_path / "books"
+    for i in range(documents):
+        (folder / f"shelf{i % 3}").mkdir(parents=True, exist_ok=True)
+        (folder / f"shelf{i % 3}" / f"book{i}.txt").write_text(f"book {i}: " + TEXT)
+    return folder
+
+
+def test_segments_are_shifted_windows_and_splits_are_by_document(tmp_path):
+    dm = ByteLMDataModule(data_dir=str(text_folder(tmp_path)), seq_len=64, batch_size=4,
+                          val_fraction=0.2, test_fraction=0.2)
+    assert (dm.task, dm.vocab_size, dm.num_classes, dm.seq_len) == ("lm", 257, 257, 64)
+    dm.setup("fit")
+    assert all(len(dm.datasets[s]) > 0 for s in ("train", "val", "test"))
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["x"].shape == batch["y"].shape == (4, 64) and batch["mask"].all()
+    assert torch.equal(batch["y"][:, :-1], batch["x"][:, 1:])  # y is x shifted by one byte
+    assert batch["x"].min() >= 1 and batch["x"].max() <= 256
+    again = ByteLMDataModule(data_dir=str(text_folder(tmp_path)), seq_len=64, batch_size=4,
+                             val_fraction=0.2, test_fraction=0.2)
+    again.setup("fit")
+    assert torch.equal(next(iter(again.val_dataloader()))["x"], batch["x"])  # deterministic
+
+
+def test_python_stdlib_source_and_hf_folder(tmp_path):
+    stdlib = ByteLMDataModule(python_stdlib=True, seq_len=128, max_bytes=20_000)
+    stdlib.setup("fit")
+    assert len(stdlib.datasets["train"]) == (20_000 - 1) // 128
+    import datasets
+
+    texts = {split: datasets.Dataset.from_dict({"text": [TEXT] * 3}) for split in ("train", "validation", "test")}
+    datasets.DatasetDict(texts).save_to_disk(str(tmp_path / "pg19"))
+    hf = ByteLMDataModule(data_dir=str(tmp_path / "pg19"), hf_dataset="deepmind/pg19", seq_len=100)
+    hf.setup("fit")
+    assert len(hf.datasets["val"]) == (3 * len(TEXT) + 2 - 1) // 100
+
+
+def test_missing_or_too_small_data_explains_the_fix(tmp_path):
+    with pytest.raises(DataFolderError, match="python_stdlib"):
+        ByteLMDataModule(data_dir=str(tmp_path / "none")).setup("fit")
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "a.txt").write_text("short")
+    with pytest.raises(DataFolderError, match="shorter than one segment"):
+        ByteLMDataModule(data_dir=str(tmp_path / "tiny"), seq_len=64).setup("fit")
+
+
+@pytest.mark.parametrize("budget", [1, 3, 8])
+def test_causal_path_never_looks_ahead(budget):
+    torch.manual_seed(0)
+    model = LanguageModel(ESSSM(d_model=16, n_layers=2, seq_len=40, k_max=8, dropout=0.0), 257).eval()
+    x = torch.randint(1, 257, (2, 40))
+    changed = x.clone()
+    changed[:, 25] = (x[:, 25] % 256) + 1
+    with torch.no_grad():
+        before, after = model(x, budget=budget), model(changed, budget=budget)
+    assert before.shape == (2, 40, 257)
+    # The FFT convolution is causal in exact arithmetic; float32 round-off of a length-2L
+    # transform spreads ~1e-6 everywhere, far below the O(1) change after position t.
+    leak = (before[:, :25] - after[:, :25]).abs().max()
+    change = (before[:, 25:] - after[:, 25:]).abs().max()
+    assert leak < 1e-4 and change > 1e-1, (leak, change)
+    assert model.head.weight is model.encoder.proj.weight  # tied head
+
+
+def test_tiny_lm_learns_and_sweep_reports_bits_per_byte(tmp_path):
+    L.seed_everything(0)
+    dm = ByteLMDataModule(data_dir=str(text_folder(tmp_path)), seq_len=64, batch_size=8,
+                          val_fraction=0.2, test_fraction=0.2)
+    task = SequenceTask(ESSSM(d_model=32, n_layers=2, seq_len=64, k_max=4, dropout=0.0), num_classes=257,
+                        vocab_size=257, task="lm", lr=3e-3, ema_decay=None, budget_warmup_epochs=0)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[BudgetSweep([1, 2, 4])], default_root_dir=tmp_path)
+    trainer.fit(task, dm)
+    metrics = trainer.callback_metrics
+    assert metrics["val/bpb"] < 2.0  # from log2(257) = 8 bits at initialisation
+    assert metrics["val/bpb@k4"] == pytest.approx(metrics["val/loss@k4"] / math.log(2))
+    assert {"val/bpb@k1", "val/bpb@k2", "val/acc@k1"} <= set(metrics)
