@@ -18,7 +18,7 @@ from esssm.cli import main
 from esssm.commands import load_task
 from esssm.deploy import CurvePoint
 from esssm.lit import SequenceTask
-from esssm.model import ESSSM, active_parameters, count_parameters
+from esssm.model import ESSSM, active_parameters, count_parameters, module_spec
 from toy_data import ToyDataModule, collate
 
 BUDGETS = [1, 2, 4, 8]
@@ -104,6 +104,22 @@ def test_loading_an_export_computes_no_filters_and_needs_no_lightning(trained, t
     run = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "(2, 3)"
+
+
+def test_retrieval_with_continuous_inputs_exports_and_cascades(tmp_path):
+    torch.manual_seed(0)
+    backbone = ESSSM(d_model=16, n_layers=1, seq_len=20, k_max=6, dropout=0.0, drop_path=0.0)
+    config = {"backbone": module_spec(backbone), "num_classes": 2, "vocab_size": None,
+              "input_dim": 3, "task": "retrieval"}
+    model = deploy.build_model(config).eval()
+    batch = deploy.synthetic_batch(config, 4, 20)
+    assert batch["x1"].shape == (4, 20, 3) and set(batch) == {"x1", "mask1", "x2", "mask2"}
+    deploy.save_exported(*deploy.truncate(model, config, 3), tmp_path / "r.pt")
+    with torch.no_grad():
+        expected = deploy.batch_logits(model, batch, 3)
+        assert torch.allclose(deploy.batch_logits(deploy.load_exported(tmp_path / "r.pt"), batch), expected, atol=1e-6)
+        assert torch.equal(deploy.cascade_predict(model, batch, [1, 3], 0.0).logits, deploy.batch_logits(model, batch, 1))
+        assert torch.allclose(deploy.cascade_predict(model, batch, [1, 3], 2.0).logits, expected, atol=1e-6)
 
 
 def test_load_exported_rejects_a_training_checkpoint(trained):
