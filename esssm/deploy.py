@@ -81,7 +81,8 @@ def build_model(config: Mapping[str, Any], init_filters: bool = True) -> nn.Modu
     classes = {"classification": SequenceClassifier, "retrieval": RetrievalClassifier}
     if config["task"] not in classes:
         raise ValueError(f"deployment supports the tasks {sorted(classes)}, not {config['task']!r}")
-    return classes[config["task"]](build_module(spec), config["num_classes"], config["vocab_size"], config["input_dim"])
+    backbone = build_module(spec)
+    return classes[config["task"]](backbone, config["num_classes"], config["vocab_size"], config["input_dim"])
 
 
 def model_inputs(model: nn.Module, batch: Batch) -> tuple[torch.Tensor | None, ...]:
@@ -464,7 +465,8 @@ def cascade_predict(
         out = batch_logits(model, batch if len(pending) == size else subset(batch, pending, size), k)
         logits = out.new_empty(size, out.shape[-1]) if logits is None else logits
         last = stage == len(budgets) - 1
-        done = torch.ones_like(pending, dtype=torch.bool) if last else out.float().softmax(-1).amax(-1) >= threshold
+        confident = out.float().softmax(-1).amax(-1) >= threshold
+        done = torch.ones_like(confident) if last else confident
         channels[pending] += k
         params[pending] += active_parameters(model, k)
         logits[pending[done]], answered[pending[done]] = out[done], k
