@@ -235,8 +235,8 @@ def plan_main(argv: list[str]) -> int:
     if curve_path is None:
         raise FileNotFoundError(
             f"no budget_curve_val.csv or budget_curve_test.csv beside {args.ckpt}: make one with "
-            f"`esssm sweep --ckpt {args.ckpt} --data-config <fit config> --split val` and pass it "
-            "as --curve, or train with the BudgetSweep callback (the default of `lightning fit`)"
+            f"`esssm sweep --ckpt {args.ckpt} --data-config <fit config> --split val` (it writes "
+            "budget_curve_val.csv into the working directory) and pass it as --curve"
         )
     curve = deploy.read_curve(curve_path)
     if not curve:
