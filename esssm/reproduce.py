@@ -171,6 +171,11 @@ def load_or_evaluate(run: Run, overrides: dict[str, Any], budgets) -> dict[str, 
 # ----------------------------------------------------------------------------- tables
 
 
+def classification(results: dict[tuple[str, str], dict]) -> dict[tuple[str, str], dict]:
+    """The runs scored by accuracy (language models are scored in bits per byte: Table D)."""
+    return {key: r for key, r in results.items() if "bpb" not in r["rows"][0]}
+
+
 def full_row(result: dict[str, Any]) -> dict[str, Any]:
     return max(result["rows"], key=lambda r: -1 if r["budget"] == "full" else r["budget"])
 
@@ -201,7 +206,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def table_a(results: dict[tuple[str, str], dict]) -> tuple[str, list[dict]]:
     """Accuracy of every model on every task (elastic models also at their 98% budget)."""
     rows = []
-    for (task, model), result in sorted(results.items()):
+    for (task, model), result in sorted(classification(results).items()):
         if model in list(ABLATIONS)[1:]:
             continue
         s = elastic_summary(result)
@@ -217,6 +222,7 @@ def table_a(results: dict[tuple[str, str], dict]) -> tuple[str, list[dict]]:
 def table_b(results: dict[tuple[str, str], dict]) -> tuple[str, list[dict]]:
     """ES-SSM per budget (fixed-budget spectral SSM beside it), active params, latency."""
     rows, lines = [], []
+    results = classification(results)
     for task in sorted({t for t, _ in results}):
         elastic, fixed = results.get((task, "esssm")), results.get((task, "fixed"))
         if elastic is None:
@@ -235,10 +241,26 @@ def table_b(results: dict[tuple[str, str], dict]) -> tuple[str, list[dict]]:
     return "\n".join(lines), rows
 
 
+def table_d(results: dict[tuple[str, str], dict]) -> tuple[str, list[dict]]:
+    """Byte-level language models: test bits per byte at every budget."""
+    rows = [
+        {"task": task, "model": model, "budget": r["budget"], "bpb": r["bpb"], "token_acc": r["acc"],
+         "active_params": r["active_params"], "latency_ms": round(r["latency_ms"], 3)}
+        for (task, model), result in sorted(results.items())
+        for r in result["rows"]
+        if "bpb" in r
+    ]
+    lines = ["| task | model | k | bits per byte | next-byte acc | active params | latency ms |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['task']} | {r['model']} | {r['budget']} | {r['bpb']:.3f} | {pct(r['token_acc'])} | "
+              f"{r['active_params']:,} | {r['latency_ms']:.1f} |" for r in rows]
+    return "\n".join(lines), rows
+
+
 def table_c(results: dict[tuple[str, str], dict]) -> tuple[str, list[dict]]:
     """Ablations: full ES-SSM vs no gate, no budget dropout, no RMS rescale."""
     rows = []
-    for (task, model), result in sorted(results.items()):
+    for (task, model), result in sorted(classification(results).items()):
         if model not in ABLATIONS:
             continue
         s = elastic_summary(result)
@@ -278,7 +300,8 @@ def write_tables(results: dict[tuple[str, str], dict], folder: Path, profile: st
                 "Test-split accuracy (%). Written by `./reproduce.sh`; raw numbers in the CSV files.\n"]
     for name, build, title in (("table_a", table_a, "Table A: accuracy per model and task"),
                                ("table_b", table_b, "Table B: accuracy per spectral budget"),
-                               ("table_c", table_c, "Table C: ablations")):
+                               ("table_c", table_c, "Table C: ablations"),
+                               ("table_d", table_d, "Table D: byte-level language modelling")):
         text, rows = build(results)
         if rows:
             sections += [f"\n## {title}\n", text, ""]
