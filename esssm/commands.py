@@ -236,7 +236,7 @@ def plan_main(argv: list[str]) -> int:
         raise FileNotFoundError(
             f"no budget_curve_val.csv or budget_curve_test.csv beside {args.ckpt}: make one with "
             f"`esssm sweep --ckpt {args.ckpt} --data-config <fit config> --split val` (it writes "
-            "budget_curve_val.csv into the working directory) and pass it as --curve"
+            "budget_curve_val.csv beside the checkpoint), or pass any such CSV with --curve"
         )
     curve = deploy.read_curve(curve_path)
     if not curve:
