@@ -21,7 +21,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 DATA_ENV_VAR = "ESSSM_DATA"
 LRA_RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
@@ -211,6 +211,28 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+class EpochShuffle(Sampler[int]):
+    """Training order as a pure function of (seed, epoch).
+
+    Lightning calls `set_epoch` at every epoch start, so a run resumed from a checkpoint sees
+    the same order in each epoch as the uninterrupted run (a loader-owned generator would
+    restart its stream instead). Under DDP Lightning wraps it and splits it across ranks.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class TaskDataModule(L.LightningDataModule):
     """Base of the task datamodules: common arguments, model-facing attributes, loaders.
 
@@ -293,10 +315,11 @@ class TaskDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"call {type(self).__name__}.setup() before building the {split} dataloader")
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=self.collate_fn(),
             worker_init_fn=seed_worker,

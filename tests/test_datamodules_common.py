@@ -223,3 +223,17 @@ def test_cli_config_reaches_every_argument(module_class, task_args) -> None:
     assert (module.data_dir, module.batch_size, module.eval_batch_size) == (Path("/somewhere"), 3, 5)
     assert (module.num_workers, module.seed, module.download, module.pad_to_max) == (1, 7, False, True)
     assert all(getattr(module, name) == value for name, value in task_args.items())
+
+
+def test_training_order_follows_seed_and_epoch_so_resume_sees_the_same_order(tmp_path: Path) -> None:
+    folder = write_listops(tmp_path, repeat=20)
+    module = ListOpsDataModule(data_dir=str(folder), batch_size=40, seed=3)
+    module.setup("fit")
+    continuous = module.train_dataloader()
+    epoch0 = [i for batch in continuous for i in batch["index"].tolist()]
+    continuous.sampler.set_epoch(1)
+    epoch1 = [i for batch in continuous for i in batch["index"].tolist()]
+    assert sorted(epoch0) == sorted(epoch1) and epoch0 != epoch1
+    resumed = module.train_dataloader()  # a fresh loader, as after a restart in epoch 1
+    resumed.sampler.set_epoch(1)
+    assert [i for batch in resumed for i in batch["index"].tolist()] == epoch1
