@@ -21,7 +21,16 @@ import torch
 from torch import nn
 
 from baselines import ARSTU, Mamba, Mamba2, S4D, Transformer, match_width
-from benchmarks.timing import Measurement, add_common_args, finish, measure, parse_ints, start, workload
+from benchmarks.timing import (
+    Measurement,
+    add_common_args,
+    finish,
+    measure_or_none,
+    parse_ints,
+    start,
+    sync,
+    workload,
+)
 from esssm.model import ESSSM, count_parameters
 
 # name -> (builder(width, layers, seq_len), width multiple), the settings conf/ uses
@@ -57,26 +66,32 @@ def bench_model(name: str, model: nn.Module, length: int, args, device) -> list[
     rows = []
     for k in budgets:
         for mode in args.modes:
-            m, capped = timed(workload(lambda u: model(u, budget=k), x, model, mode), device, args)
+            m, capped = timed(workload(lambda u: model(u, budget=k), x, model, mode, args.amp), device, args)
             rows.append({
                 "model": name, "mode": mode, "seq_len": length, "k": k, "batch": batch,
                 "params": count_parameters(model), "d_model": model.d_model, "capped": capped,
-                **m.as_dict(),
+                **(m.as_dict() if m else {"median_ms": None, "out_of_memory": True}),
             })
-            print(f"L={length:6d} {name:12s} k={str(k):4s} {mode:9s} {m.median_ms:10.1f} ms "
-                  f"{m.peak_mb or 0:8.0f} MiB", flush=True)
+            print(f"L={length:6d} {name:12s} k={str(k):4s} {mode:9s} {_ms(rows[-1]):>20s} ms", flush=True)
+    model.cpu()
     return rows
 
 
-def timed(run: Callable[[], object], device, args) -> tuple[Measurement, bool]:
+def timed(run: Callable[[], object], device, args) -> tuple[Measurement | None, bool]:
     """measure() after one warm-up call; a warm-up slower than --max-seconds is the only
-    call (capped = True: no memory figure, and the model is skipped at longer lengths)."""
-    start = time.perf_counter()
-    run()
-    first = time.perf_counter() - start
+    call, and out of memory gives None (capped = True either way: the model is skipped at
+    longer lengths)."""
+    try:
+        start_time = time.perf_counter()
+        run()
+        sync(device)
+        first = time.perf_counter() - start_time
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return None, True
     if first > args.max_seconds:
         return Measurement(first * 1e3, first * 1e3, 1, None), True
-    return measure(run, device, warmup=0, repeats=args.repeats), False
+    return measure_or_none(run, device, warmup=0, repeats=args.repeats), False
 
 
 def summary_table(rows: list[dict]) -> str:
@@ -96,11 +111,13 @@ def summary_table(rows: list[dict]) -> str:
 def _ms(r: dict | None) -> str:
     if r is None:
         return ""
+    if r["median_ms"] is None:
+        return "out of memory"
     return f"{r['median_ms']:.1f}" + (" (1 call, capped)" if r["capped"] else "")
 
 
 def _mb(r: dict | None) -> str:
-    return "" if r is None or r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
+    return "" if r is None or r.get("peak_mb") is None else f"{r['peak_mb']:.0f}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

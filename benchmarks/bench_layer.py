@@ -18,8 +18,23 @@ import math
 import torch
 
 from benchmarks.naive import naive_forward
-from benchmarks.timing import Measurement, add_common_args, finish, measure, parse_ints, start, workload
-from esssm.layer import ESSSMLayer, matmul_nt
+from benchmarks.timing import (
+    Measurement,
+    add_common_args,
+    finish,
+    measure,
+    measure_or_none,
+    parse_ints,
+    start,
+    workload,
+)
+from esssm.layer import ESSSMLayer
+
+try:
+    from esssm.layer import matmul_nt
+except ImportError:  # an older checkout, benchmarked for a before/after comparison
+    def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a @ b.mT
 from esssm.model import ESSSM
 from esssm.spectral import fast_fft_size
 
@@ -56,7 +71,8 @@ def bench_length(length: int, args, device: torch.device) -> list[dict]:
     batch = args.batch or max(1, args.tokens // length)
     d = args.d_model
     torch.manual_seed(0)
-    layer = ESSSMLayer(d, length, args.k_max, checkpoint=args.checkpoint).to(device)
+    options = {"checkpoint": True} if args.checkpoint else {}  # older layers lack the flag
+    layer = ESSSMLayer(d, length, args.k_max, **options).to(device)
     model = None
     if args.model_layers:
         model = ESSSM(d, args.model_layers, length, args.k_max).to(device).eval()
@@ -74,27 +90,30 @@ def bench_length(length: int, args, device: torch.device) -> list[dict]:
 
 
 def bench_budget(layer, model, x, k: int, args, device) -> list[dict]:
+    """Layer (with its work and bound), naive yardstick and model rows at budget k."""
     batch, length, d = x.shape
     ref = matmul_reference(batch, length, k, d, device, args)
     rows = []
     for mode in args.modes:
         flops = work_flops(batch, length, k, d, mode == "training")
-        extra = {"work_gflop": sum(flops.values()) / 1e9, "fft_share_of_work": flops["fft"] / sum(flops.values()), **ref}
+        work = sum(flops.values()) / 1e9
         m = time_call(layer, lambda u: layer(u, budget=k), x, mode, device, args)
-        achieved = extra["work_gflop"] / m.median_ms * 1e3
-        rows.append(row("layer", mode, length, k, batch, m, achieved_gflops=achieved,
-                        fraction_of_bound=achieved / ref["best_gemm_gflops"], **extra))
+        if m is not None:
+            achieved = work / m.median_ms * 1e3
+            rows.append(row("layer", mode, length, k, batch, m, work_gflop=work,
+                            fft_share_of_work=flops["fft"] / sum(flops.values()), **ref,
+                            achieved_gflops=achieved, fraction_of_bound=achieved / ref["best_gemm_gflops"]))
         if k in args.naive_budgets:
             m = time_call(layer, lambda u: naive_forward(layer, u, k), x, mode, device, args)
-            rows.append(row("naive", mode, length, k, batch, m))
+            rows += [row("naive", mode, length, k, batch, m)] if m else []
         if model is not None:
             m = time_call(model, lambda u: model(u, budget=k), x, mode, device, args)
-            rows.append(row("model", mode, length, k, batch, m, layers=args.model_layers))
+            rows += [row("model", mode, length, k, batch, m, layers=args.model_layers)] if m else []
     return rows
 
 
-def time_call(module, fn, x, mode: str, device, args) -> Measurement:
-    return measure(workload(fn, x, module, mode), device, args.warmup, args.repeats)
+def time_call(module, fn, x, mode: str, device, args) -> Measurement | None:
+    return measure_or_none(workload(fn, x, module, mode, args.amp), device, args.warmup, args.repeats)
 
 
 def print_progress(rows: list[dict], length: int, k: int) -> None:

@@ -56,11 +56,21 @@ def training_call(
     return run
 
 
-def workload(fn, x: torch.Tensor, module: torch.nn.Module, mode: str) -> Callable[[], object]:
-    """mode 'inference' or 'training'."""
+def workload(
+    fn, x: torch.Tensor, module: torch.nn.Module, mode: str, amp: bool = False
+) -> Callable[[], object]:
+    """mode 'inference' or 'training'; amp runs it under bf16 autocast."""
     if mode not in ("inference", "training"):
         raise ValueError(f"mode must be 'inference' or 'training', got {mode!r}")
-    return inference_call(fn, x) if mode == "inference" else training_call(fn, x, module)
+    run = inference_call(fn, x) if mode == "inference" else training_call(fn, x, module)
+    if not amp:
+        return run
+
+    def run_amp() -> object:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return run()
+
+    return run_amp
 
 
 def sync(device: torch.device) -> None:
@@ -91,6 +101,19 @@ def measure(
     sync(device)
     times = [_time_once(fn, device) for _ in range(repeats)]
     return Measurement(statistics.median(times), min(times), repeats, peak_memory_mb(fn, device))
+
+
+def measure_or_none(
+    fn: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 5
+) -> Measurement | None:
+    """measure(), or None (reported) when the device runs out of memory."""
+    try:
+        return measure(fn, device, warmup, repeats)
+    except torch.OutOfMemoryError:
+        print("  out of memory: row left out", flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None
 
 
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
@@ -172,6 +195,7 @@ def add_common_args(p: argparse.ArgumentParser, lengths: list[int], cuda_tokens:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="write the rows and machine info here")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (FFTs stay float32)")
     p.set_defaults(cuda_tokens=cuda_tokens)
 
 

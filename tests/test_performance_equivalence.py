@@ -61,3 +61,27 @@ def test_small_fft_blocks_give_the_same_result(monkeypatch):
     (grad_fast,) = torch.autograd.grad(out.sum(), u)
     (grad_slow,) = torch.autograd.grad(expected.sum(), u)
     assert torch.allclose(grad_fast, grad_slow, atol=1e-4)
+
+
+def test_bf16_autocast_keeps_ffts_in_float32_and_stays_close():
+    layer = make_layer()
+    u = torch.randn(2, 64, 16, requires_grad=True)
+    expected = naive_forward(layer, u, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(u, budget=6)
+    assert torch.allclose(out.float(), expected, atol=5e-2, rtol=5e-2)
+    (grad,) = torch.autograd.grad(out.float().square().sum(), u)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_cuda_layer_matches_naive(checkpoint):
+    layer = make_layer(checkpoint=checkpoint).cuda()
+    u = torch.randn(3, 64, 16, device="cuda", requires_grad=True)
+    fast = layer(u, budget=5)
+    (grad_fast,) = torch.autograd.grad(fast.square().sum(), u)
+    slow = naive_forward(layer, u, 5)
+    (grad_slow,) = torch.autograd.grad(slow.square().sum(), u)
+    assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(grad_fast, grad_slow, atol=1e-4, rtol=1e-4)
