@@ -36,12 +36,7 @@ import torch
 from torch import nn
 
 from esssm.layer import ESSSMLayer, check_budget
-from esssm.model import (
-    RetrievalClassifier,
-    SequenceClassifier,
-    active_parameters,
-    build_module,
-)
+from esssm.model import RetrievalClassifier, active_parameters, build_module, build_task_model
 from esssm.spectral import causal_fft_conv
 from esssm.timing import median_latency_ms
 
@@ -73,16 +68,13 @@ def _accepts(spec: Mapping[str, Any], argument: str) -> bool:
 
 
 def build_model(config: Mapping[str, Any], init_filters: bool = True) -> nn.Module:
-    """SequenceClassifier/RetrievalClassifier from `model_config`. init_filters=False skips the
+    """The task's plain-torch model (classifier, retrieval or LM) from `model_config`. init_filters=False skips the
     eigendecomposition where the backbone allows it (the state dict brings the filters)."""
     spec = copy.deepcopy(dict(config["backbone"]))
     if not init_filters and _accepts(spec, "init_filters"):
         spec["init_args"] = {**spec.get("init_args", {}), "init_filters": False}
-    classes = {"classification": SequenceClassifier, "retrieval": RetrievalClassifier}
-    if config["task"] not in classes:
-        raise ValueError(f"deployment supports the tasks {sorted(classes)}, not {config['task']!r}")
     backbone = build_module(spec)
-    return classes[config["task"]](backbone, config["num_classes"], config["vocab_size"], config["input_dim"])
+    return build_task_model(config["task"], backbone, config["num_classes"], config["vocab_size"], config["input_dim"])
 
 
 def model_inputs(model: nn.Module, batch: Batch) -> tuple[torch.Tensor | None, ...]:

@@ -14,13 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from esssm.budget import PAPER_GRID, BudgetSampler
 from esssm.metrics import ExactAccuracy
-from esssm.model import (
-    LanguageModel,
-    RetrievalClassifier,
-    SequenceClassifier,
-    build_module,
-    module_spec,
-)
+from esssm.model import build_module, build_task_model, module_spec
 
 Batch = dict[str, torch.Tensor]
 TASKS = ("classification", "retrieval", "lm")
@@ -209,18 +203,6 @@ class SequenceTask(L.LightningModule):
         schedule = warmup_cosine(total, round(hp.warmup_ratio * total), hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def build_task_model(
-    task: str, backbone: nn.Module, num_classes: int, vocab_size: int | None, input_dim: int | None
-) -> nn.Module:
-    """The plain-torch model of a task around a backbone (what export and deployment load)."""
-    if task == "lm":
-        if vocab_size is None:
-            raise ValueError("task 'lm' needs token inputs: vocab_size must be set")
-        return LanguageModel(backbone, vocab_size)
-    model_cls = RetrievalClassifier if task == "retrieval" else SequenceClassifier
-    return model_cls(backbone, num_classes, vocab_size, input_dim)
 
 
 def warmup_ema(decay: float):

@@ -278,6 +278,18 @@ class LanguageModel(SequenceClassifier):
         return self.head(self.backbone(self.encoder(x), mask=mask, budget=budget))
 
 
+def build_task_model(
+    task: str, backbone: nn.Module, num_classes: int, vocab_size: int | None, input_dim: int | None
+) -> nn.Module:
+    """The plain-torch model of a task around a backbone (what export and deployment load)."""
+    if task == "lm":
+        if vocab_size is None:
+            raise ValueError("task 'lm' needs token inputs: vocab_size must be set")
+        return LanguageModel(backbone, vocab_size)
+    model_cls = RetrievalClassifier if task == "retrieval" else SequenceClassifier
+    return model_cls(backbone, num_classes, vocab_size, input_dim)
+
+
 def module_spec(module: SequenceBackbone) -> dict[str, Any]:
     """{"class_path", "init_args"} of a backbone: the form configs and checkpoints store."""
     cls = type(module)

@@ -246,3 +246,17 @@ def test_commands_export_plan_cascade(trained, tmp_path, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "k=2" in text and "k=8" in text and "cascade 2,8 @ 0.9" in text and "12 examples" in text
+
+
+def test_language_model_exports_with_tied_head(tmp_path):
+    torch.manual_seed(0)
+    backbone = ESSSM(d_model=16, n_layers=1, seq_len=32, k_max=6, dropout=0.0)
+    task = SequenceTask(backbone, num_classes=257, vocab_size=257, task="lm", ema_decay=None).eval()
+    config = deploy.model_config(task.hparams)
+    x = torch.randint(1, 257, (2, 32))
+    small, small_config = deploy.truncate(task.eval_model, config, 2)
+    deploy.save_exported(small, small_config, tmp_path / "lm.pt")
+    loaded = deploy.load_exported(tmp_path / "lm.pt")
+    assert loaded.head.weight is loaded.encoder.proj.weight
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), task.evaluate({"x": x}, 2), atol=1e-6, rtol=0)
