@@ -78,7 +78,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
     """One call in milliseconds: CUDA events on GPU (device time), perf_counter on CPU."""
     if device.type == "cuda":
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -99,7 +99,7 @@ def measure(
     for _ in range(warmup):
         fn()
     sync(device)
-    times = [_time_once(fn, device) for _ in range(repeats)]
+    times = [time_once(fn, device) for _ in range(repeats)]
     return Measurement(statistics.median(times), min(times), repeats, peak_memory_mb(fn, device))
 
 
@@ -182,10 +182,12 @@ def parse_ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
-def add_common_args(p: argparse.ArgumentParser, lengths: list[int], cuda_tokens: int) -> None:
-    """CLI options every benchmark shares; `--tokens` defaults to 1 sequence on CPU."""
+def add_common_args(p: argparse.ArgumentParser, lengths: list[int] | None, cuda_tokens: int) -> None:
+    """CLI options every benchmark shares (--lengths only with default lengths); `--tokens`
+    defaults to 1 sequence on CPU."""
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--lengths", type=parse_ints, default=lengths)
+    if lengths is not None:
+        p.add_argument("--lengths", type=parse_ints, default=lengths)
     p.add_argument("--modes", type=lambda s: s.split(","), default=["inference", "training"])
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--k-max", type=int, default=32)

@@ -85,3 +85,17 @@ def test_cuda_layer_matches_naive(checkpoint):
     (grad_slow,) = torch.autograd.grad(slow.square().sum(), u)
     assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-5)
     assert torch.allclose(grad_fast, grad_slow, atol=1e-4, rtol=1e-4)
+
+
+def test_plain_matmul_path_matches_naive(monkeypatch):
+    """The bmm path (GPUs, dtypes oneDNN does not take, a torch without the op) agrees too."""
+    import esssm.layer as layer_module
+
+    monkeypatch.setitem(layer_module._ONEDNN, "ok", False)
+    layer = make_layer()
+    u = torch.randn(2, 64, 16, requires_grad=True)
+    out, expected = layer(u, budget=4), naive_forward(layer, u, 4)
+    assert torch.allclose(out, expected, atol=1e-5)
+    (grad_fast,) = torch.autograd.grad(out.square().sum(), u)
+    (grad_slow,) = torch.autograd.grad(expected.square().sum(), u)
+    assert torch.allclose(grad_fast, grad_slow, atol=1e-4)
