@@ -22,8 +22,14 @@ from baselines.sizing import match_width  # noqa: E402
 from esssm.model import SequenceClassifier, build_module, count_parameters  # noqa: E402
 
 # Authors' recipe (DESIGN.md): AdamW lr 2e-4, betas (0.9, 0.95), wd 0.03, warm-up 6% then cosine
-# to 0.1x, clip 1.0, EMA 0.999, budget dropout (2 warm-up epochs, every 8th step full).
-# The same optimiser recipe is used for every model of a task so the comparison is fair.
+# to 0.1x, clip 1.0, EMA 0.999, budget dropout (2 warm-up epochs, every 8th step full, the paper's
+# grid 2..32). The same optimiser recipe is used for every model of a task so the comparison is fair.
+FULL_RECIPE = {"lr": 2e-4, "ema_decay": 0.999, "budget_warmup_epochs": 2, "budget": {}, "sweep": None}
+# The quick profile trains for minutes: a larger step, a shorter EMA, one warm-up epoch, and
+# budget 1 in the grid because the quick sweep evaluates every k from 1.
+QUICK_RECIPE = {"lr": 2e-3, "ema_decay": 0.99, "budget_warmup_epochs": 1, "sweep": "all",
+                "budget": {"budget_grid": [1, 2, 3, 4, 6, 8, 12, 16], "budget_k_min": 1}}
+
 TASKS = {
     "listops": {"data": "datamodules.ListOpsDataModule", "args": {"max_len": 2000}, "seq_len": 2000,
                 "batch": 32, "epochs": 40},
@@ -36,9 +42,18 @@ TASKS = {
     "speech": {"data": "datamodules.SpeechCommandsDataModule", "args": {"subset": "sc35"},
                "seq_len": 16000, "batch": 16, "epochs": 40},
 }
-# The quick profile: generated short ListOps, small models, minutes on 2 CPU cores.
+# Byte-level LM (the authors' PG19 setting), scored in bits per byte: ES-SSM and the fixed-budget
+# SSM only (the classification baselines are not causal LMs). One pass over PG19's books.
+LM = {"data": "datamodules.ByteLMDataModule", "args": {"hf_dataset": "deepmind/pg19", "seq_len": 2048},
+      "seq_len": 2048, "batch": 8, "epochs": 1, "trainer": {"val_check_interval": 2000},
+      "checkpoint": {"monitor": "val/bpb", "mode": "min"}}
+# The quick profile: generated short ListOps and the Python stdlib as LM text; minutes on 2 CPU cores.
 QUICK = {"data": "datamodules.ListOpsDataModule", "args": {"max_len": 256, "data_dir": "data/listops-quick"},
-         "seq_len": 256, "batch": 32, "epochs": 6}
+         "seq_len": 256, "batch": 32, "epochs": 8, "recipe": QUICK_RECIPE}
+QUICK_LM = {"data": "datamodules.ByteLMDataModule",
+            "args": {"python_stdlib": True, "seq_len": 256, "max_bytes": 1_000_000},
+            "seq_len": 256, "batch": 16, "epochs": 2, "recipe": QUICK_RECIPE,
+            "checkpoint": {"monitor": "val/bpb", "mode": "min"}}
 
 FULL_SIZE = {"d_model": 256, "n_layers": 8, "k_max": 32}
 QUICK_SIZE = {"d_model": 64, "n_layers": 2, "k_max": 16}
@@ -78,13 +93,9 @@ def matched(class_path: str, args: dict, multiple: int, target: int, data: dict)
     return spec(width)
 
 
-def budget_recipe(task: dict) -> dict:
-    """Budget dropout of spectral models (the authors': 2 full-budget warm-up epochs, every 8th
-    step full); baselines have no budget to drop."""
-    return {"budget_warmup_epochs": 2 if task is not QUICK else 1, "budget_full_every": 8}
-
-
-def config(task: dict, name: str, run_name: str, backbone: dict, overrides: dict) -> dict:
+def config(task: dict, run_name: str, backbone: dict, overrides: dict) -> dict:
+    recipe = task.get("recipe", FULL_RECIPE)
+    budget = {"budget_warmup_epochs": recipe["budget_warmup_epochs"], "budget_full_every": 8, **recipe["budget"]}
     return {
         "seed_everything": 0,
         "trainer": {
@@ -92,6 +103,7 @@ def config(task: dict, name: str, run_name: str, backbone: dict, overrides: dict
             "max_epochs": task["epochs"],
             "gradient_clip_val": 1.0,
             "log_every_n_steps": 10,
+            **task.get("trainer", {}),
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": "runs", "name": run_name, "default_hp_metric": False},
@@ -99,15 +111,16 @@ def config(task: dict, name: str, run_name: str, backbone: dict, overrides: dict
         },
         "model": {
             "backbone": backbone,
-            "lr": 2e-4 if task is not QUICK else 2e-3,
+            "lr": recipe["lr"],
             "weight_decay": 0.03,
             "warmup_ratio": 0.06,
-            "ema_decay": 0.999 if task is not QUICK else 0.99,
-            **(budget_recipe(task) if "k_max" in backbone["init_args"] else {}),
+            "ema_decay": recipe["ema_decay"],
+            **(budget if "k_max" in backbone["init_args"] else {}),  # baselines have no budget
             **overrides,
         },
         "data": {"class_path": task["data"], "init_args": {**task["args"], "batch_size": task["batch"]}},
-        "sweep": {"budgets": "all" if task is QUICK else None},
+        "sweep": {"budgets": recipe["sweep"]},
+        **({"checkpoint": task["checkpoint"]} if "checkpoint" in task else {}),
     }
 
 
@@ -126,25 +139,29 @@ def write(path: Path, cfg: dict, header: str) -> None:
     print(f"wrote {path.relative_to(ROOT.parent)}")
 
 
-def write_task(task_name: str, task: dict, size: dict, folder: Path, baselines: tuple[str, ...]) -> None:
+def write_task(
+    run_name: str, task: dict, size: dict, folder: Path, models: tuple[str, ...], baselines: tuple[str, ...]
+) -> None:
     data = data_facts(task)
-    models = spectral_models(size, task["seq_len"])
-    target = whole_model_params(models["esssm"][0], data)
+    specs = {k: v for k, v in spectral_models(size, task["seq_len"]).items() if k in models}
+    target = whole_model_params(specs["esssm"][0], data)
     for name, (class_path, args, multiple) in baseline_builders(size["n_layers"], task["seq_len"]).items():
         if name in baselines:
-            models[name] = (matched(class_path, args, multiple, target, data), {})
-    prefix = "quick/" if task is QUICK else ""
-    for name, (backbone, overrides) in models.items():
+            specs[name] = (matched(class_path, args, multiple, target, data), {})
+    for name, (backbone, overrides) in specs.items():
         params = whole_model_params(backbone, data)
-        header = f"{prefix}{task_name} / {name}: {params / 1e6:.2f}M parameters (ES-SSM: {target / 1e6:.2f}M)"
-        write(folder / f"{name}.yaml", config(task, name, f"{prefix}{task_name}/{name}", backbone, overrides), header)
+        header = f"{run_name} / {name}: {params / 1e6:.2f}M parameters (ES-SSM: {target / 1e6:.2f}M)"
+        write(folder / f"{name}.yaml", config(task, f"{run_name}/{name}", backbone, overrides), header)
 
 
 def main() -> None:
     every = tuple(baseline_builders(1, 1))
-    for task_name, task in TASKS.items():
-        write_task(task_name, task, FULL_SIZE, ROOT / task_name, every)
-    write_task("listops", QUICK, QUICK_SIZE, ROOT / "quick" / "listops", ("transformer",))
+    spectral = tuple(spectral_models(FULL_SIZE, 1))
+    for name, task in TASKS.items():
+        write_task(name, task, FULL_SIZE, ROOT / name, spectral, every)
+    write_task("lm", LM, FULL_SIZE, ROOT / "lm", ("esssm", "fixed"), ())
+    write_task("quick/listops", QUICK, QUICK_SIZE, ROOT / "quick" / "listops", spectral, ("transformer",))
+    write_task("quick/lm", QUICK_LM, QUICK_SIZE, ROOT / "quick" / "lm", ("esssm", "fixed"), ())
 
 
 if __name__ == "__main__":

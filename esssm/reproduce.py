@@ -34,7 +34,7 @@ ABLATIONS = {  # Table C rows: config name -> label
 }
 PROFILES = {
     "quick": {"conf": "conf/quick", "tasks": ("listops",), "models": ("esssm", "fixed", "transformer")},
-    "full": {"conf": "conf", "tasks": TASKS, "models": ("esssm", "fixed", *BASELINES, *list(ABLATIONS)[1:])},
+    "full": {"conf": "conf", "tasks": (*TASKS, "lm"), "models": ("esssm", "fixed", *BASELINES, *list(ABLATIONS)[1:])},
 }
 # The quick profile's ListOps: the LRA generator at short lengths (no download).
 QUICK_LISTOPS = {"train": 4000, "val": 500, "test": 500, "min_len": 20, "max_len": 256}
@@ -318,7 +318,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="./reproduce.sh", description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="profile", action="store_const", const="quick",
-                      help="generated ListOps, small models, minutes on a CPU (default)")
+                      help="generated ListOps, small models, minutes on a CPU (default); "
+                           "--tasks listops,lm adds a byte-level LM on the Python stdlib")
     mode.add_argument("--full", dest="profile", action="store_const", const="full",
                       help="the paper's five tasks at ~20M parameters (GPUs and the data sets)")
     parser.add_argument("--tasks", help=f"comma-separated subset of {','.join(TASKS)}")
