@@ -270,6 +270,9 @@ class LanguageModel(SequenceClassifier):
 
     def __init__(self, backbone: nn.Module, vocab_size: int) -> None:
         super().__init__(backbone, vocab_size, vocab_size=vocab_size)
+        # N(0, 1/D) rows: with the head tied, unit-variance (LayerNorm) features then give
+        # unit-scale logits, so training starts near the uniform ln(vocab) loss.
+        nn.init.normal_(self.encoder.proj.weight, std=backbone.d_model**-0.5)
         self.head.weight = self.encoder.proj.weight
 
     def forward(  # type: ignore[override]
