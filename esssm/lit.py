@@ -30,6 +30,18 @@ class SequenceTask(L.LightningModule):
     backbones (k_max set) train under budget dropout unless `budget_dropout` is False: one
     budget per optimizer step, a pure function of (seed, global step), so every DDP rank and
     accumulation micro-batch agrees and a resumed run continues the same sequence.
+
+    Args:
+        backbone: the sequence model, e.g. `esssm.model.ESSSM` or `baselines.Transformer`.
+        lr, weight_decay, betas: AdamW; no weight decay on biases, norms and embeddings.
+        warmup_ratio, min_lr_ratio: linear warm-up over this fraction of the steps, then
+            cosine decay to lr * min_lr_ratio.
+        ema_decay: EMA of the weights, used for validation, test and export (None: off).
+        label_smoothing: for classification losses.
+        budget_dropout: draw a budget per step (False: always k_max, the fixed-budget ablation).
+        budget_grid, budget_k_min, budget_bias: the budgets drawn (see esssm.budget.BudgetSampler).
+        budget_warmup_epochs, budget_full_every: full budget in the first epochs and every n-th step.
+        budget_seed: seed of the budget sequence.
     """
 
     def __init__(
