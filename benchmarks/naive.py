@@ -21,5 +21,16 @@ def naive_forward(layer: ESSSMLayer, u: torch.Tensor, budget: int | None = None)
     projected = torch.stack(
         [torch.einsum("bdl,de->ble", conv[:, j], layer.mix[j]) for j in range(k)], dim=2
     )  # (B, L, k, D)
-    alpha = layer.channel_weights(u, k) * layer.sigma[:k].pow(0.25)  # (B, L, k)
+    alpha = gate(layer, u, k) * layer.sigma[:k].pow(0.25)  # (B, L, k)
     return layer.skip(u) + (projected * alpha.unsqueeze(-1)).sum(dim=2)
+
+
+def gate(layer: ESSSMLayer, u: torch.Tensor, k: int) -> torch.Tensor:
+    """alpha (B, L, k) from the layer's gate parameters with plain torch modules."""
+    if not layer.gate:
+        return u.new_full((*u.shape[:2], k), 1.0 / k)
+    logits = torch.nn.functional.gelu(layer.gate_in(u)) @ layer.gate_out.weight[:k].T
+    logits = logits + layer.gate_out.bias[:k]
+    if layer.rms_rescale:
+        logits = logits * (k**0.5 / logits.norm(dim=-1, keepdim=True).clamp_min(layer.eps))
+    return logits.softmax(dim=-1)

@@ -157,12 +157,47 @@ def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     CPUs, where MKL falls back to its AVX2 path (docs/benchmarks.md). Should the private op
     ever fail, this switches to the plain matmul for the rest of the process.
     """
-    if _ONEDNN["ok"] and a.device.type == "cpu" and a.dtype == b.dtype == torch.float32:
+    if _onednn_ok(a, b):
         try:
             return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
         except (RuntimeError, AttributeError, TypeError):
             _ONEDNN["ok"] = False
     return a @ b.mT
+
+
+def _onednn_ok(*tensors: torch.Tensor) -> bool:
+    return _ONEDNN["ok"] and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+class _Linear(torch.autograd.Function):
+    """F.linear with its three products through `matmul_nt` (oneDNN on CPU float32)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        out = matmul_nt(x.reshape(-1, x.shape[-1]), weight)
+        if bias is not None:
+            out += bias
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1]).contiguous()
+        dx = matmul_nt(g, weight.t()).view_as(x) if ctx.needs_input_grad[0] else None
+        dw = matmul_nt(g.t(), x.reshape(-1, x.shape[-1]).t()) if ctx.needs_input_grad[1] else None
+        db = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear (x (..., in) -> (..., out)); on CPU float32 outside autocast through oneDNN,
+    about 2x MKL's sgemm on AMD CPUs (see `matmul_nt`), with the same gradients."""
+    if torch.is_autocast_enabled(x.device.type) or not _onednn_ok(x, weight):
+        return F.linear(x, weight, bias)
+    return _Linear.apply(x, weight, bias)
 
 
 def batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -174,7 +209,7 @@ def batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     batch = (a if a.dim() == 3 else b).shape[0]
     a3 = a if a.dim() == 3 else a.expand(batch, -1, -1)
     b3 = b if b.dim() == 3 else b.expand(batch, -1, -1)
-    if not (_ONEDNN["ok"] and a.device.type == "cpu" and a.dtype == b.dtype == torch.float32):
+    if not _onednn_ok(a, b):
         return torch.bmm(a3, b3)
     outs = [matmul_nt(a3[i], b3[i].mT) for i in range(batch)]
     return outs[0].unsqueeze(0) if batch == 1 else torch.stack(outs)
@@ -328,8 +363,8 @@ class ESSSMLayer(nn.Module):
         """alpha (B, L, k): masked-softmax gate over the active prefix; rows sum to 1 at any k."""
         if not self.gate:
             return u.new_full((*u.shape[:2], k), 1.0 / k)
-        hidden = F.gelu(self.gate_in(u))
-        logits = F.linear(hidden, self.gate_out.weight[:k], self.gate_out.bias[:k])
+        hidden = F.gelu(linear(u, self.gate_in.weight, self.gate_in.bias))
+        logits = linear(hidden, self.gate_out.weight[:k], self.gate_out.bias[:k])
         if self.rms_rescale:
             norm = logits.norm(dim=-1, keepdim=True).clamp_min(self.eps)
             logits = logits * (math.sqrt(k) / norm)
@@ -360,7 +395,7 @@ class ESSSMLayer(nn.Module):
         spectra, nfft = self.spectra(u.shape[1], fft_dtype(u.dtype))
         weights = self.channel_weights(u, k) * self.sigma[:k].pow(0.25)  # (B, L, k)
         plan = self._plan(u, k, nfft)
-        return self.skip(u) + spectral_mixing(u, weights, self.mix[:k], spectra[:k], plan)
+        return linear(u, self.skip.weight) + spectral_mixing(u, weights, self.mix[:k], spectra[:k], plan)
 
     def _plan(self, u: torch.Tensor, k: int, nfft: int) -> MixPlan:
         gemm_dtype = u.dtype

@@ -8,20 +8,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
 from benchmarks.naive import naive_forward  # noqa: E402
-from esssm.layer import ESSSMLayer  # noqa: E402
+from esssm.layer import ESSSMLayer, linear  # noqa: E402
 
 
 def make_layer(**kw) -> ESSSMLayer:
     torch.manual_seed(0)
     layer = ESSSMLayer(16, 64, 8, mix_init_std=0.3, **kw)
-    with torch.no_grad():  # a non-trivial gate: softmax weights that differ per channel
-        layer.gate_out.weight.normal_(0, 1.0)
-        layer.gate_out.bias.normal_(0, 1.0)
+    if layer.gate:
+        with torch.no_grad():  # a non-trivial gate: softmax weights that differ per channel
+            layer.gate_out.weight.normal_(0, 1.0)
+            layer.gate_out.bias.normal_(0, 1.0)
     return layer
 
 
 @pytest.mark.parametrize("k", [1, 3, 8])
-@pytest.mark.parametrize("options", [{}, {"channel_chunk": 3}, {"checkpoint": True}])
+@pytest.mark.parametrize(
+    "options", [{}, {"channel_chunk": 3}, {"checkpoint": True}, {"gate": False}, {"rms_rescale": False}]
+)
 def test_fast_layer_matches_naive(k, options):
     layer = make_layer(**options)
     u = torch.randn(3, 64, 16, requires_grad=True)
@@ -99,3 +102,16 @@ def test_plain_matmul_path_matches_naive(monkeypatch):
     (grad_fast,) = torch.autograd.grad(out.square().sum(), u)
     (grad_slow,) = torch.autograd.grad(expected.square().sum(), u)
     assert torch.allclose(grad_fast, grad_slow, atol=1e-4)
+
+
+def test_linear_matches_torch_linear_with_gradients():
+    x = torch.randn(3, 7, 12, requires_grad=True)
+    weight = torch.randn(5, 12, requires_grad=True)
+    bias = torch.randn(5, requires_grad=True)
+    ours = linear(x, weight, bias)
+    grads = torch.autograd.grad(ours.square().sum(), (x, weight, bias))
+    ref = torch.nn.functional.linear(x, weight, bias)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (x, weight, bias))
+    assert torch.allclose(ours, ref, atol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-4)
