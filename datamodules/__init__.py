@@ -18,6 +18,7 @@ _EXPORTS = {
     "IMDBDataModule": "datamodules.imdb",
     "ListOpsDataModule": "datamodules.listops",
     "MalformedDataError": "datamodules.base",
+    "PathfinderDataModule": "datamodules.pathfinder",
     "SCIFARDataModule": "datamodules.scifar",
     "SpeechCommandsDataModule": "datamodules.speech_commands",
     "TaskDataModule": "datamodules.base",
