@@ -39,6 +39,10 @@ TASKS = {
                   "batch": 16, "epochs": 20},
     "scifar": {"data": "datamodules.SCIFARDataModule", "args": {"mode": "gray"}, "seq_len": 1024,
                "batch": 50, "epochs": 200},
+    # LRA Pathfinder (32 x 32, hardest difficulty) with S4's recipe size: batch 64, 200 epochs.
+    "pathfinder": {"data": "datamodules.PathfinderDataModule",
+                   "args": {"resolution": 32, "difficulty": "curv_contour_length_14", "mode": "gray"},
+                   "seq_len": 1024, "batch": 64, "epochs": 200},
     "speech": {"data": "datamodules.SpeechCommandsDataModule", "args": {"subset": "sc35"},
                "seq_len": 16000, "batch": 16, "epochs": 40},
 }

@@ -24,7 +24,7 @@ import torch
 from esssm.budget import curve_summary
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = ("listops", "text", "retrieval", "scifar", "speech")
+TASKS = ("listops", "text", "retrieval", "scifar", "pathfinder", "speech")
 BASELINES = ("transformer", "mamba", "mamba2", "s4d", "arstu")
 ABLATIONS = {  # Table C rows: config name -> label
     "esssm": "full ES-SSM",

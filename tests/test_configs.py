@@ -16,7 +16,7 @@ TASK_DIRS = sorted({p.parent for p in CONFIGS})
 
 
 def test_there_is_a_config_for_every_task_and_model():
-    for task in ("listops", "text", "retrieval", "scifar", "speech"):
+    for task in ("listops", "text", "retrieval", "scifar", "pathfinder", "speech"):
         names = {p.stem for p in (CONF / task).glob("*.yaml")}
         assert {"esssm", "fixed", "transformer", "mamba", "mamba2", "s4d", "arstu"} <= names
         assert {"esssm_nogate", "esssm_nodropout", "esssm_norms"} <= names
