@@ -85,6 +85,16 @@ class PathStyle:
     max_turn: float  # degrees of heading change per dash (curvature bound)
     padding: float = 1.0
 
+    def __post_init__(self) -> None:
+        lengths = (self.dash_length, self.dash_gap, self.thickness, self.marker_radius, self.spacing, self.max_turn)
+        if self.contour_length < 1 or self.distractors < 0 or self.distractor_length < 1 or min(lengths) <= 0:
+            raise ValueError(f"path lengths and sizes must be positive (distractors may be 0): {self}")
+        if self.seed_distance < 2 * self.marker_radius + self.spacing:
+            raise ValueError(
+                f"seed_distance {self.seed_distance} leaves no room between the two start markers: "
+                f"it must be at least 2 * marker_radius + spacing = {2 * self.marker_radius + self.spacing}"
+            )
+
 
 # LRA's settings per resolution (paddle length/margin, marker radius, seed distance, distractor
 # dashes 20/22/35), with gaps and spacings widened so that paths stay separable (see PathStyle).
@@ -106,10 +116,14 @@ IMAGE_TRIES = 50
 Steps = Generator[None, None, "np.ndarray | None"]  # a path drawn one dash per step; returns its end
 
 
+def check_variant(resolution: int, difficulty: str) -> None:
+    if resolution not in RESOLUTIONS or difficulty not in CONTOUR_LENGTHS:
+        raise ValueError(f"resolution must be one of {RESOLUTIONS} and difficulty one of {list(CONTOUR_LENGTHS)}")
+
+
 def lra_style(resolution: int, difficulty: str) -> PathStyle:
     """The generator's defaults for a resolution and difficulty (distractors as LRA: length // 3)."""
-    if resolution not in BASE_STYLES or difficulty not in CONTOUR_LENGTHS:
-        raise ValueError(f"resolution must be one of {RESOLUTIONS} and difficulty one of {list(CONTOUR_LENGTHS)}")
+    check_variant(resolution, difficulty)
     length = CONTOUR_LENGTHS[difficulty]
     distractor_length = max(1, length // 3)
     return PathStyle(
@@ -511,8 +525,7 @@ class PathfinderDataModule(LRAReleaseDataModule):
             mode: "tokens" (LRA: gray levels as ids) or "gray" (S4: floats in [-1, 1]).
             val_fraction, test_fraction: parts of the images held out (seeded by ``seed``).
         """
-        if resolution not in RESOLUTIONS or difficulty not in CONTOUR_LENGTHS:
-            raise ValueError(f"resolution must be one of {RESOLUTIONS} and difficulty one of {list(CONTOUR_LENGTHS)}")
+        check_variant(resolution, difficulty)
         if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
             fractions = f"{val_fraction}, {test_fraction}"
             raise ValueError(f"need 0 < val_fraction, test_fraction and a sum below 1; got {fractions}")

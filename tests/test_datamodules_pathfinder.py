@@ -3,6 +3,7 @@ checked by an independent connectivity reading (not by trusting the generator's 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 import sys
@@ -315,6 +316,15 @@ def test_knobs_reach_the_images(tmp_path: Path) -> None:
     for file in sorted((root / "imgs" / "0").iterdir()):
         ink = np.asarray(Image.open(file)) >= 128
         assert ndimage.label(ndimage.binary_dilation(ink, iterations=2))[1] <= 2  # two short paths, nothing else
+
+
+def test_impossible_settings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="seed_distance 4.0 leaves no room"):
+        main(["generate", "--out", str(tmp_path), "--count", "2", "--seed-distance", "4"])
+    with pytest.raises(ValueError, match="resolution must be one of"):
+        lra_style(256, HARD)
+    with pytest.raises(RuntimeError, match="could not fit two paths of 60 dashes"):
+        draw_image(dataclasses.replace(lra_style(32, HARD), contour_length=60), 1, np.random.default_rng(0))
 
 
 def test_generate_command_as_documented(tmp_path: Path) -> None:
