@@ -366,7 +366,7 @@ def write_folder(
     for number, label in enumerate(labels):
         image = draw_image(style, int(label), np.random.default_rng([seed, first + number]))
         name = f"sample_{number}.png"
-        Image.fromarray(image, mode="L").save(root / folder / name)
+        Image.fromarray(image).save(root / folder / name)
         rows.append(metadata_row(folder, name, number, int(label), style))
     (root / "metadata").mkdir(exist_ok=True)
     (root / "metadata" / f"{folder_number}.npy").write_text("\n".join(rows) + "\n")
@@ -379,6 +379,8 @@ def generate_dataset(
     if count < 1 or per_folder < 1:
         raise ValueError(f"count and per_folder must be positive; got {count} and {per_folder}")
     root = Path(out) / f"pathfinder{style.size}" / difficulty
+    if any((root / "metadata").glob("*.npy")):
+        raise FileExistsError(f"{root / 'metadata'} already holds metadata: remove it or choose another --out")
     labels = np.random.default_rng(seed).permutation(np.arange(count) % 2)
     starts = range(0, count, per_folder)
     jobs = [(root, n, start, labels[start : start + per_folder], style, seed) for n, start in enumerate(starts)]

@@ -51,8 +51,7 @@ def write_pathfinder(root: Path, resolution: int = 32, difficulty: str = HARD, n
         rows = []
         for index in range(size):
             name = f"sample_{index}.png"
-            image = Image.fromarray(fixture_pixels(number, resolution), mode="L")
-            image.save(folder / "imgs" / str(folder_number) / name)
+            Image.fromarray(fixture_pixels(number, resolution)).save(folder / "imgs" / str(folder_number) / name)
             rows.append([f"imgs/{folder_number}", name, str(index), str(fixture_label(number)),
                          "1.0", "14", "4", "2", "0.5", "1", "1"])  # fmt: skip
             number += 1
@@ -305,6 +304,8 @@ def test_generator_is_seeded_and_independent_of_workers(tmp_path: Path) -> None:
     other = read(generate_dataset(tmp_path / "other", "curv_baseline", 12, 6, style, per_folder=4))
     assert one == two and one.keys() == other.keys() and one != other
     assert len(one) == 3 + 12
+    with pytest.raises(FileExistsError, match="already holds metadata"):
+        generate_dataset(tmp_path / "one", "curv_baseline", 12, 5, style)
 
 
 def test_knobs_reach_the_images(tmp_path: Path) -> None:
