@@ -166,7 +166,10 @@ def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _onednn_ok(*tensors: torch.Tensor) -> bool:
-    return _ONEDNN["ok"] and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    """CPU float32 operands, and not inside torch.jit.trace (which cannot record the custom
+    autograd function around the private op: traced exports use the plain ops)."""
+    cpu32 = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    return _ONEDNN["ok"] and cpu32 and not torch.jit.is_tracing()
 
 
 class _Linear(torch.autograd.Function):
