@@ -313,6 +313,11 @@ class ESSSMLayer(nn.Module):
 
     The mixing matrices are stored transposed, `mix[j] = M_j^T` of shape (D_in, D_out), so the
     active prefix `mix[:k]` reshapes to one (k*D, D) GEMM operand without a copy.
+
+    Performance (docs/benchmarks.md): one input FFT per pass; the k*D convolutions run in
+    cache-sized blocks, weighted, and feed one GEMM per chunk of `channel_chunk` channels
+    (None: sized to a 16 MiB working set on CPU, 1 GiB on GPU); training stores only the
+    convolutions (B, k, D, L), or nothing with `checkpoint=True` (recomputed in backward).
     """
 
     def __init__(
