@@ -154,14 +154,17 @@ class ESSSM(SequenceBackbone):
         dropout: float = 0.1,
         drop_path: float = 0.05,
         channel_chunk: int | None = None,
+        checkpoint: bool = False,
         init_filters: bool = True,
     ) -> None:
-        """init_filters=False: filters left NaN, to be filled by load_state_dict (see ESSSMLayer)."""
+        """checkpoint: recompute the spectral convolutions in backward instead of storing
+        (B, k, D, L) per layer (long sequences). init_filters=False: filters left NaN, to be
+        filled by load_state_dict (see ESSSMLayer)."""
 
         def mixer(_: int) -> ESSSMLayer:
             return ESSSMLayer(
                 d_model, seq_len, k_max, gate, rms_rescale, channel_chunk=channel_chunk,
-                init_filters=init_filters,
+                checkpoint=checkpoint, init_filters=init_filters,
             )
 
         super().__init__(mixer, d_model, n_layers, ffn_mult, dropout, drop_path)

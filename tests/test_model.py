@@ -84,3 +84,15 @@ def test_tiny_model_overfits_small_batch():
     model.eval()
     assert loss.item() < 0.1
     assert (model(x).argmax(-1) == y).float().mean() == 1.0
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    x = torch.randn(2, 24, 16, requires_grad=True)
+    grads = []
+    for checkpoint in (False, True):
+        torch.manual_seed(0)
+        backbone = tiny_backbone(checkpoint=checkpoint)
+        backbone(x, budget=3).square().sum().backward()
+        grads.append((x.grad.clone(), backbone.blocks[0].mixer.mix.grad.clone()))
+        x.grad = None
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
