@@ -8,6 +8,7 @@ the same code path.
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import tarfile
@@ -209,6 +210,19 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def generate_command(
+    module: str, summary: str, help_text: str, description: str
+) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """(parser, generate sub-parser) of `python -m datamodules.<module> generate ...`."""
+    parser = argparse.ArgumentParser(prog=f"python -m datamodules.{module}", description=summary)
+    commands = parser.add_subparsers(dest="command", required=True)
+    generate = commands.add_parser(
+        "generate", help=help_text, description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    return parser, generate
 
 
 class EpochShuffle(Sampler[int]):

@@ -11,7 +11,6 @@ Generate a data set with no download (LRA sizes by default)::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import random
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from datamodules.base import (
     LRAReleaseDataModule,
     MalformedDataError,
     TokenDataset,
+    generate_command,
     iter_tsv_rows,
     malformed,
     parse_label,
@@ -267,14 +267,12 @@ class ListOpsDataModule(LRAReleaseDataModule):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m datamodules.listops", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    generate = commands.add_parser(
-        "generate",
-        help="write basic_{train,val,test}.tsv with the LRA ListOps generator",
-        description="Write basic_{train,val,test}.tsv like the LRA release (defaults: LRA's settings). "
+    parser, generate = generate_command(
+        "listops",
+        __doc__.split("\n")[0],
+        "write basic_{train,val,test}.tsv with the LRA ListOps generator",
+        "Write basic_{train,val,test}.tsv like the LRA release (defaults: LRA's settings). "
         "Kept expressions have min-len < length < max-len tokens (parentheses not counted), as in LRA.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     generate.add_argument("--out", type=Path, required=True, help="output folder")
     generate.add_argument("--train", type=int, default=96_000, help="training examples")

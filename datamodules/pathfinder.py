@@ -22,7 +22,6 @@ makes the label readable from the pixels (see PathStyle). Generate a data set wi
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 import os
@@ -46,6 +45,7 @@ from datamodules.base import (
     DataFolderError,
     LRAReleaseDataModule,
     MalformedDataError,
+    generate_command,
     malformed,
     parse_label,
     seeded_split,
@@ -576,14 +576,12 @@ class PathfinderDataModule(LRAReleaseDataModule):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m datamodules.pathfinder", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    generate = commands.add_parser(
-        "generate",
-        help="draw Pathfinder images in the LRA release layout",
-        description="Write <out>/pathfinder<resolution>/<difficulty>/{imgs,metadata} like the LRA release. "
+    parser, generate = generate_command(
+        "pathfinder",
+        __doc__.split("\n")[0],
+        "draw Pathfinder images in the LRA release layout",
+        "Write <out>/pathfinder<resolution>/<difficulty>/{imgs,metadata} like the LRA release. "
         "Knobs left unset take the resolution's and difficulty's defaults (lengths in dashes, sizes in pixels).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     generate.add_argument("--out", type=Path, required=True, help="output folder (the datamodule's data_dir)")
     generate.add_argument("--resolution", type=int, choices=RESOLUTIONS, default=32, help="image side (128: Path-X)")
