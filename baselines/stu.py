@@ -108,8 +108,10 @@ class ARSTU(SequenceBackbone):
 
 
 class FixedSpectralSSM(ESSSM):
-    """The fixed-budget spectral SSM ablation: the ES-SSM backbone with gate=False and
-    rms_rescale=False, so every active channel gets the uniform weight 1/k.
+    """The fixed-budget spectral SSM: a plain spectral SSM (STU's positive branch,
+    y = sum_j sigma_j^(1/4) M_j (phi_j * u) + D u, no gate and no normalisation), built on the
+    ES-SSM backbone so everything else (blocks, filters, sizes) is identical.
+    normalize=True instead weights each active channel 1/k (ES-SSM without its gate).
 
     It is trained at full K_max only, i.e. WITHOUT budget dropout (a training-module setting,
     configured with the experiment, not here). It keeps k_max, so the budget sweep can still
@@ -127,6 +129,7 @@ class FixedSpectralSSM(ESSSM):
         dropout: float = 0.1,
         drop_path: float = 0.05,
         channel_chunk: int | None = None,
+        normalize: bool = False,
     ) -> None:
         super().__init__(
             d_model,
@@ -135,6 +138,7 @@ class FixedSpectralSSM(ESSSM):
             k_max,
             gate=False,
             rms_rescale=False,
+            normalize=normalize,
             ffn_mult=ffn_mult,
             dropout=dropout,
             drop_path=drop_path,

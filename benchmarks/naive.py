@@ -28,7 +28,7 @@ def naive_forward(layer: ESSSMLayer, u: torch.Tensor, budget: int | None = None)
 def gate(layer: ESSSMLayer, u: torch.Tensor, k: int) -> torch.Tensor:
     """alpha (B, L, k) from the layer's gate parameters with plain torch modules."""
     if not layer.gate:
-        return u.new_full((*u.shape[:2], k), 1.0 / k)
+        return u.new_full((*u.shape[:2], k), 1.0 / k if layer.normalize else 1.0)
     logits = torch.nn.functional.gelu(layer.gate_in(u)) @ layer.gate_out.weight[:k].T
     logits = logits + layer.gate_out.bias[:k]
     if layer.rms_rescale:

@@ -328,6 +328,7 @@ class ESSSMLayer(nn.Module):
         k_max: int = 32,
         gate: bool = True,
         rms_rescale: bool = True,
+        normalize: bool = True,
         gate_bias_init: float = -2.0,
         mix_init_std: float = 1e-3,
         channel_chunk: int | None = None,
@@ -336,14 +337,22 @@ class ESSSMLayer(nn.Module):
         checkpoint: bool = False,
         init_filters: bool = True,
     ) -> None:
-        """init_filters=False skips the eigendecomposition and leaves `sigma`/`phi` NaN, for a
-        layer whose filters come from a state dict (a checkpoint or an exported, truncated
-        model, whose top-k filters of (L, K) need not match a fresh (L, k) computation)."""
+        """normalize=False (needs gate=False) gives every channel the weight 1, the plain
+        spectral-SSM sum of STU: truncating it drops terms with nothing renormalised, as in the
+        fixed-budget baseline. init_filters=False skips the eigendecomposition and leaves
+        `sigma`/`phi` NaN, for a layer whose filters come from a state dict (a checkpoint or an
+        exported, truncated model, whose top-k filters of (L, K) need not match a fresh (L, k)
+        computation)."""
         super().__init__()
         if d_model < 2:
             raise ValueError(f"d_model must be >= 2, got {d_model}")
+        if gate and not normalize:
+            raise ValueError(
+                "normalize=False (unit channel weights) needs gate=False: the gate is a softmax "
+                "over the active prefix, which is normalised by construction"
+            )
         self.d_model, self.seq_len, self.k_max = d_model, seq_len, k_max
-        self.gate, self.rms_rescale, self.eps = gate, rms_rescale, eps
+        self.gate, self.rms_rescale, self.normalize, self.eps = gate, rms_rescale, normalize, eps
         self.channel_chunk, self.checkpoint = channel_chunk, checkpoint
         # Persistent: a trained model never depends on recomputing the near-null-space filters.
         self.register_buffer("sigma", torch.full((k_max,), math.nan))
@@ -365,13 +374,14 @@ class ESSSMLayer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, seq_len={self.seq_len}, k_max={self.k_max}, "
-            f"gate={self.gate}, rms_rescale={self.rms_rescale}"
+            f"gate={self.gate}, rms_rescale={self.rms_rescale}, normalize={self.normalize}"
         )
 
     def channel_weights(self, u: torch.Tensor, k: int) -> torch.Tensor:
-        """alpha (B, L, k): masked-softmax gate over the active prefix; rows sum to 1 at any k."""
+        """alpha (B, L, k): masked-softmax gate over the active prefix; rows sum to 1 at any k
+        (without the gate: 1/k each, or 1 each when not normalised)."""
         if not self.gate:
-            return u.new_full((*u.shape[:2], k), 1.0 / k)
+            return u.new_full((*u.shape[:2], k), 1.0 / k if self.normalize else 1.0)
         hidden = F.gelu(linear(u, self.gate_in.weight, self.gate_in.bias))
         logits = linear(hidden, self.gate_out.weight[:k], self.gate_out.bias[:k])
         if self.rms_rescale:

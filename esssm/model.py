@@ -150,6 +150,7 @@ class ESSSM(SequenceBackbone):
         k_max: int = 32,
         gate: bool = True,
         rms_rescale: bool = True,
+        normalize: bool = True,
         ffn_mult: int = 4,
         dropout: float = 0.1,
         drop_path: float = 0.05,
@@ -163,7 +164,7 @@ class ESSSM(SequenceBackbone):
 
         def mixer(_: int) -> ESSSMLayer:
             return ESSSMLayer(
-                d_model, seq_len, k_max, gate, rms_rescale, channel_chunk=channel_chunk,
+                d_model, seq_len, k_max, gate, rms_rescale, normalize, channel_chunk=channel_chunk,
                 checkpoint=checkpoint, init_filters=init_filters,
             )
 

@@ -103,7 +103,7 @@ def test_budget_accepted_and_ignored(name: str) -> None:
 def test_fixed_spectral_ssm_honours_budget() -> None:
     model, k = build("fixed_spectral"), 3
     assert model.k_max == 6
-    assert all(not block.mixer.gate and not block.mixer.rms_rescale for block in model.blocks)
+    assert all(not m.gate and not m.rms_rescale and not m.normalize for m in (b.mixer for b in model.blocks))
     x = inputs()
     y = model(x, budget=k)
     y.sum().backward()

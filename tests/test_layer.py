@@ -21,7 +21,7 @@ def reference_layer(layer: ESSSMLayer, u: torch.Tensor, k: int) -> torch.Tensor:
             s = s * math.sqrt(k) / s.norm(dim=-1, keepdim=True).clamp_min(layer.eps)
         alpha = torch.softmax(s, dim=-1)
     else:
-        alpha = torch.full((batch, length, k), 1.0 / k, dtype=torch.float64)
+        alpha = torch.full((batch, length, k), 1.0 / k if layer.normalize else 1.0, dtype=torch.float64)
     t = torch.arange(length)
     lag = t[:, None] - t[None, :]
     y = u @ p["skip.weight"].T
@@ -44,7 +44,10 @@ def make_layer(d=8, seq_len=32, k_max=6, **kw) -> ESSSMLayer:
 
 
 @pytest.mark.parametrize("k", [1, 3, 6])
-@pytest.mark.parametrize("options", [{}, {"gate": False}, {"rms_rescale": False}, {"channel_chunk": 4}])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"gate": False}, {"gate": False, "normalize": False}, {"rms_rescale": False}, {"channel_chunk": 4}],
+)
 def test_layer_matches_float64_formula(k, options):
     layer = make_layer(**options)
     u = torch.randn(2, 32, 8)
@@ -70,6 +73,16 @@ def test_channel_weights_sum_to_one_at_every_budget():
         alpha = layer.channel_weights(u, k)
         assert alpha.shape == (2, 10, k)
         assert torch.allclose(alpha.sum(-1), torch.ones(2, 10), atol=1e-6)
+
+
+def test_unnormalised_layer_is_the_plain_spectral_sum():
+    """normalize=False (the fixed-budget SSM): every channel weighs 1, so truncation drops terms."""
+    layer = make_layer(gate=False, normalize=False)
+    u = torch.randn(2, 10, 8)
+    for k in (1, 4, 6):
+        assert torch.equal(layer.channel_weights(u, k), torch.ones(2, 10, k))
+    with pytest.raises(ValueError, match="normalize=False .* needs gate=False"):
+        ESSSMLayer(8, 32, 6, gate=True, normalize=False)
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])

@@ -23,7 +23,9 @@ def make_layer(**kw) -> ESSSMLayer:
 
 @pytest.mark.parametrize("k", [1, 3, 8])
 @pytest.mark.parametrize(
-    "options", [{}, {"channel_chunk": 3}, {"checkpoint": True}, {"gate": False}, {"rms_rescale": False}]
+    "options",
+    [{}, {"channel_chunk": 3}, {"checkpoint": True}, {"gate": False}, {"gate": False, "normalize": False},
+     {"rms_rescale": False}],
 )
 def test_fast_layer_matches_naive(k, options):
     layer = make_layer(**options)
