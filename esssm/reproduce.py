@@ -116,32 +116,38 @@ def fit_command(run: Run, overrides: dict[str, Any], devices: int, extra: list[s
     return command + extra
 
 
+def say(message: str) -> None:
+    """One write per message, so lines from runs trained side by side never interleave."""
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
 def train(run: Run, overrides: dict[str, Any], devices: int, extra: list[str], threads: int | None) -> bool:
     """Train one run in its own process. threads: its CPU threads, and its output goes to
     <log_dir>/fit.log (runs trained side by side); None: all threads, output to the terminal."""
     if run.finished.exists():
-        print(f"[{run.task}/{run.model}] finished earlier: {run.ckpt_dir}", flush=True)
+        say(f"[{run.task}/{run.model}] finished earlier: {run.ckpt_dir}")
         return True
     command = fit_command(run, overrides, devices, extra)
-    print(f"[{run.task}/{run.model}] training: {' '.join(command)}", flush=True)
+    say(f"[{run.task}/{run.model}] training: {' '.join(command)}")
     start = time.time()
     if threads is None:
         code = subprocess.run(command, cwd=REPO).returncode
     else:
         log = run.log_dir / "fit.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        print(f"[{run.task}/{run.model}] on {threads} CPU thread(s), output in {log}", flush=True)
+        say(f"[{run.task}/{run.model}] on {threads} CPU thread(s), output in {log}")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         with open(log, "a") as stream:
             code = subprocess.run(command, cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
         if code != 0:
-            print("".join(log.read_text().splitlines(keepends=True)[-20:]), flush=True)
+            say("".join(log.read_text().splitlines(keepends=True)[-20:]))
     if code != 0:
-        print(f"[{run.task}/{run.model}] training FAILED; rerun to resume", flush=True)
+        say(f"[{run.task}/{run.model}] training FAILED; rerun to resume")
         return False
     seconds = round(time.time() - start, 1)
     run.finished.write_text(json.dumps({"seconds": seconds}))
-    print(f"[{run.task}/{run.model}] trained in {seconds:.0f} s", flush=True)
+    say(f"[{run.task}/{run.model}] trained in {seconds:.0f} s")
     return True
 
 
@@ -324,10 +330,12 @@ def write_curves(results: dict[tuple[str, str], dict], folder: Path) -> list[Pat
 
     paths = []
     for task in sorted({t for t, _ in results}):
-        curves = {m: r["rows"] for (t, m), r in sorted(results.items()) if t == task and r["k_max"]}
+        runs = {m: r for (t, m), r in sorted(results.items()) if t == task}
+        curves = {m: r["rows"] for m, r in runs.items() if r["k_max"]}
         if not curves:
             continue
-        figure = plot_budget_curve(curves, title=f"{task}: test accuracy vs budget")
+        references = {m: (r["params"], full_row(r)["acc"]) for m, r in runs.items() if not r["k_max"]}
+        figure = plot_budget_curve(curves, title=f"{task}: test accuracy vs budget", references=references)
         path = folder / f"budget_curve_{task}.png"
         figure.savefig(path, dpi=120)
         plt.close(figure)
