@@ -133,8 +133,14 @@ def _key(budget: int | None) -> str:
     return "full" if budget is None else f"k{budget}"
 
 
-def plot_budget_curve(curves: dict[str, list[dict]], title: str = "Budget-accuracy curve"):
-    """Accuracy vs budget k and vs active parameters, one line per named curve."""
+def plot_budget_curve(
+    curves: dict[str, list[dict]],
+    title: str = "Budget-accuracy curve",
+    references: dict[str, tuple[int, float]] | None = None,
+):
+    """Accuracy vs budget k and vs active parameters, one line per named curve. references:
+    models without a budget, name -> (parameters, accuracy), drawn as a dashed level on the k
+    axis and a star on the parameter axis, so baselines sit on the same picture."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,8 +151,12 @@ def plot_budget_curve(curves: dict[str, list[dict]], title: str = "Budget-accura
         rows = [r for r in rows if r["budget"] != "full"]
         by_k.plot([r["budget"] for r in rows], [r["acc"] for r in rows], marker="o", label=name)
         by_params.plot([r["active_params"] for r in rows], [r["acc"] for r in rows], marker="o", label=name)
+    for i, (name, (params, acc)) in enumerate((references or {}).items(), start=len(curves)):
+        by_k.axhline(acc, linestyle="--", color=f"C{i}", label=name)
+        by_params.plot([params], [acc], marker="*", markersize=12, linestyle="none", color=f"C{i}", label=name)
     by_k.set(xscale="log", xlabel="spectral budget k", ylabel="accuracy", title=title)
     by_params.set(xlabel="active parameters", ylabel="accuracy")
+    by_params.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k"))
     for axis in (by_k, by_params):
         axis.grid(True, alpha=0.3)
         axis.legend()

@@ -150,3 +150,16 @@ def test_sweep_budgets_and_curve_summary():
     summary = curve_summary([1, 2, 4], [0.5, 0.99, 1.0])
     assert summary["k98"] == 2 and summary["full"] == 1.0
     assert summary["auc"] == pytest.approx(((0.5 + 0.99) / 2 + (0.99 + 1.0) / 2) / 2)
+
+
+def test_budget_curve_figure_places_baselines_beside_the_curves():
+    from esssm.callbacks import plot_budget_curve
+
+    rows = [{"budget": k, "acc": 0.1 * k, "active_params": 100 * k} for k in (1, 2, 4)]
+    figure = plot_budget_curve({"esssm": rows}, references={"transformer": (350, 0.5)})
+    by_k, by_params = figure.axes
+    level = by_k.lines[-1]  # the baseline's accuracy as a level across every k
+    assert level.get_label() == "transformer" and list(level.get_ydata()) == [0.5, 0.5]
+    star = by_params.lines[-1]  # and as one point at its parameter count
+    assert list(star.get_xdata()) == [350] and list(star.get_ydata()) == [0.5]
+    assert [t.get_text() for t in by_params.get_legend().get_texts()] == ["esssm", "transformer"]
