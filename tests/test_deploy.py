@@ -80,7 +80,7 @@ def test_export_equals_full_model_at_budget_and_is_smaller(trained, batch, tmp_p
         layer = loaded.backbone.blocks[0].mixer
         assert layer.mix.shape[0] == layer.gate_out.out_features == layer.sigma.shape[0] == k
         assert torch.equal(layer.phi, full.backbone.blocks[0].mixer.phi[:, :k])  # stored, not recomputed
-    assert sizes[0] < sizes[1] < sizes[2] <= deploy.state_bytes(full) * 1.01
+    assert sizes[0] < sizes[1] < sizes[2] <= deploy.state_bytes(full) + 4096  # + the config, a few KiB
 
 
 def test_loading_an_export_computes_no_filters_and_needs_no_lightning(trained, tmp_path, monkeypatch):
