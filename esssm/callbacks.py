@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from esssm.budget import curve_summary, sweep_budgets
+from esssm.files import atomic_write_text
 from esssm.metrics import ExactAccuracy
 from esssm.model import active_parameters
 
@@ -113,9 +113,7 @@ class BudgetSweep(L.Callback):
         writer = csv.DictWriter(buffer, fieldnames=["epoch", "step", *rows[0]])
         writer.writeheader()
         writer.writerows({"epoch": trainer.current_epoch, "step": trainer.global_step, **r} for r in rows)
-        tmp = path.with_suffix(".csv.tmp")
-        tmp.write_text(buffer.getvalue())
-        os.replace(tmp, path)
+        atomic_write_text(path, buffer.getvalue())
 
     def _write_figure(self, stage: str, rows: list[dict], trainer: L.Trainer) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]

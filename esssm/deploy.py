@@ -22,8 +22,6 @@ import importlib.util
 import inspect
 import io
 import math
-import os
-import secrets
 import statistics
 import time
 import warnings
@@ -35,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from esssm.files import atomic_write
 from esssm.layer import ESSSMLayer, check_budget
 from esssm.model import RetrievalClassifier, active_parameters, build_module, build_task_model
 from esssm.spectral import causal_fft_conv
@@ -155,22 +154,6 @@ def truncate(model: nn.Module, config: Mapping[str, Any], budget: int) -> tuple[
     small = build_model(small_config, init_filters=False)
     small.load_state_dict(truncated_state_dict(model, budget), strict=True)
     return small.eval(), small_config
-
-
-def atomic_write(path: str | Path, write: Callable[[str], Any]) -> int:
-    """Run write(tmp) on a temporary file beside `path`, then rename it over `path`: readers
-    never see a half-written file. Returns the file size in bytes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its 0600 mode would survive the rename; this name is unique per process.
-    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path.stat().st_size
 
 
 def save_exported(model: nn.Module, config: Mapping[str, Any], path: str | Path) -> int:

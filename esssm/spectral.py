@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 import torch
+
+from esssm.files import atomic_write
 
 CACHE_ENV = "ESSSM_CACHE_DIR"
 _CACHE_VERSION = 1
@@ -138,15 +139,11 @@ def _load_cached(path: Path, seq_len: int, k_max: int) -> tuple[np.ndarray, np.n
 
 
 def _save_atomic(path: Path, sigma: np.ndarray, phi: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
             np.savez(f, sigma=sigma, phi=phi, digest=np.array(_digest(sigma, phi)))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(path, write)
 
 
 def spectral_filters(
