@@ -8,7 +8,9 @@ from torch import nn
 
 from baselines.common import CausalConv1d, depthwise_fft_conv
 from esssm.model import ESSSM, SequenceBackbone
-from esssm.spectral import causal_fft_conv, fast_fft_size, fft_dtype, filter_spectra, spectral_filters
+from esssm.spectral import (
+    causal_fft_conv, fast_fft_size, fft_dtype, filter_scale, filter_spectra, spectral_filters,
+)
 
 
 def signed_filter_bank(seq_len: int, num_filters: int) -> torch.Tensor:
@@ -17,7 +19,7 @@ def signed_filter_bank(seq_len: int, num_filters: int) -> torch.Tensor:
     The first K columns feed the STU's positive branch, the last K its negative branch.
     """
     sigma, phi = spectral_filters(seq_len, num_filters)
-    scaled = phi * sigma**0.25
+    scaled = phi * filter_scale(sigma)
     signs = 1.0 - 2.0 * (np.arange(seq_len)[:, None] % 2)
     return torch.from_numpy(np.concatenate([scaled, scaled * signs], axis=1)).float()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from esssm.layer import ESSSMLayer, check_budget
-from esssm.spectral import causal_fft_conv, fft_dtype
+from esssm.spectral import causal_fft_conv, fft_dtype, filter_scale
 
 
 def naive_forward(layer: ESSSMLayer, u: torch.Tensor, budget: int | None = None) -> torch.Tensor:
@@ -21,7 +21,7 @@ def naive_forward(layer: ESSSMLayer, u: torch.Tensor, budget: int | None = None)
     projected = torch.stack(
         [torch.einsum("bdl,de->ble", conv[:, j], layer.mix[j]) for j in range(k)], dim=2
     )  # (B, L, k, D)
-    alpha = gate(layer, u, k) * layer.sigma[:k].pow(0.25)  # (B, L, k)
+    alpha = gate(layer, u, k) * filter_scale(layer.sigma[:k])  # (B, L, k)
     return layer.skip(u) + (projected * alpha.unsqueeze(-1)).sum(dim=2)
 
 

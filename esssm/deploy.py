@@ -36,7 +36,7 @@ from torch import nn
 from esssm.files import atomic_write
 from esssm.layer import ESSSMLayer, check_budget
 from esssm.model import RetrievalClassifier, active_parameters, build_module, build_task_model
-from esssm.spectral import causal_fft_conv
+from esssm.spectral import causal_fft_conv, filter_scale
 from esssm.timing import median_latency_ms
 
 Batch = dict[str, Any]
@@ -218,7 +218,7 @@ class TraceableMixer(nn.Module):
     ) -> torch.Tensor:
         layer = self.layer
         conv = causal_fft_conv(u, self.spectra_, self.nfft)  # (B, k, D, L)
-        weights = layer.channel_weights(u, self.k) * layer.sigma.pow(0.25)  # (B, L, k)
+        weights = layer.channel_weights(u, self.k) * filter_scale(layer.sigma)  # (B, L, k)
         weighted = (conv * weights.transpose(1, 2).unsqueeze(2)).to(u.dtype)
         return layer.skip(u) + torch.einsum("bkdl,kde->ble", weighted, layer.mix)
 

@@ -14,6 +14,7 @@ from esssm.spectral import (
     convolve_block,
     fast_fft_size,
     fft_dtype,
+    filter_scale,
     filter_spectra,
     padded_rfft,
     signal_blocks,
@@ -412,7 +413,7 @@ class ESSSMLayer(nn.Module):
         k = check_budget(budget, self.k_max)
         self._check_input(u)
         spectra, nfft = self.spectra(u.shape[1], fft_dtype(u.dtype))
-        weights = self.channel_weights(u, k) * self.sigma[:k].pow(0.25)  # (B, L, k)
+        weights = self.channel_weights(u, k) * filter_scale(self.sigma[:k])  # (B, L, k)
         plan = self._plan(u, k, nfft)
         return linear(u, self.skip.weight) + spectral_mixing(u, weights, self.mix[:k], spectra[:k], plan)
 

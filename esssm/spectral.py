@@ -23,6 +23,9 @@ from esssm.files import atomic_write
 CACHE_ENV = "ESSSM_CACHE_DIR"
 _CACHE_VERSION = 1
 _DENSE_MAX_LEN = 1024  # above this a dense eigendecomposition is wasteful: use Lanczos.
+# Eigenvalues below this are float64 round-off (they can even come out negative, e.g.
+# sigma_29..32 = -1.2e-17 at L = 1024): their filters enter with scale SIGMA_FLOOR^(1/4).
+SIGMA_FLOOR = 1e-12
 
 
 def hankel_entries(seq_len: int) -> np.ndarray:
@@ -114,6 +117,19 @@ def compute_spectral_filters(
         raise ValueError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
     order = np.argsort(sigma)[::-1]
     return np.ascontiguousarray(sigma[order]), np.ascontiguousarray(_fix_signs(phi[:, order]))
+
+
+def filter_scale(sigma: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """sigma^(1/4) with sigma clamped to >= SIGMA_FLOOR, shape of sigma (K,).
+
+    The one rule for every place that scales filters (as the authors do): eigenvalues at
+    round-off, possibly negative, get a tiny positive scale instead of NaN. Works on torch
+    tensors (differentiable, device and dtype kept) and on numpy arrays. The raw eigenvalues
+    are stored unchanged.
+    """
+    if isinstance(sigma, np.ndarray):
+        return np.maximum(sigma, SIGMA_FLOOR) ** 0.25
+    return sigma.clamp_min(SIGMA_FLOOR).pow(0.25)
 
 
 def default_cache_dir() -> Path:

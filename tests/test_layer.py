@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from esssm.layer import ESSSMLayer
+from esssm.spectral import SIGMA_FLOOR
 
 
 def reference_layer(layer: ESSSMLayer, u: torch.Tensor, k: int) -> torch.Tensor:
@@ -29,7 +30,7 @@ def reference_layer(layer: ESSSMLayer, u: torch.Tensor, k: int) -> torch.Tensor:
         toeplitz = torch.where(lag >= 0, phi[lag.clamp_min(0), j], torch.zeros(()).double())
         conv = torch.einsum("ts,bsd->btd", toeplitz, u)  # (phi_j * u)(t), causal
         m_j = p["mix"][j].T  # M_j, applied as M_j U_j(t)
-        y = y + alpha[..., j : j + 1] * sigma[j] ** 0.25 * (conv @ m_j.T)
+        y = y + alpha[..., j : j + 1] * max(sigma[j], SIGMA_FLOOR) ** 0.25 * (conv @ m_j.T)
     return y
 
 
