@@ -14,7 +14,9 @@ PAPER_EVAL_BUDGETS = (32, 24, 16, 12, 8, 6, 4, 3, 2)
 class BudgetSampler:
     """Draws the training budget k for an optimizer step, as a pure function of (seed, step).
 
-    Full budget during the warm-up epochs and on every `full_every`-th step; otherwise
+    Full budget during the warm-up (given in epochs, as for LRA, or in optimizer steps, the
+    natural unit for one-epoch corpora such as PG19; not both) and on every `full_every`-th
+    optimizer step; otherwise
     u ~ U(0, 1), u' = 1 - (1 - u)^(1 / bias) (bias < 1 favours large k), k = exp(log k_min +
     u' (log k_max - log k_min)) snapped to the nearest grid value. Being stateless,
     every DDP rank and every gradient-accumulation micro-batch of a step draws the same k, and a
@@ -26,20 +28,24 @@ class BudgetSampler:
         k_max: int,
         k_min: int = 2,
         grid: Sequence[int] | None = PAPER_GRID,
-        warmup_epochs: int = 2,
+        warmup_epochs: int | None = None,
         full_every: int = 8,
         bias: float = 0.6,
         seed: int = 0,
         enabled: bool = True,
+        warmup_steps: int | None = None,
     ) -> None:
+        """warmup_epochs / warmup_steps: give one (None for the other); both None = the
+        authors' 2 epochs. full_every counts optimizer steps (0 disables it)."""
         if not 1 <= k_min <= k_max:
             raise ValueError(f"need 1 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
         if bias <= 0:
             raise ValueError(f"bias must be > 0, got {bias}")
-        if full_every < 0 or warmup_epochs < 0:
-            raise ValueError("full_every and warmup_epochs must be >= 0 (0 disables them)")
+        if full_every < 0:
+            raise ValueError(f"full_every must be >= 0 (0 disables it), got {full_every}")
         self.k_max, self.k_min, self.bias, self.seed = k_max, k_min, bias, seed
-        self.warmup_epochs, self.full_every, self.enabled = warmup_epochs, full_every, enabled
+        self.warmup_epochs, self.warmup_steps = warmup_length(warmup_epochs, warmup_steps)
+        self.full_every, self.enabled = full_every, enabled
         values = range(k_min, k_max + 1) if grid is None else grid
         self.grid = sorted({k for k in values if k_min <= k <= k_max} | {k_max})
 
@@ -50,7 +56,12 @@ class BudgetSampler:
     def is_full(self, step: int, epoch: int) -> bool:
         """Whether this step trains at the full budget (warm-up, every n-th step, or disabled)."""
         every_nth = self.full_every > 0 and step % self.full_every == 0
-        return not self.enabled or epoch < self.warmup_epochs or every_nth
+        warmup = epoch < self.warmup_epochs or step < self.warmup_steps
+        return not self.enabled or warmup or every_nth
+
+    def dropout_start(self, steps_per_epoch: int) -> int:
+        """The first optimizer step that may draw a budget below k_max, for a given epoch length."""
+        return max(self.warmup_epochs * steps_per_epoch, self.warmup_steps)
 
     def sample(self, step: int, epoch: int = 0) -> int:
         """The budget for optimizer step `step` (global step) in epoch `epoch`."""
@@ -59,6 +70,20 @@ class BudgetSampler:
         u = 1.0 - (1.0 - self._uniform(step)) ** (1.0 / self.bias)
         k = math.exp(math.log(self.k_min) + u * (math.log(self.k_max) - math.log(self.k_min)))
         return min(self.grid, key=lambda g: abs(g - k))
+
+
+def warmup_length(epochs: int | None, steps: int | None) -> tuple[int, int]:
+    """(warm-up epochs, warm-up steps) from a warm-up given in one unit; None for both = 2 epochs."""
+    if epochs is not None and steps is not None:
+        raise ValueError(
+            f"give the full-budget warm-up in epochs or in optimizer steps, not both (got "
+            f"warmup_epochs={epochs}, warmup_steps={steps}): set the other one to null"
+        )
+    if (epochs or 0) < 0 or (steps or 0) < 0:
+        raise ValueError(f"the warm-up must be >= 0 (0 disables it), got epochs={epochs}, steps={steps}")
+    if epochs is None and steps is None:
+        return 2, 0
+    return epochs or 0, steps or 0
 
 
 def sweep_budgets(k_max: int | None, budgets: Sequence[int] | str | None = None) -> list[int | None]:

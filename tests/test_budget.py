@@ -44,3 +44,19 @@ def test_grid_is_clipped_to_k_max_and_disabled_sampler_is_full():
 def test_bad_settings(kwargs):
     with pytest.raises(ValueError):
         BudgetSampler(32, **kwargs)
+
+
+def test_warmup_in_optimizer_steps():
+    sampler = BudgetSampler(32, warmup_steps=100, full_every=8)
+    assert all(sampler.sample(step, epoch=0) == 32 for step in range(100))
+    assert any(sampler.sample(step, epoch=0) < 32 for step in range(100, 200))
+    assert sampler.dropout_start(steps_per_epoch=10**6) == 100
+    assert BudgetSampler(32, warmup_epochs=2).dropout_start(steps_per_epoch=50) == 100
+    assert BudgetSampler(32).warmup_epochs == 2  # no unit given: the authors' 2 epochs
+
+
+def test_warmup_in_both_units_is_refused():
+    with pytest.raises(ValueError, match="epochs or in optimizer steps, not both"):
+        BudgetSampler(32, warmup_epochs=2, warmup_steps=8000)
+    with pytest.raises(ValueError, match=">= 0"):
+        BudgetSampler(32, warmup_steps=-1)
