@@ -56,6 +56,7 @@ def model_config(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """
     config = {key: hparams.get(key) for key in DATA_KEYS}
     config["task"] = config["task"] or "classification"
+    config["lm_head_bias"] = bool(hparams.get("lm_head_bias", False))
     config["backbone"] = copy.deepcopy(dict(hparams["backbone"]))
     return config
 
@@ -73,7 +74,10 @@ def build_model(config: Mapping[str, Any], init_filters: bool = True) -> nn.Modu
     if not init_filters and _accepts(spec, "init_filters"):
         spec["init_args"] = {**spec.get("init_args", {}), "init_filters": False}
     backbone = build_module(spec)
-    return build_task_model(config["task"], backbone, config["num_classes"], config["vocab_size"], config["input_dim"])
+    return build_task_model(
+        config["task"], backbone, config["num_classes"], config["vocab_size"], config["input_dim"],
+        lm_head_bias=config.get("lm_head_bias", False),
+    )
 
 
 def model_inputs(model: nn.Module, batch: Batch) -> tuple[torch.Tensor | None, ...]:

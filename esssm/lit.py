@@ -40,8 +40,13 @@ class SequenceTask(L.LightningModule):
         label_smoothing: for classification losses.
         budget_dropout: draw a budget per step (False: always k_max, the fixed-budget ablation).
         budget_grid, budget_k_min, budget_bias: the budgets drawn (see esssm.budget.BudgetSampler).
-        budget_warmup_epochs, budget_full_every: full budget in the first epochs and every n-th step.
+        budget_warmup_epochs, budget_warmup_steps: full budget during a warm-up given in epochs
+            (LRA) or in optimizer steps (one-epoch corpora), one or the other; both None: 2 epochs.
+        budget_full_every: full budget on every n-th optimizer step.
         budget_seed: seed of the budget sequence.
+        embed_dropout, embed_std, lm_head_bias: the input encoder and LM head (defaults: the
+            authors' dropout 0.1, N(0, 0.02^2) embeddings, tied LM head without bias; see
+            `esssm.model.build_task_model` and docs/fidelity.md).
     """
 
     def __init__(
@@ -61,10 +66,14 @@ class SequenceTask(L.LightningModule):
         budget_dropout: bool = True,
         budget_grid: list[int] | None = list(PAPER_GRID),
         budget_k_min: int = 2,
-        budget_warmup_epochs: int = 2,
+        budget_warmup_epochs: int | None = None,
         budget_full_every: int = 8,
         budget_bias: float = 0.6,
         budget_seed: int = 0,
+        budget_warmup_steps: int | None = None,
+        embed_dropout: float = 0.1,
+        embed_std: float | None = 0.02,
+        lm_head_bias: bool = False,
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -73,7 +82,9 @@ class SequenceTask(L.LightningModule):
             backbone = build_module(backbone)
         self.save_hyperparameters(ignore=["backbone"])
         self.hparams["backbone"] = module_spec(backbone)
-        self.model = build_task_model(task, backbone, num_classes, vocab_size, input_dim)
+        self.model = build_task_model(
+            task, backbone, num_classes, vocab_size, input_dim, embed_dropout, embed_std, lm_head_bias
+        )
         self.ema = self._make_ema(ema_decay)
         self.sampler = self._make_sampler()
         ignore = PAD if task == "lm" else None
@@ -98,11 +109,21 @@ class SequenceTask(L.LightningModule):
             k_min=min(hp.budget_k_min, self.k_max),
             grid=hp.budget_grid,
             warmup_epochs=hp.budget_warmup_epochs,
+            warmup_steps=hp.budget_warmup_steps,
             full_every=hp.budget_full_every,
             bias=hp.budget_bias,
             seed=hp.budget_seed,
             enabled=hp.budget_dropout,
         )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """LM checkpoints of earlier versions hold a head bias: give the head one to load it into."""
+        state = checkpoint["state_dict"]
+        if "model.head.bias" in state and self.hparams.task == "lm" and not self.hparams.lm_head_bias:
+            self.hparams.lm_head_bias = True
+            for model in (self.model, self.ema and self.ema.module):
+                if model is not None:
+                    model.head.bias = nn.Parameter(torch.zeros_like(state["model.head.bias"]))
 
     @property
     def k_max(self) -> int | None:

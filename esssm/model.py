@@ -57,10 +57,15 @@ class FeedForward(nn.Sequential):
 
 
 class ResidualBlock(nn.Module):
-    """Pre-norm block: x += DropPath(Dropout(mixer(LN x))); x += DropPath(FFN(LN x))."""
+    """Pre-norm block: x += DropPath(Dropout(mixer(LN x))); x += DropPath(FFN(LN x)).
+
+    The authors' block has no Dropout on the mixer branch (mixer_dropout = 0, the default):
+    dropout acts only inside the FFN.
+    """
 
     def __init__(
-        self, mixer: nn.Module, d_model: int, ffn_mult: int, dropout: float, drop_path: float
+        self, mixer: nn.Module, d_model: int, ffn_mult: int, dropout: float, drop_path: float,
+        mixer_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.norm1, self.mixer = nn.LayerNorm(d_model), mixer
@@ -68,7 +73,7 @@ class ResidualBlock(nn.Module):
         # parameters would inflate counts and break DDP's gradient bucketing.
         self.norm2 = nn.LayerNorm(d_model) if ffn_mult > 0 else None
         self.ffn = FeedForward(d_model, ffn_mult, dropout) if ffn_mult > 0 else None
-        self.dropout, self.drop_path = nn.Dropout(dropout), DropPath(drop_path)
+        self.dropout, self.drop_path = nn.Dropout(mixer_dropout), DropPath(drop_path)
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None, budget: int | None
@@ -84,7 +89,8 @@ class SequenceBackbone(nn.Module):
 
     (B, L, D) -> (B, L, D). Mixers are built by `mixer_factory(layer_index)` and are called as
     `mixer(x, mask=mask, budget=budget)`; the same budget reaches every layer of one pass.
-    Stochastic depth rises linearly from 0 at the first layer to `drop_path` at the last.
+    Stochastic depth rises linearly from 0 at the first layer to `drop_path` at the last;
+    `dropout` acts inside the FFN, `mixer_dropout` (default 0, as the authors) on the mixer output.
 
     Every subclass records the arguments it was built with in `init_args`, so a checkpoint can
     rebuild its backbone from `module_spec(backbone)` with no config file at hand.
@@ -115,6 +121,7 @@ class SequenceBackbone(nn.Module):
         ffn_mult: int = 4,
         dropout: float = 0.1,
         drop_path: float = 0.05,
+        mixer_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if n_layers < 1:
@@ -122,7 +129,7 @@ class SequenceBackbone(nn.Module):
         self.d_model = d_model
         rates = [drop_path * i / max(1, n_layers - 1) for i in range(n_layers)]
         self.blocks = nn.ModuleList(
-            ResidualBlock(mixer_factory(i), d_model, ffn_mult, dropout, rate)
+            ResidualBlock(mixer_factory(i), d_model, ffn_mult, dropout, rate, mixer_dropout)
             for i, rate in enumerate(rates)
         )
         self.norm = nn.LayerNorm(d_model)
@@ -157,10 +164,12 @@ class ESSSM(SequenceBackbone):
         channel_chunk: int | None = None,
         checkpoint: bool = False,
         init_filters: bool = True,
+        mixer_dropout: float = 0.0,
     ) -> None:
         """checkpoint: recompute the spectral convolutions in backward instead of storing
         (B, k, D, L) per layer (long sequences). init_filters=False: filters left NaN, to be
-        filled by load_state_dict (see ESSSMLayer)."""
+        filled by load_state_dict (see ESSSMLayer). mixer_dropout: Dropout on the mixer branch
+        (0 = the authors' block; earlier versions of this project used `dropout` there)."""
 
         def mixer(_: int) -> ESSSMLayer:
             return ESSSMLayer(
@@ -168,7 +177,7 @@ class ESSSM(SequenceBackbone):
                 checkpoint=checkpoint, init_filters=init_filters,
             )
 
-        super().__init__(mixer, d_model, n_layers, ffn_mult, dropout, drop_path)
+        super().__init__(mixer, d_model, n_layers, ffn_mult, dropout, drop_path, mixer_dropout)
         self.k_max, self.seq_len = k_max, seq_len
 
     def forward(
@@ -178,9 +187,16 @@ class ESSSM(SequenceBackbone):
 
 
 class InputEncoder(nn.Module):
-    """Token ids (B, L) -> embedding, or continuous features (B, L, C) -> linear, to (B, L, D)."""
+    """Token ids (B, L) -> embedding, or continuous features (B, L, C) -> linear, to (B, L, D),
+    then Dropout(dropout) (the authors' embedding dropout, 0.1).
 
-    def __init__(self, d_model: int, vocab_size: int | None = None, input_dim: int | None = None):
+    Token embeddings start N(0, embed_std^2) (the authors: 0.02; None keeps PyTorch's N(0, 1)).
+    """
+
+    def __init__(
+        self, d_model: int, vocab_size: int | None = None, input_dim: int | None = None,
+        dropout: float = 0.1, embed_std: float | None = 0.02,
+    ) -> None:
         super().__init__()
         if (vocab_size is None) == (input_dim is None):
             raise ValueError(
@@ -189,13 +205,16 @@ class InputEncoder(nn.Module):
             )
         self.tokens = vocab_size is not None
         self.proj = nn.Embedding(vocab_size, d_model) if self.tokens else nn.Linear(input_dim, d_model)
+        if self.tokens and embed_std is not None:
+            nn.init.normal_(self.proj.weight, std=embed_std)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tokens and x.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"token input must be integer ids (B, L), got dtype {x.dtype}")
         if not self.tokens and (x.dim() != 3 or not x.is_floating_point()):
             raise ValueError(f"continuous input must be float (B, L, C), got {x.dtype} {tuple(x.shape)}")
-        return self.proj(x)
+        return self.dropout(self.proj(x))
 
 
 def masked_mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -207,7 +226,10 @@ def masked_mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 class SequenceClassifier(nn.Module):
-    """Encoder -> backbone -> masked mean pooling -> linear head: (B, L[, C]) -> logits (B, classes)."""
+    """Encoder -> backbone -> masked mean pooling -> linear head: (B, L[, C]) -> logits (B, classes).
+
+    embed_dropout, embed_std: the input encoder's dropout and token-embedding init (InputEncoder).
+    """
 
     def __init__(
         self,
@@ -215,9 +237,11 @@ class SequenceClassifier(nn.Module):
         num_classes: int,
         vocab_size: int | None = None,
         input_dim: int | None = None,
+        embed_dropout: float = 0.1,
+        embed_std: float | None = 0.02,
     ) -> None:
         super().__init__()
-        self.encoder = InputEncoder(backbone.d_model, vocab_size, input_dim)
+        self.encoder = InputEncoder(backbone.d_model, vocab_size, input_dim, embed_dropout, embed_std)
         self.backbone = backbone
         self.head = nn.Linear(backbone.d_model, num_classes)
 
@@ -246,8 +270,10 @@ class RetrievalClassifier(SequenceClassifier):
         num_classes: int = 2,
         vocab_size: int | None = None,
         input_dim: int | None = None,
+        embed_dropout: float = 0.1,
+        embed_std: float | None = 0.02,
     ) -> None:
-        super().__init__(backbone, num_classes, vocab_size, input_dim)
+        super().__init__(backbone, num_classes, vocab_size, input_dim, embed_dropout, embed_std)
         d = backbone.d_model
         self.head = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Linear(d, num_classes))
 
@@ -267,16 +293,19 @@ class LanguageModel(SequenceClassifier):
     """Causal next-token model: embedding -> backbone -> head tied to the embedding.
 
     Token ids (B, L) -> logits (B, L, vocab_size) at every position. Tying the output matrix
-    to the input embedding (plus an output bias) is the usual byte-LM choice: it saves
-    vocab x D parameters and keeps the head in the embedding space. Every part is causal when
-    the backbone is (ES-SSM is), so position t never sees bytes after t.
+    to the input embedding is the authors' byte-LM choice: it saves vocab x D parameters and
+    keeps the head in the embedding space. Their head has no bias (head_bias=False); checkpoints
+    of earlier project versions have one (True). Embeddings start N(0, embed_std^2), the
+    authors' 0.02 by default. Every part is causal when the backbone is (ES-SSM is), so
+    position t never sees bytes after t.
     """
 
-    def __init__(self, backbone: nn.Module, vocab_size: int) -> None:
-        super().__init__(backbone, vocab_size, vocab_size=vocab_size)
-        # N(0, 1/D) rows: with the head tied, unit-variance (LayerNorm) features then give
-        # unit-scale logits, so training starts near the uniform ln(vocab) loss.
-        nn.init.normal_(self.encoder.proj.weight, std=backbone.d_model**-0.5)
+    def __init__(
+        self, backbone: nn.Module, vocab_size: int, embed_dropout: float = 0.1,
+        embed_std: float | None = 0.02, head_bias: bool = False,
+    ) -> None:
+        super().__init__(backbone, vocab_size, vocab_size, None, embed_dropout, embed_std)
+        self.head = nn.Linear(backbone.d_model, vocab_size, bias=head_bias)
         self.head.weight = self.encoder.proj.weight
 
     def forward(  # type: ignore[override]
@@ -286,15 +315,20 @@ class LanguageModel(SequenceClassifier):
 
 
 def build_task_model(
-    task: str, backbone: nn.Module, num_classes: int, vocab_size: int | None, input_dim: int | None
+    task: str, backbone: nn.Module, num_classes: int, vocab_size: int | None, input_dim: int | None,
+    embed_dropout: float = 0.1, embed_std: float | None = 0.02, lm_head_bias: bool = False,
 ) -> nn.Module:
-    """The plain-torch model of a task around a backbone (what export and deployment load)."""
+    """The plain-torch model of a task around a backbone (what export and deployment load).
+
+    Defaults are the authors' block: embedding dropout 0.1, embeddings N(0, 0.02^2), tied LM
+    head without bias (lm_head_bias only concerns task "lm").
+    """
     if task == "lm":
         if vocab_size is None:
             raise ValueError("task 'lm' needs token inputs: vocab_size must be set")
-        return LanguageModel(backbone, vocab_size)
+        return LanguageModel(backbone, vocab_size, embed_dropout, embed_std, lm_head_bias)
     model_cls = RetrievalClassifier if task == "retrieval" else SequenceClassifier
-    return model_cls(backbone, num_classes, vocab_size, input_dim)
+    return model_cls(backbone, num_classes, vocab_size, input_dim, embed_dropout, embed_std)
 
 
 def module_spec(module: SequenceBackbone) -> dict[str, Any]:

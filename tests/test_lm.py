@@ -93,3 +93,34 @@ def test_tiny_lm_learns_and_sweep_reports_bits_per_byte(tmp_path):
     assert metrics["val/bpb"] < 2.0  # from log2(257) = 8 bits at initialisation
     assert metrics["val/bpb@k4"] == pytest.approx(metrics["val/loss@k4"] / math.log(2))
     assert {"val/bpb@k1", "val/bpb@k2", "val/acc@k1"} <= set(metrics)
+
+
+def test_default_block_is_the_authors():
+    """Embedding dropout 0.1, N(0, 0.02^2) embeddings, tied head without bias, and Dropout only
+    inside the FFN (none on the mixer branch)."""
+    torch.manual_seed(0)
+    model = LanguageModel(ESSSM(d_model=64, n_layers=2, seq_len=40, k_max=8), 257)
+    assert model.head.bias is None and model.head.weight is model.encoder.proj.weight
+    assert model.encoder.dropout.p == 0.1
+    assert model.encoder.proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    dropouts = [name for name, m in model.backbone.named_modules()
+                if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    assert dropouts and all(".ffn." in name for name in dropouts)
+
+
+def test_checkpoint_with_an_lm_head_bias_still_loads(tmp_path):
+    """Checkpoints of earlier versions (head bias, no `lm_head_bias` hyperparameter) load with it."""
+    backbone = ESSSM(d_model=16, n_layers=1, seq_len=40, k_max=4)
+    old = SequenceTask(backbone, vocab_size=257, task="lm", lm_head_bias=True)
+    with torch.no_grad():
+        old.model.head.bias.normal_()
+        old.ema.module.head.bias.copy_(old.model.head.bias)
+    hparams = {k: v for k, v in old.hparams.items() if k != "lm_head_bias"}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": old.state_dict(), "hyper_parameters": hparams,
+                "pytorch-lightning_version": L.__version__}, path)
+    loaded = SequenceTask.load_from_checkpoint(path, weights_only=False).eval()
+    assert torch.equal(loaded.model.head.bias, old.model.head.bias)
+    x = torch.randint(1, 257, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.evaluate({"x": x}, 2), old.eval().evaluate({"x": x}, 2))
