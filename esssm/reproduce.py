@@ -381,6 +381,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data-size", type=int, default=QUICK_LISTOPS["train"],
                         help="training examples of the quick profile's generated ListOps")
     parser.add_argument("--budgets", default=None, help="budgets to evaluate: 'all', comma list, or the paper grid")
+    parser.add_argument("--smoke", action="store_true",
+                        help="instead of training: every config of the profile at its real length and width "
+                             "for 2 steps on generated data, then results/smoke.md (see esssm/smoke.py)")
+    parser.add_argument("--smoke-batch", type=int, default=2,
+                        help="batch of --smoke on a CPU (GPU: each config's own); step times are scaled")
     parser.add_argument("extra", nargs=argparse.REMAINDER,
                         help="after --: extra `esssm fit` arguments for every run, e.g. -- --trainer.max_epochs=1")
     parser.set_defaults(profile="quick")
@@ -399,6 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     budgets = args.budgets if args.budgets in (None, "all") else [int(k) for k in args.budgets.split(",")]
     if budgets is None and args.profile == "quick":
         budgets = "all"
+    if args.smoke:
+        from esssm import smoke
+
+        plans = smoke.plans_for(REPO / profile["conf"], select(args.tasks, profile["tasks"]),
+                                select(args.models, profile["models"]))
+        return smoke.run(plans, out, args.smoke_batch, "./reproduce.sh " + " ".join(argv or sys.argv[1:]))
     plans, skipped = [], []
     for task in select(args.tasks, profile["tasks"]):
         runs = [Run(task, m, REPO / profile["conf"] / task / f"{m}.yaml", out)

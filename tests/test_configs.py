@@ -1,5 +1,6 @@
 """Every config in conf/ parses through the CLI; baselines are sized within 10% of ES-SSM."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -7,10 +8,13 @@ import torch
 import yaml
 
 from baselines.stu import signed_filter_bank
+from esssm.budget import BudgetSampler
 from esssm.cli import main
 from esssm.layer import ESSSMLayer
 from esssm.commands import load_datamodule
 from esssm.model import SequenceClassifier, build_module, count_parameters
+from esssm.reproduce import QUICK_LISTOPS
+from esssm.smoke import PG19_TRAIN_BYTES, TRAIN_EXAMPLES
 from esssm.spectral import filter_scale, spectral_filters
 
 CONF = Path(__file__).parents[1] / "conf"
@@ -85,3 +89,44 @@ def test_every_config_filter_bank_is_finite_at_every_budget(seq_len, k_max):
         for k in range(1, k_max + 1):
             assert torch.isfinite(layer(u, budget=k)).all(), f"non-finite output at k={k}"
     assert torch.isfinite(signed_filter_bank(seq_len, k_max)).all()  # AR-STU's scaled bank
+
+
+def training_examples(path: Path) -> int:
+    """Training examples of the data set a config trains on (the real sets; the quick profile's own)."""
+    task = str(path.parent.relative_to(CONF))
+    data = yaml.safe_load(path.read_text())["data"]["init_args"]
+    if task == "quick/listops":
+        return QUICK_LISTOPS["train"]
+    if task == "quick/lm":
+        return data["max_bytes"] // data["seq_len"]
+    return PG19_TRAIN_BYTES // data["seq_len"] if task == "lm" else TRAIN_EXAMPLES[task]
+
+
+ELASTIC = [p for p in CONFIGS if yaml.safe_load(p.read_text())["model"].get("budget_dropout", True)
+           and "k_max" in yaml.safe_load(p.read_text())["model"]["backbone"]["init_args"]]
+
+
+@pytest.mark.parametrize("path", ELASTIC, ids=lambda p: str(p.relative_to(CONF)))
+def test_budget_dropout_starts_well_before_training_ends(path):
+    """The sampler the config builds draws budgets below k_max by half-way through training."""
+    config = yaml.safe_load(path.read_text())
+    model, trainer = config["model"], config["trainer"]
+    sampler = BudgetSampler(model["backbone"]["init_args"]["k_max"],
+                            warmup_epochs=model.get("budget_warmup_epochs"),
+                            warmup_steps=model.get("budget_warmup_steps"))
+    batches = math.ceil(training_examples(path) / config["data"]["init_args"]["batch_size"])
+    steps_per_epoch = math.ceil(batches / trainer.get("accumulate_grad_batches", 1))
+    total = trainer["max_epochs"] * steps_per_epoch
+    start = sampler.dropout_start(steps_per_epoch)
+    assert start <= total / 2, f"budget dropout starts at step {start} of {total}"
+    epoch = start // steps_per_epoch
+    assert any(sampler.sample(step, epoch) < sampler.k_max for step in range(start, start + 16))
+
+
+def test_lm_config_is_the_authors_shape():
+    config = yaml.safe_load((CONF / "lm" / "esssm.yaml").read_text())
+    data, trainer, model = config["data"]["init_args"], config["trainer"], config["model"]
+    assert data["seq_len"] == model["backbone"]["init_args"]["seq_len"] == 4096
+    assert data["seq_len"] * data["batch_size"] * trainer["accumulate_grad_batches"] == 65_536
+    assert model["budget_warmup_steps"] == 8000 and "budget_warmup_epochs" not in model
+    assert sorted(config["sweep"]["budgets"]) == [2, 3, 4, 6, 8, 12, 16, 24, 32]

@@ -1,0 +1,55 @@
+"""The full-profile smoke: real configs, real sequence lengths, release-format sample data, a
+small width; every budget finite; a non-finite value fails naming the config."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from esssm import smoke
+from esssm.lit import SequenceTask
+from esssm.model import ESSSM
+
+CONF = smoke.REPO / "conf"
+# Every task with ES-SSM; every baseline kind once (sCIFAR, L = 1024); the LM's fixed-budget SSM.
+PLANS = [(task, "esssm") for task in ("listops", "text", "retrieval", "scifar", "pathfinder", "speech", "lm")]
+PLANS += [("scifar", m) for m in ("fixed", "transformer", "mamba", "mamba2", "s4d", "arstu")] + [("lm", "fixed")]
+
+
+@pytest.fixture(scope="module")
+def sample_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("smoke-data")
+
+
+@pytest.mark.parametrize("task,model", PLANS, ids=lambda v: v)
+def test_config_runs_two_steps_at_its_real_length(task, model, sample_root):
+    config = CONF / task / f"{model}.yaml"
+    data_dir = smoke.write_samples(task, sample_root / task, 6)
+    torch.set_num_threads(1)
+    record = smoke.run_config(config, task, data_dir, batch=1, in_process=True, width=(16, 1))
+    facts = smoke.config_facts(config)
+    assert len(record["step_seconds"]) == 2 and all(t > 0 for t in record["step_seconds"])
+    expected = list(range(1, facts["k_max"] + 1)) if facts["k_max"] else ["full"]
+    assert record["budgets"] == expected  # every budget of the validation batch was finite
+    assert record["params"] > 0 and record["peak_memory_mb"] > 0
+    row = smoke.projection_row(task, model, config, record, 1, "test")
+    assert row["s_per_step_at_config_batch"] == pytest.approx(record["step_seconds"][-1] * facts["batch"])
+    assert row["full_run_steps"] == smoke.full_run_steps(task, facts) > 0
+    assert f"| {task}/{model} | {facts['seq_len']} |" in smoke.smoke_table([row], [], "test", "cmd")
+
+
+def test_full_run_steps_of_the_lm_count_optimizer_steps():
+    facts = smoke.config_facts(CONF / "lm" / "esssm.yaml")
+    segments = smoke.PG19_TRAIN_BYTES // 4096
+    assert smoke.full_run_steps("lm", facts) == -(-(-(-segments // 4)) // 4)  # ceil(ceil(n/4)/4)
+
+
+def test_non_finite_logits_fail_naming_the_config(tmp_path, monkeypatch):
+    task = SequenceTask(ESSSM(d_model=8, n_layers=1, seq_len=16, k_max=4), num_classes=3, vocab_size=9)
+    probe = smoke.SmokeProbe("conf/x/esssm.yaml", str(tmp_path / "probe.json"))
+    real = task.evaluate
+    monkeypatch.setattr(task, "evaluate", lambda batch, k: real(batch, k) * (float("nan") if k == 3 else 1.0))
+    batch = {"x": torch.randint(1, 9, (2, 16)), "y": torch.tensor([0, 1]), "index": torch.arange(2)}
+    trainer = type("Trainer", (), {"sanity_checking": False})()
+    with pytest.raises(FloatingPointError, match=r"conf/x/esssm.yaml: non-finite logits at budget 3"):
+        probe.on_validation_batch_end(trainer, task, None, batch, 0)
