@@ -119,6 +119,29 @@ def split_files(root: Path, words: tuple[str, ...]) -> dict[str, list[tuple[Path
     return splits
 
 
+S4_FRACTIONS = (0.7, 0.15)  # train, val; the rest is test
+
+
+def s4_split_files(root: Path, words: tuple[str, ...], seed: int) -> dict[str, list[tuple[Path, int]]]:
+    """The S4 codebase's SC10 split: clips shorter than one second are dropped, then each word's
+    clips are split at random 70/15/15 (stratified by word, seeded). The list files are ignored.
+
+    S4 draws its split with scikit-learn over files in directory-listing order, so the exact
+    membership differs; the procedure (and so what the numbers measure) is the same.
+    """
+    rng = np.random.default_rng(seed)
+    splits: dict[str, list[tuple[Path, int]]] = {"train": [], "val": [], "test": []}
+    for label, word in enumerate(words):
+        paths = [p for p in sorted((root / word).glob("*.wav")) if soundfile.info(p).frames == NUM_SAMPLES]
+        shuffled = [paths[i] for i in rng.permutation(len(paths))]
+        n_train, n_val = (round(f * len(paths)) for f in S4_FRACTIONS)
+        parts = {"train": shuffled[:n_train], "val": shuffled[n_train : n_train + n_val],
+                 "test": shuffled[n_train + n_val :]}
+        for split, chosen in parts.items():
+            splits[split] += [(path, label) for path in sorted(chosen)]
+    return splits
+
+
 class SpeechCommandsDataModule(TaskDataModule):
     """Speech Commands v0.02, SC35 (35 classes) or SC10 (10 classes); labels follow sorted word order.
 
@@ -138,6 +161,7 @@ class SpeechCommandsDataModule(TaskDataModule):
         mfcc: bool = False,
         stats_samples: int = 2000,
         pad_to_max: bool = True,
+        split: Literal["official", "s4"] = "official",
         **kwargs: Any,
     ) -> None:
         """Common arguments (data_dir, batch_size, ...): see TaskDataModule.
@@ -147,7 +171,17 @@ class SpeechCommandsDataModule(TaskDataModule):
             mfcc: 20 MFCCs per 100-sample hop (161 frames) instead of the raw 16000 samples.
             stats_samples: training clips read for the normalisation mean/std.
             pad_to_max: pad every clip to one second (default, as S4) instead of the batch's longest.
+            split: "official" (validation_list.txt / testing_list.txt) or "s4" (SC10 only: the S4
+                codebase's split, short clips dropped, stratified random 70/15/15), so SC10
+                numbers can be compared with published S4-family results.
         """
+        if split not in ("official", "s4"):
+            raise ValueError(f"split must be 'official' or 's4', got {split!r}")
+        if split == "s4" and subset != "sc10":
+            raise ValueError(
+                "split='s4' is the S4 codebase's SC10 split; its SC35 uses the official lists: "
+                "use split='official' with subset='sc35'"
+            )
         super().__init__(
             pad_to_max=pad_to_max,
             num_classes=len(SUBSETS[subset]),
@@ -161,6 +195,7 @@ class SpeechCommandsDataModule(TaskDataModule):
         self.classes = SUBSETS[subset]
         self.mfcc = mfcc
         self.stats_samples = stats_samples
+        self.split = split
 
     def how_to_get(self) -> str:
         return (
@@ -176,7 +211,7 @@ class SpeechCommandsDataModule(TaskDataModule):
 
     def _load_splits(self) -> dict[str, Dataset]:
         root = self.data_root()
-        files = split_files(root, self.classes)
+        files = s4_split_files(root, self.classes, self.seed) if self.split == "s4" else split_files(root, self.classes)
         if not files["train"]:
             raise MalformedDataError(f"{root}: no training .wav files in {', '.join(self.classes)}")
         features = WaveFeatures(self.mfcc)
