@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import shutil
 import subprocess
@@ -194,7 +195,16 @@ def projection_row(task: str, model: str, config: Path, record: dict[str, Any], 
             "s_per_step": measured, "s_per_step_at_config_batch": measured * scale,
             "peak_memory_mb": record["peak_memory_mb"], "memory_kind": record["memory_kind"],
             "budgets_checked": len(record["budgets"]), "full_run_steps": steps,
-            "projected_hours": steps * measured * scale / 3600, "device": device}
+            "projected_hours": steps * measured * scale / 3600, "device": device,
+            "load_average": os.getloadavg()[0]}
+
+
+def table_line(r: dict[str, Any]) -> str:
+    load = f"{r['load_average']:.1f}" if "load_average" in r else "-"
+    return (f"| {r['task']}/{r['model']} | {r['seq_len']} | {r['params'] / 1e6:.2f}M | {r['batch']} "
+            f"({r['config_batch']}x{r['accumulate']}) | {r['s_per_step']:.2f} | "
+            f"{r['s_per_step_at_config_batch']:.2f} | {r['peak_memory_mb']:.0f} ({r['memory_kind']}) | "
+            f"{r['budgets_checked']} | {r['full_run_steps']:,} | {r['projected_hours']:,.1f} | {load} |")
 
 
 def smoke_table(rows: list[dict[str, Any]], failures: list[str], device: str, command: str) -> str:
@@ -208,15 +218,13 @@ def smoke_table(rows: list[dict[str, Any]], failures: list[str], device: str, co
            "the config's batch (column 'at config batch'), and the projection uses that scaled time."
            if scaled else ""),
         "Projected = optimizer steps of the full run (epochs x real training-set size / batch / "
-        "accumulation) x s/step; validation and test sweeps are not included.", "",
+        "accumulation) x s/step; validation and test sweeps are not included. Load avg: the "
+        "machine's 1-minute load average when the config finished (other jobs slow it down).", "",
         "| config | L | params | batch (config) | s/step | s/step at config batch | peak memory MB | "
-        "budgets checked | full-run steps | projected hours |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "budgets checked | full-run steps | projected hours | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    lines += [f"| {r['task']}/{r['model']} | {r['seq_len']} | {r['params'] / 1e6:.2f}M | {r['batch']} "
-              f"({r['config_batch']}x{r['accumulate']}) | {r['s_per_step']:.2f} | "
-              f"{r['s_per_step_at_config_batch']:.2f} | {r['peak_memory_mb']:.0f} ({r['memory_kind']}) | "
-              f"{r['budgets_checked']} | {r['full_run_steps']:,} | {r['projected_hours']:,.1f} |" for r in rows]
+    lines += [table_line(r) for r in rows]
     if rows:
         total = sum(r["projected_hours"] for r in rows)
         lines += ["", f"Total projected: {total:,.0f} device-hours for {len(rows)} configs."]
@@ -245,8 +253,6 @@ def write_samples(task: str, folder: Path, count: int) -> Path | None:
 def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    import os
-
     return f"CPU ({len(os.sched_getaffinity(0))} cores, {torch.get_num_threads()} torch threads)"
 
 
