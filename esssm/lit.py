@@ -37,6 +37,8 @@ class SequenceTask(L.LightningModule):
         warmup_ratio, min_lr_ratio: linear warm-up over this fraction of the steps, then
             cosine decay to lr * min_lr_ratio.
         ema_decay: EMA of the weights, used for validation, test and export (None: off).
+        ema_warmup: decay min(ema_decay, (1 + n) / (10 + n)) over the first updates (False: the
+            authors' constant decay from step 0; see docs/fidelity.md).
         label_smoothing: for classification losses.
         budget_dropout: draw a budget per step (False: always k_max, the fixed-budget ablation).
         budget_grid, budget_k_min, budget_bias: the budgets drawn (see esssm.budget.BudgetSampler).
@@ -74,6 +76,7 @@ class SequenceTask(L.LightningModule):
         embed_dropout: float = 0.1,
         embed_std: float | None = 0.02,
         lm_head_bias: bool = False,
+        ema_warmup: bool = True,
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -85,7 +88,7 @@ class SequenceTask(L.LightningModule):
         self.model = build_task_model(
             task, backbone, num_classes, vocab_size, input_dim, embed_dropout, embed_std, lm_head_bias
         )
-        self.ema = self._make_ema(ema_decay)
+        self.ema = self._make_ema(ema_decay, ema_warmup)
         self.sampler = self._make_sampler()
         ignore = PAD if task == "lm" else None
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore)
@@ -93,10 +96,10 @@ class SequenceTask(L.LightningModule):
 
     # ------------------------------------------------------------------ construction
 
-    def _make_ema(self, decay: float | None) -> AveragedModel | None:
+    def _make_ema(self, decay: float | None, warmup: bool) -> AveragedModel | None:
         if decay is None:
             return None
-        ema = AveragedModel(self.model, multi_avg_fn=warmup_ema(decay), use_buffers=True)
+        ema = AveragedModel(self.model, multi_avg_fn=warmup_ema(decay, warmup), use_buffers=True)
         ema.requires_grad_(False)
         return ema
 
@@ -238,16 +241,18 @@ class SequenceTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def warmup_ema(decay: float):
-    """EMA update with decay min(decay, (1 + n) / (10 + n)) after n updates.
+def warmup_ema(decay: float, warmup: bool = True):
+    """EMA update with decay min(decay, (1 + n) / (10 + n)) after n updates (warmup=False: decay).
 
     A fixed 0.999 would keep ~74% of the random initialisation after 300 steps; the warm-up
-    lets short runs evaluate meaningful EMA weights while long runs get the full decay.
+    lets short runs evaluate meaningful EMA weights while long runs get the full decay (the
+    two agree from n = 8,990 updates on for 0.999).
     """
 
     def update(ema_params: list, params: list, num_averaged: torch.Tensor) -> None:
         n = float(num_averaged)
-        torch._foreach_lerp_(ema_params, params, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+        current = min(decay, (1.0 + n) / (10.0 + n)) if warmup else decay
+        torch._foreach_lerp_(ema_params, params, 1.0 - current)
 
     return update
 

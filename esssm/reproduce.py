@@ -386,6 +386,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "for 2 steps on generated data, then results/smoke.md (see esssm/smoke.py)")
     parser.add_argument("--smoke-batch", type=int, default=2,
                         help="batch of --smoke on a CPU (GPU: each config's own); step times are scaled")
+    parser.add_argument("--smoke-budgets", choices=("all", "paper"), default="all",
+                        help="budgets --smoke checks on the validation batch: every k, or the paper's grid")
     parser.add_argument("extra", nargs=argparse.REMAINDER,
                         help="after --: extra `esssm fit` arguments for every run, e.g. -- --trainer.max_epochs=1")
     parser.set_defaults(profile="quick")
@@ -409,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
 
         plans = smoke.plans_for(REPO / profile["conf"], select(args.tasks, profile["tasks"]),
                                 select(args.models, profile["models"]))
-        return smoke.run(plans, out, args.smoke_batch, "./reproduce.sh " + " ".join(argv or sys.argv[1:]))
+        command = "./reproduce.sh " + " ".join(argv or sys.argv[1:])
+        return smoke.run(plans, out, args.smoke_batch, command, args.smoke_budgets)
     plans, skipped = [], []
     for task in select(args.tasks, profile["tasks"]):
         runs = [Run(task, m, REPO / profile["conf"] / task / f"{m}.yaml", out)

@@ -135,8 +135,14 @@ def full_run_steps(task: str, facts: dict[str, Any]) -> int:
 
 
 def fit_arguments(config: Path, data_dir: Path | None, task: str, batch: int, work: Path,
-                  probe_out: Path, width: tuple[int, int] | None = None) -> list[str]:
-    """`esssm fit` arguments: the config plus the smoke's overrides (data, 2 steps, batch, probe)."""
+                  probe_out: Path, width: tuple[int, int] | None = None, budgets: str = "all") -> list[str]:
+    """`esssm fit` arguments: the config plus the smoke's overrides (data, 2 steps, batch, probe).
+
+    budgets: "all" (the probe evaluates 1..k_max) or "paper" (the paper's evaluation budgets plus
+    1 and k_max: about a fifth of the cost, for slow machines).
+    """
+    if budgets not in ("all", "paper"):
+        raise ValueError(f"smoke budgets must be 'all' or 'paper', got {budgets!r}")
     facts = config_facts(config)
     data = {"batch_size": batch, "eval_batch_size": batch, **SAMPLE_ARGS.get(task, {})}
     if data_dir is not None:
@@ -151,6 +157,7 @@ def fit_arguments(config: Path, data_dir: Path | None, task: str, batch: int, wo
         "--trainer.callbacks+=esssm.smoke.SmokeProbe",
         f"--trainer.callbacks.name={config.relative_to(REPO) if config.is_relative_to(REPO) else config}",
         f"--trainer.callbacks.out={probe_out}",
+        f"--trainer.callbacks.budgets={'all' if budgets == 'all' else 'null'}",
     ]
     if facts["k_max"] is not None:  # the probe sweeps every budget: the config's own sweep only k_max
         args.append(f"--sweep.budgets=[{facts['k_max']}]")
@@ -160,12 +167,12 @@ def fit_arguments(config: Path, data_dir: Path | None, task: str, batch: int, wo
 
 
 def run_config(config: Path, task: str, data_dir: Path | None, batch: int, in_process: bool = False,
-               width: tuple[int, int] | None = None) -> dict[str, Any]:
+               width: tuple[int, int] | None = None, budgets: str = "all") -> dict[str, Any]:
     """Smoke one config (in its own process unless in_process); its probe record, or raise."""
     with tempfile.TemporaryDirectory(prefix="esssm-smoke-") as folder:
         work = Path(folder)
         probe_out = work / "probe.json"
-        args = fit_arguments(config, data_dir, task, batch, work, probe_out, width)
+        args = fit_arguments(config, data_dir, task, batch, work, probe_out, width, budgets)
         start = time.time()
         if in_process:
             from esssm.cli import main
@@ -212,7 +219,7 @@ def smoke_table(rows: list[dict[str, Any]], failures: list[str], device: str, co
     lines = [
         "# Smoke of the full profile", "",
         f"`{command}` on {device}. Each config: its real sequence length and width, 2 optimizer steps "
-        "and one validation batch evaluated at every budget (all finite).", "",
+        "and one validation batch evaluated at the budgets counted in 'budgets checked' (all finite).", "",
         "s/step is the second optimizer step (the first pays one-off allocation)."
         + (" The smoke ran at a smaller batch than the configs: the step time is scaled linearly to "
            "the config's batch (column 'at config batch'), and the projection uses that scaled time."
@@ -265,7 +272,7 @@ def earlier_rows(path: Path, device: str, smoke_batch: int) -> list[dict[str, An
             if r["device"] == device and (gpu or r["batch"] == smoke_batch)]
 
 
-def run(plans: list[tuple[str, str, Path]], out: Path, smoke_batch: int, command: str) -> int:
+def run(plans: list[tuple[str, str, Path]], out: Path, smoke_batch: int, command: str, budgets: str = "all") -> int:
     """Smoke every (task, model, config); write out/results/smoke.md; 1 if any config failed.
 
     Configs already in out/results/smoke.json (same device and batch) are kept, not rerun:
@@ -283,7 +290,7 @@ def run(plans: list[tuple[str, str, Path]], out: Path, smoke_batch: int, command
         data_dir = write_samples(task, out / "smoke" / "data" / task, 2 * batch * facts["accumulate"] + 2)
         print(f"[smoke] {task}/{model}: L={facts['seq_len']}, batch {batch}", flush=True)
         try:
-            record = run_config(config, task, data_dir, batch)
+            record = run_config(config, task, data_dir, batch, budgets=budgets)
         except (RuntimeError, FloatingPointError) as error:
             print(str(error), flush=True)
             failures.append(f"{task}/{model}: {str(error).splitlines()[0]}")

@@ -53,3 +53,10 @@ def test_non_finite_logits_fail_naming_the_config(tmp_path, monkeypatch):
     trainer = type("Trainer", (), {"sanity_checking": False})()
     with pytest.raises(FloatingPointError, match=r"conf/x/esssm.yaml: non-finite logits at budget 3"):
         probe.on_validation_batch_end(trainer, task, None, batch, 0)
+
+
+def test_paper_budgets_option_checks_the_paper_grid(sample_root):
+    config = CONF / "scifar" / "esssm.yaml"
+    data_dir = smoke.write_samples("scifar", sample_root / "scifar", 6)
+    record = smoke.run_config(config, "scifar", data_dir, batch=1, in_process=True, width=(16, 1), budgets="paper")
+    assert record["budgets"] == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
