@@ -187,7 +187,9 @@ def load_exported(path: str | Path, map_location: str | torch.device = "cpu") ->
         )
     if payload.get("version") != EXPORT_VERSION:
         raise ValueError(f"{path} has export version {payload.get('version')}, expected {EXPORT_VERSION}")
-    model = build_model(payload["config"], init_filters=False)
+    # Exports written before `lm_head_bias` existed record no flag; their LM heads have a bias.
+    config = {"lm_head_bias": "head.bias" in payload["state_dict"], **payload["config"]}
+    model = build_model(config, init_filters=False)
     model.load_state_dict(payload["state_dict"], strict=True)
     model.export_config = payload["config"]
     return model.to(map_location).eval()

@@ -124,3 +124,18 @@ def test_checkpoint_with_an_lm_head_bias_still_loads(tmp_path):
     x = torch.randint(1, 257, (2, 40))
     with torch.no_grad():
         torch.testing.assert_close(loaded.evaluate({"x": x}, 2), old.eval().evaluate({"x": x}, 2))
+
+
+def test_lm_export_with_a_head_bias_from_an_earlier_version_still_loads(tmp_path):
+    from esssm import deploy
+
+    backbone = ESSSM(d_model=16, n_layers=1, seq_len=40, k_max=4)
+    task = SequenceTask(backbone, vocab_size=257, task="lm", lm_head_bias=True)
+    config = deploy.model_config(task.hparams)
+    del config["lm_head_bias"]  # as written before the flag existed
+    deploy.save_exported(task.eval_model.eval(), config, tmp_path / "old.pt")
+    loaded = deploy.load_exported(tmp_path / "old.pt")
+    assert loaded.head.bias is not None
+    x = torch.randint(1, 257, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, budget=2), task.eval_model.eval()(x, budget=2))
