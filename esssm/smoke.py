@@ -52,7 +52,8 @@ SAMPLE_ARGS = {"scifar": {"val_size": 8},
 
 
 class SmokeProbe(L.Callback):
-    """Times optimizer steps, sweeps every budget on validation batches, fails on non-finite values.
+    """Times optimizer steps, evaluates the first validation batch at every budget (or the
+    paper's, `budgets=None`), and fails naming the config on any non-finite loss or logit.
 
     Writes {"params", "step_seconds" (one per optimizer step), "budgets", "peak_memory_mb",
     "memory_kind"} to `out` at the end of fit.
