@@ -120,13 +120,14 @@ class SmokeProbe(L.Callback):
 
 
 def config_facts(config: Path) -> dict[str, Any]:
-    """Batch, accumulation, epochs, k_max and sequence length a config trains with."""
+    """Batch, accumulation, epochs, k_max and sequence length (the datamodule's) a config trains with."""
+    from esssm.commands import load_datamodule
+
     raw = yaml.safe_load(config.read_text())
-    init = raw["model"]["backbone"]["init_args"]
     data = raw["data"]["init_args"]
     return {"batch": data["batch_size"], "accumulate": raw["trainer"].get("accumulate_grad_batches", 1),
-            "epochs": raw["trainer"]["max_epochs"], "k_max": init.get("k_max"),
-            "seq_len": init.get("seq_len") or data.get("seq_len") or data.get("max_len")}
+            "epochs": raw["trainer"]["max_epochs"], "k_max": raw["model"]["backbone"]["init_args"].get("k_max"),
+            "seq_len": load_datamodule(config).seq_len}
 
 
 def full_run_steps(task: str, facts: dict[str, Any]) -> int:
