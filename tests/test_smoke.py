@@ -16,13 +16,16 @@ PLANS = [(task, "esssm") for task in ("listops", "text", "retrieval", "scifar", 
 PLANS += [("scifar", m) for m in ("fixed", "transformer", "mamba", "mamba2", "s4d", "arstu")] + [("lm", "fixed")]
 
 
+ALL_CONFIGS = [(p.parent.name, p.stem) for p in sorted(CONF.glob("*/*.yaml")) if p.parent.name != "quick"]
+SLOW_PLANS = [plan for plan in ALL_CONFIGS if plan not in PLANS]
+
+
 @pytest.fixture(scope="module")
 def sample_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("smoke-data")
 
 
-@pytest.mark.parametrize("task,model", PLANS, ids=lambda v: v)
-def test_config_runs_two_steps_at_its_real_length(task, model, sample_root):
+def check_config(task: str, model: str, sample_root: Path) -> None:
     config = CONF / task / f"{model}.yaml"
     data_dir = smoke.write_samples(task, sample_root / task, 6)
     torch.set_num_threads(1)
@@ -36,6 +39,18 @@ def test_config_runs_two_steps_at_its_real_length(task, model, sample_root):
     assert row["s_per_step_at_config_batch"] == pytest.approx(record["step_seconds"][-1] * facts["batch"])
     assert row["full_run_steps"] == smoke.full_run_steps(task, facts) > 0
     assert f"| {task}/{model} | {facts['seq_len']} |" in smoke.smoke_table([row], [], "test", "cmd")
+
+
+@pytest.mark.parametrize("task,model", PLANS, ids=lambda v: v)
+def test_config_runs_two_steps_at_its_real_length(task, model, sample_root):
+    check_config(task, model, sample_root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,model", SLOW_PLANS, ids=lambda v: v)
+def test_every_other_config_runs_two_steps_at_its_real_length(task, model, sample_root):
+    """The rest of conf/ (every task x model) on the same path: minutes, so kept out of the default run."""
+    check_config(task, model, sample_root)
 
 
 def test_full_run_steps_of_the_lm_count_optimizer_steps():
