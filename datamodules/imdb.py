@@ -19,6 +19,7 @@ from datamodules.base import (
     TokenDataset,
     bytes_to_array,
     first_folder_with,
+    require_nonempty,
     seeded_split,
 )
 
@@ -38,7 +39,7 @@ def read_aclimdb_split(folder: Path, max_len: int) -> TokenDataset:
     labels: list[int] = []
     for label_name, label in LABELS.items():
         for path in sorted((folder / label_name).glob("*.txt")):
-            sequences.append(bytes_to_array(path.read_bytes(), max_len))
+            sequences.append(require_nonempty(bytes_to_array(path.read_bytes(), max_len), path, None, "review"))
             labels.append(label)
     return TokenDataset({"x": sequences}, labels, id_offset=1)
 

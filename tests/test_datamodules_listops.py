@@ -193,8 +193,11 @@ def test_missing_folder_error_names_files_and_generate_command(tmp_path: Path) -
     [
         ("( [MAX 2 ) 9 ) ] )", "2 tab-separated columns"),
         ("( ( [MAX 2 ) 12 ) ] )\t3", "unknown ListOps token b'12'"),
-        ("( ( [MAX 2 ) 9 ) ] )\tnine", "label b'nine' is not a number"),
+        ("( ( [MAX 2 ) 9 ) ] )\tnine", "label 'nine' is not a number"),
         ("( ( [MAX 2 ) 9 ) ] )\t10", "outside 0..9"),
+        ("( ( [MAX 2 ) 9 ) ] )\tinf", "label 'inf' is not an integer class id"),
+        ("( ( [MAX 2 ) 9 ) ] )\t3.7", "label '3.7' is not an integer class id"),
+        ("( ( ) )\t3", "Source is empty"),
     ],
 )
 def test_malformed_row_names_file_and_line(tmp_path: Path, bad_line: str, problem: str) -> None:

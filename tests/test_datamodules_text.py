@@ -159,6 +159,8 @@ def test_aan_finds_lra_release_folder(tmp_path: Path) -> None:
         ("1\tP1\tP2\tonly four", "expected 5 tab-separated columns"),
         ("yes\tP1\tP2\ta\tb", "not a number"),
         ("2\tP1\tP2\ta\tb", "outside 0..1"),
+        ("nan\tP1\tP2\ta\tb", "label 'nan' is not an integer class id"),
+        ("1\tP1\tP2\t\tb", "text1 is empty"),
     ],
 )
 def test_aan_malformed_row_names_file_and_line(tmp_path: Path, bad_line: str, problem: str) -> None:
