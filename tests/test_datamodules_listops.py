@@ -220,3 +220,31 @@ def test_generate_command_as_documented(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "wrote 5 train, 2 val, 2 test examples" in result.stdout
     assert len((tmp_path / "basic_val.tsv").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+    ("setup", "extra", "problem"),
+    [
+        (lambda out: None, ["--train", "-5"], "split sizes must be positive"),
+        (lambda out: out.write_text("not a folder"), [], "is a file"),
+        (lambda out: (out.mkdir(), (out / "basic_val.tsv").write_text("keep me")), [], "already holds basic_val.tsv"),
+    ],
+)
+def test_generate_command_refuses_before_generating(tmp_path: Path, capsys, setup, extra, problem) -> None:
+    out = tmp_path / "listops"
+    setup(out)
+    before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--out", str(out), "--val", "2", "--test", "2", "--min-len", "20", "--max-len", "60",
+              *(extra or ["--train", "5"])])  # fmt: skip
+    assert exit_info.value.code == 2 and problem in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written
+
+
+def test_generate_overwrite_replaces_existing_splits(tmp_path: Path) -> None:
+    (tmp_path / "basic_val.tsv").write_text("old")
+    args = ["generate", "--out", str(tmp_path), "--train", "5", "--val", "2", "--test", "2", "--min-len", "20",
+            "--max-len", "60", "--overwrite"]  # fmt: skip
+    main(args)
+    assert (tmp_path / "basic_val.tsv").read_text().startswith("Source\tTarget\n")
+    assert not list(tmp_path.glob(".*.tmp"))
