@@ -42,7 +42,10 @@ def atomic_write(
     sidecar_tmp = _temporary_name(sidecar_path(path)) if checksum else None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
+        try:
+            write(tmp)
+        except RuntimeError as error:  # torch.save's C++ writer reports a full disk this way
+            raise RuntimeError(f"could not write {path}: {error}") from error
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         if check is not None:
