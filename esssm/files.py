@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ def atomic_write(
         try:
             write(tmp)
         except RuntimeError as error:  # torch.save's C++ writer reports a full disk this way
-            raise RuntimeError(f"could not write {path}: {error}") from error
+            free = shutil.disk_usage(path.parent).free / 2**20
+            raise RuntimeError(f"could not write {path}: {error} ({free:.2f} MiB free there)") from error
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         if check is not None:

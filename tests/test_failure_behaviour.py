@@ -206,23 +206,51 @@ FULL_DISK = """
 import resource, signal, sys, torch
 sys.path[:0] = {paths!r}
 from esssm.cli import AtomicCheckpointIO
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
-checkpoint = torch.load({path!r}, weights_only=False)
-checkpoint["padding"] = torch.zeros(1 << 20)  # the new checkpoint is 4 MB larger than the limit allows
-resource.setrlimit(resource.RLIMIT_FSIZE, (len(open({path!r}, "rb").read()) + (1 << 20),) * 2)
-AtomicCheckpointIO().save_checkpoint(checkpoint, {path!r})
+from esssm.files import verify_checksum
+path = {path!r}
+before = open(path, "rb").read()
+checkpoint = torch.load(path, weights_only=False)
+checkpoint["padding"] = torch.zeros(1 << 20)  # 4 MB more than the disk (or the size limit) holds
+if {rlimit}:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, writes fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + (1 << 20),) * 2)
+try:
+    AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+except (OSError, RuntimeError) as error:
+    print(error)
+    assert open(path, "rb").read() == before and verify_checksum(path)
+    print("previous checkpoint intact")
 """
 
 
-def test_real_write_limit_keeps_the_previous_last_ckpt(run, tmp_path):
-    """A real kernel-enforced size limit (RLIMIT_FSIZE), the same failure a full disk gives."""
-    target = copy_ckpt(run["last"], tmp_path / "last.ckpt")
-    before = target.read_bytes()
-    script = FULL_DISK.format(paths=[str(REPO), str(REPO / "tests")], path=str(target))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert result.returncode != 0 and f"could not write {target}" in result.stderr
-    assert target.read_bytes() == before and verify_checksum(target)
-    assert not list(tmp_path.glob(".*.tmp"))
+def private_tmpfs_works() -> bool:
+    """Whether this user may mount a tmpfs in a private mount namespace (no root needed where
+    user namespaces are enabled)."""
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True) if shutil.which("unshare") else None
+    return probe is not None and probe.returncode == 0
+
+
+@pytest.mark.parametrize("disk", ["tmpfs", "rlimit"])
+def test_a_full_disk_keeps_the_previous_last_ckpt(run, tmp_path, disk):
+    """A real failing write: a 256 KiB tmpfs that fills up (ENOSPC), or a kernel file-size limit
+    (RLIMIT_FSIZE, EFBIG) where tmpfs mounts are not allowed. The previous last.ckpt survives."""
+    paths = [str(REPO), str(REPO / "tests")]
+    if disk == "tmpfs" and private_tmpfs_works():
+        folder = tmp_path / "disk"
+        folder.mkdir()
+        script = FULL_DISK.format(paths=paths, path=str(folder / "last.ckpt"), rlimit=False)
+        shell = 'mount -t tmpfs -o size=256k tmpfs "$0" && cp "$1" "$1.sha256" "$0"/ && exec "$2" -c "$3"'
+        command = ["unshare", "-rm", "sh", "-c", shell, str(folder), str(run["last"]), sys.executable, script]
+        expected = "MiB free there"  # torch.save's writer reports ENOSPC as "unexpected pos"
+    else:
+        target = copy_ckpt(run["last"], tmp_path / "last.ckpt")
+        command = [sys.executable, "-c", FULL_DISK.format(paths=paths, path=str(target), rlimit=True)]
+        expected = "could not write"
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout and "could not write" in result.stdout
+    assert result.stdout.endswith("previous checkpoint intact\n")
+    assert not list(tmp_path.rglob(".*.tmp"))
 
 
 def test_checkpoint_write_ignores_a_tmpdir_on_another_filesystem(run, tmp_path, monkeypatch):
@@ -356,6 +384,12 @@ def test_flipped_bytes_are_refused_everywhere_not_evaluated(run, tmp_path):
         main(["export", "--ckpt", str(bad), "--budget", "2", "--out", str(tmp_path / "k2.pt")])
     with pytest.raises(ChecksumError, match=message):
         lightning_main(["fit", "--config", str(run["config"]), "--ckpt_path", str(bad)])
+    write_config(tmp_path)  # the same run, copied, resumed with --ckpt_path last from a damaged last.ckpt
+    shutil.copytree(run["root"] / "runs", tmp_path / "runs")
+    resumed = tmp_path / "runs" / "toy" / "run1" / "checkpoints" / "last.ckpt"
+    flipped(resumed, resumed)
+    with pytest.raises(ChecksumError, match=f"{resumed} fails its checksum"):
+        fit(tmp_path, "--trainer.max_epochs", "3", "--ckpt_path", "last")
     out = tmp_path / "k2.pt"
     main(["export", "--ckpt", str(run["last"]), "--budget", "2", "--out", str(out)])
     flipped(out, out)
