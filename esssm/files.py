@@ -46,8 +46,7 @@ def atomic_write(
         try:
             write(tmp)
         except RuntimeError as error:  # torch.save's C++ writer reports a full disk this way
-            free = shutil.disk_usage(path.parent).free / 2**20
-            raise RuntimeError(f"could not write {path}: {error} ({free:.2f} MiB free there)") from error
+            raise RuntimeError(f"could not write {path}: {error}{_low_space_note(path.parent)}") from error
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         if check is not None:
@@ -120,6 +119,12 @@ def remove_with_sidecar(path: str | Path) -> None:
     """Delete a file and its sha256 sidecar (missing ones are fine)."""
     for name in (Path(path), sidecar_path(path)):
         name.unlink(missing_ok=True)
+
+
+def _low_space_note(folder: Path, low: int = 64 * 2**20) -> str:
+    """A hint for write errors that do not say "no space" themselves (torch.save's writer)."""
+    free = shutil.disk_usage(folder).free
+    return f" (only {free / 2**20:.2f} MiB free there: is the disk full?)" if free < low else ""
 
 
 def _temporary_name(path: Path) -> str:
