@@ -98,7 +98,7 @@ def parse_label(field: bytes, num_classes: int, path: Path, line: int) -> int:
     return int(value)
 
 
-def check_labels(labels: Sequence[Any], num_classes: int, source: Path) -> np.ndarray:
+def check_labels(labels: Sequence[Any], num_classes: int, source: str | Path) -> np.ndarray:
     """Labels read from a binary source (one array per file), as int64, refusing non-integers
     and values outside [0, num_classes); the error names the file and the entry."""
     array = np.asarray(labels)
@@ -111,7 +111,7 @@ def check_labels(labels: Sequence[Any], num_classes: int, source: Path) -> np.nd
     return array.astype(np.int64)
 
 
-def require_nonempty(sequence: np.ndarray, path: Path, line: int | None, what: str) -> np.ndarray:
+def require_nonempty(sequence: np.ndarray, path: str | Path, line: int | None, what: str) -> np.ndarray:
     """`sequence` unchanged, or an error naming the file (and line) when it is empty: a model
     cannot pool over zero steps."""
     if len(sequence) == 0:
