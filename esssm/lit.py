@@ -45,7 +45,8 @@ class SequenceTask(L.LightningModule):
         budget_seed: seed of the budget sequence.
         skip_nonfinite_steps: optimizer steps with a NaN/inf training loss that are skipped
             (no update) before the run stops; 0 (default) stops at the first one. Under DDP
-            keep it 0: a step skipped on one rank only would stall the others.
+            every rank stops together when any rank's loss is non-finite; skipping needs a
+            single process (Lightning cannot skip a step under DDP).
     """
 
     def __init__(
@@ -161,6 +162,12 @@ class SequenceTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Check, before any step, that the data's longest sequence fits the backbone."""
         check_seq_len(getattr(self.trainer.datamodule, "seq_len", None), self.model.backbone)
+        if stage == "fit" and self.hparams.skip_nonfinite_steps and self.trainer.world_size > 1:
+            raise ValueError(
+                f"skip_nonfinite_steps={self.hparams.skip_nonfinite_steps} needs a single process: "
+                "Lightning cannot skip a training step under DDP. Set it to 0 (the run then stops at "
+                "a non-finite loss on any rank) or train on one device"
+            )
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         budget = self.current_budget()
@@ -170,7 +177,7 @@ class SequenceTask(L.LightningModule):
             flat_logits, flat_y, label_smoothing=self.hparams.label_smoothing,
             ignore_index=PAD if self.hparams.task == "lm" else -100,
         )
-        if not torch.isfinite(loss):
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
             return self._skip_nonfinite(loss, batch_idx, budget)
         self.train_acc(flat_logits.argmax(-1), flat_y)
         batch_size = batch["y"].shape[0]
@@ -184,8 +191,8 @@ class SequenceTask(L.LightningModule):
         """Stop the run on a NaN/inf loss, or skip the step while skip_nonfinite_steps allows."""
         self.skipped_steps += 1
         where = (
-            f"training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
-            f"batch {batch_idx}, budget {budget})"
+            f"non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}, "
+            f"batch {batch_idx}, budget {budget}; loss in this process: {loss.item()})"
         )
         allowed = self.hparams.skip_nonfinite_steps
         if self.skipped_steps > allowed:

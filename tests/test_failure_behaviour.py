@@ -83,7 +83,7 @@ def test_nan_loss_stops_fit_with_nonzero_exit_naming_the_step(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"},
     )
     assert result.returncode != 0
-    assert "FloatingPointError: training loss is nan at global step 1" in result.stderr
+    assert "FloatingPointError: non-finite training loss at global step 1" in result.stderr
     assert "--model.skip_nonfinite_steps" in result.stderr
     assert not list((tmp_path / "runs").rglob("*.ckpt"))  # nothing diverged is kept as best or last
 
@@ -138,7 +138,7 @@ def fit_nan_batch(tmp_path, skip: int):
 
 
 def test_skipping_nonfinite_steps_is_opt_in_and_bounded(tmp_path):
-    with pytest.raises(FloatingPointError, match=r"training loss is nan at global step 0 .*batch 0"):
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss at global step 0 .*batch 0.*: nan\)"):
         fit_nan_batch(tmp_path / "strict", skip=0)
     with pytest.warns(UserWarning, match="step skipped"):
         task, trainer = fit_nan_batch(tmp_path / "lenient", skip=1)
@@ -470,3 +470,27 @@ def test_seq_len_shorter_than_the_data_fails_at_setup_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"up to 24 steps .*seq_len=16: set --model.backbone.init_args.seq_len 24"):
         fit(tmp_path, "--model.backbone.init_args.seq_len", "16")
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_ddp_ranks_stop_together_when_one_rank_sees_nan(tmp_path):
+    """One example is NaN, so one rank's loss is NaN and the other's finite: both ranks stop at
+    that step (none hangs waiting for the other); skipping is refused up front under DDP, where
+    Lightning cannot skip a step."""
+    import json
+
+    script = Path(__file__).parent / "ddp_nonfinite_script.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    outcomes = {}
+    for skip in (0, 1):
+        out = tmp_path / f"skip{skip}"
+        proc = subprocess.run([sys.executable, str(script), str(skip), str(out)], env=env,
+                              capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        outcomes[skip] = [json.loads(Path(f"{out}.{rank}.json").read_text()) for rank in (0, 1)]
+    step = outcomes[0][0]["step"]
+    for outcome in outcomes[0]:
+        assert outcome["error"].startswith(f"FloatingPointError: non-finite training loss at global step {step} ")
+        assert outcome["step"] == step and outcome["finite"]
+    losses = sorted(o["error"].split("loss in this process: ")[1].split(")")[0] for o in outcomes[0])
+    assert losses[1] == "nan" and losses[0] != "nan"  # the rank with a finite loss stopped too
+    assert all("needs a single process" in outcome["error"] for outcome in outcomes[1])
