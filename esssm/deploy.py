@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from esssm.checkpoints import load_checked, save_checked
-from esssm.files import atomic_write
+from esssm.files import atomic_write, verify_checksum
 from esssm.layer import ESSSMLayer, check_budget
 from esssm.model import RetrievalClassifier, active_parameters, build_module, build_task_model
 from esssm.spectral import causal_fft_conv
@@ -234,7 +234,9 @@ def traceable_copy(model: nn.Module, seq_len: int) -> nn.Module:
 
 
 def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
-    """A file written by `export_torchscript` (torch.jit is deprecated in torch 2.x, still works)."""
+    """A file written by `export_torchscript`, checked against its sha256 sidecar (torch.jit is
+    deprecated in torch 2.x, still works)."""
+    verify_checksum(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(str(path))

@@ -27,6 +27,7 @@ def atomic_write(
     write: Callable[[str], Any],
     check: Callable[[str], Any] | None = None,
     checksum: bool = False,
+    sync: bool = True,
 ) -> int:
     """Run write(tmp) on a temporary file beside `path`, fsync it, then rename it over `path`.
 
@@ -35,7 +36,8 @@ def atomic_write(
     on the finished temporary file before the rename: if it raises, `path` keeps its old
     content. checksum=True also writes `path`.sha256 (its temporary file is complete before
     either rename). If anything fails, the temporary files are removed, `path` is untouched and
-    the error names `path`. Returns the new size.
+    the error names `path`. sync=False skips the fsyncs, for many small files that the caller
+    makes durable with one os.sync() before writing the index that lists them. Returns the new size.
     """
     path = Path(path)
     # Not mkstemp: its 0600 mode would survive the rename; these names are unique per process.
@@ -47,8 +49,9 @@ def atomic_write(
             write(tmp)
         except RuntimeError as error:  # torch.save's C++ writer reports a full disk this way
             raise RuntimeError(f"could not write {path}: {error}{_low_space_note(path.parent)}") from error
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if sync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         if check is not None:
             check(tmp)
         if sidecar_tmp is not None:
@@ -62,7 +65,8 @@ def atomic_write(
         for name in (tmp, sidecar_tmp):
             if name is not None and os.path.exists(name):
                 os.unlink(name)
-    _fsync_dir(path.parent)
+    if sync:
+        _fsync_dir(path.parent)
     return path.stat().st_size
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -160,7 +160,8 @@ class SequenceTask(L.LightningModule):
     # ------------------------------------------------------------------ steps
 
     def setup(self, stage: str) -> None:
-        """Check, before any step, that the data's longest sequence fits the backbone."""
+        """Check, before any step, that the data's longest sequence fits the backbone and that
+        skipping non-finite steps is possible (one process)."""
         check_seq_len(getattr(self.trainer.datamodule, "seq_len", None), self.model.backbone)
         if stage == "fit" and self.hparams.skip_nonfinite_steps and self.trainer.world_size > 1:
             raise ValueError(

@@ -3,9 +3,7 @@ exit code that tells the truth, and that no file holding good work is replaced b
 
 import errno
 import os
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -391,10 +389,12 @@ def test_flipped_bytes_are_refused_everywhere_not_evaluated(run, tmp_path):
     with pytest.raises(ChecksumError, match=f"{resumed} fails its checksum"):
         fit(tmp_path, "--trainer.max_epochs", "3", "--ckpt_path", "last")
     out = tmp_path / "k2.pt"
-    main(["export", "--ckpt", str(run["last"]), "--budget", "2", "--out", str(out)])
-    flipped(out, out)
-    with pytest.raises(ChecksumError, match=f"{out} fails its checksum"):
-        deploy.load_exported(out)
+    main(["export", "--ckpt", str(run["last"]), "--budget", "2", "--out", str(out), "--torchscript"])
+    script = out.with_suffix(".torchscript.pt")
+    for path, load in ((out, deploy.load_exported), (script, deploy.load_torchscript)):
+        flipped(path, path)
+        with pytest.raises(ChecksumError, match=f"{path} fails its checksum"):
+            load(path)
 
 
 @pytest.mark.parametrize(
