@@ -30,10 +30,14 @@ class BudgetSweep(L.Callback):
     by dataset index, so DDP's padded samples are never counted twice.
     """
 
-    def __init__(self, budgets: list[int] | str | None = None) -> None:
-        """budgets: a list of ints, "all" (1..k_max) or None (the paper's grid plus 1, k_max)."""
+    def __init__(
+        self, budgets: list[int] | str | None = None, curve_file: str | None = "budget_curve_{stage}.csv"
+    ) -> None:
+        """budgets: a list of ints, "all" (1..k_max) or None (the paper's grid plus 1, k_max).
+        curve_file: name of the curve CSV beside the checkpoints ({stage}: val or test); None: no CSV."""
         super().__init__()
         self.budgets_arg = budgets
+        self.curve_file = curve_file
         self.budgets: list[int | None] = []
         self.metrics = nn.ModuleDict()
         self.last_results: dict[str, list[dict[str, Any]]] = {}
@@ -79,6 +83,12 @@ class BudgetSweep(L.Callback):
                     **({"bpb": float(result["loss"]) / math.log(2)} if pl_module.hparams.task == "lm" else {}),
                 }
             )
+        bad = [row["budget"] for row in rows if not math.isfinite(row["loss"])]
+        if bad:
+            raise FloatingPointError(
+                f"{stage} loss is not finite at budget(s) {bad} (global step {trainer.global_step}): the "
+                "model's weights or the inputs hold NaN/inf; no budget curve is written"
+            )
         self.last_results[stage] = rows
         self._log(stage, rows, pl_module)
         if trainer.is_global_zero:
@@ -107,13 +117,9 @@ class BudgetSweep(L.Callback):
         return Path(trainer.log_dir or trainer.default_root_dir)
 
     def _write_csv(self, stage: str, rows: list[dict], trainer: L.Trainer) -> None:
-        path = self.output_dir(trainer) / f"budget_curve_{stage}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["epoch", "step", *rows[0]])
-        writer.writeheader()
-        writer.writerows({"epoch": trainer.current_epoch, "step": trainer.global_step, **r} for r in rows)
-        atomic_write_text(path, buffer.getvalue())
+        if self.curve_file is not None:
+            path = self.output_dir(trainer) / self.curve_file.format(stage=stage)
+            write_curve(path, rows, epoch=trainer.current_epoch, step=trainer.global_step)
 
     def _write_figure(self, stage: str, rows: list[dict], trainer: L.Trainer) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
@@ -125,6 +131,16 @@ class BudgetSweep(L.Callback):
         import matplotlib.pyplot as plt
 
         plt.close(figure)
+
+
+def write_curve(path: str | Path, rows: list[dict], **columns: Any) -> None:
+    """Write sweep rows as a CSV (atomically), each row prefixed with `columns` (epoch, step,
+    the checkpoint it came from, ...), so a reader can tell which model the curve belongs to."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[*columns, *rows[0]])
+    writer.writeheader()
+    writer.writerows({**columns, **r} for r in rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _key(budget: int | None) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torchmetrics.classification import MulticlassAccuracy
@@ -42,6 +43,10 @@ class SequenceTask(L.LightningModule):
         budget_grid, budget_k_min, budget_bias: the budgets drawn (see esssm.budget.BudgetSampler).
         budget_warmup_epochs, budget_full_every: full budget in the first epochs and every n-th step.
         budget_seed: seed of the budget sequence.
+        skip_nonfinite_steps: optimizer steps with a NaN/inf training loss that are skipped
+            (no update) before the run stops; 0 (default) stops at the first one. Under DDP
+            every rank stops together when any rank's loss is non-finite; skipping needs a
+            single process (Lightning cannot skip a step under DDP).
     """
 
     def __init__(
@@ -65,10 +70,13 @@ class SequenceTask(L.LightningModule):
         budget_full_every: int = 8,
         budget_bias: float = 0.6,
         budget_seed: int = 0,
+        skip_nonfinite_steps: int = 0,
     ) -> None:
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if skip_nonfinite_steps < 0:
+            raise ValueError(f"skip_nonfinite_steps must be >= 0, got {skip_nonfinite_steps}")
         if isinstance(backbone, dict):  # rebuilt from a checkpoint's hyperparameters
             backbone = build_module(backbone)
         self.save_hyperparameters(ignore=["backbone"])
@@ -79,6 +87,7 @@ class SequenceTask(L.LightningModule):
         ignore = PAD if task == "lm" else None
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore)
         self.val_metric, self.test_metric = ExactAccuracy(), ExactAccuracy()
+        self.skipped_steps = 0
 
     # ------------------------------------------------------------------ construction
 
@@ -150,7 +159,18 @@ class SequenceTask(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def setup(self, stage: str) -> None:
+        """Check, before any step, that the data's longest sequence fits the backbone and that
+        skipping non-finite steps is possible (one process)."""
+        check_seq_len(getattr(self.trainer.datamodule, "seq_len", None), self.model.backbone)
+        if stage == "fit" and self.hparams.skip_nonfinite_steps and self.trainer.world_size > 1:
+            raise ValueError(
+                f"skip_nonfinite_steps={self.hparams.skip_nonfinite_steps} needs a single process: "
+                "Lightning cannot skip a training step under DDP. Set it to 0 (the run then stops at "
+                "a non-finite loss on any rank) or train on one device"
+            )
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         budget = self.current_budget()
         logits = self(batch, budget)
         flat_logits, flat_y = logits.reshape(-1, logits.shape[-1]), batch["y"].reshape(-1)
@@ -158,6 +178,8 @@ class SequenceTask(L.LightningModule):
             flat_logits, flat_y, label_smoothing=self.hparams.label_smoothing,
             ignore_index=PAD if self.hparams.task == "lm" else -100,
         )
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+            return self._skip_nonfinite(loss, batch_idx, budget)
         self.train_acc(flat_logits.argmax(-1), flat_y)
         batch_size = batch["y"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
@@ -165,6 +187,24 @@ class SequenceTask(L.LightningModule):
         if budget is not None:
             self.log("train/budget", float(budget), batch_size=batch_size)
         return loss
+
+    def _skip_nonfinite(self, loss: torch.Tensor, batch_idx: int, budget: int | None) -> None:
+        """Stop the run on a NaN/inf loss, or skip the step while skip_nonfinite_steps allows."""
+        self.skipped_steps += 1
+        where = (
+            f"non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}, "
+            f"batch {batch_idx}, budget {budget}; loss in this process: {loss.item()})"
+        )
+        allowed = self.hparams.skip_nonfinite_steps
+        if self.skipped_steps > allowed:
+            raise FloatingPointError(
+                f"{where}. The run stops (skip_nonfinite_steps={allowed}, {self.skipped_steps - 1} skipped "
+                "before); no checkpoint is written from non-finite weights. Lower --model.lr, check the "
+                "inputs, then resume from the last checkpoint if there is one (--ckpt_path last), or allow "
+                "skips with --model.skip_nonfinite_steps N"
+            )
+        rank_zero_warn(f"{where}: step skipped ({self.skipped_steps} of {allowed} allowed)")
+        return None
 
     def _eval_step(self, batch: Batch, metric: ExactAccuracy) -> dict[str, torch.Tensor]:
         if "index" not in batch:
@@ -184,6 +224,11 @@ class SequenceTask(L.LightningModule):
 
     def _log_eval(self, stage: str, metric: ExactAccuracy) -> None:
         result = metric.compute()  # already gathered over ranks and de-duplicated
+        if not torch.isfinite(result["loss"]):
+            raise FloatingPointError(
+                f"{stage} loss is {float(result['loss'])} at global step {self.global_step}: the evaluated "
+                "weights (the EMA copy when enabled) are not finite; nothing is saved from them"
+            )
         self.log(f"{stage}/acc", result["acc"], prog_bar=True, sync_dist=False, rank_zero_only=False)
         self.log(f"{stage}/loss", result["loss"], sync_dist=False, rank_zero_only=False)
         if self.hparams.task == "lm":
@@ -215,6 +260,22 @@ class SequenceTask(L.LightningModule):
         schedule = warmup_cosine(total, round(hp.warmup_ratio * total), hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def check_seq_len(data_seq_len: int | None, backbone: nn.Module) -> None:
+    """Refuse data whose sequences (up to data_seq_len) exceed the backbone's longest input."""
+    name, limit = next(
+        ((n, getattr(backbone, n)) for n in ("seq_len", "max_len") if getattr(backbone, n, None) is not None),
+        (None, None),
+    )
+    if data_seq_len is None or limit is None or data_seq_len <= limit:
+        return
+    raise ValueError(
+        f"the data yields sequences of up to {data_seq_len} steps but the backbone "
+        f"{type(backbone).__name__} was built for {name}={limit}: set "
+        f"--model.backbone.init_args.{name} {data_seq_len}, or cut the data to {limit} "
+        f"(e.g. --data.init_args.max_len {limit} where the datamodule has max_len)"
+    )
 
 
 def warmup_ema(decay: float):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from esssm.budget import curve_summary
+from esssm.files import atomic_write, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("listops", "text", "retrieval", "scifar", "pathfinder", "speech")
@@ -77,7 +79,7 @@ def generate_quick_listops(folder: Path, train_size: int) -> None:
     sizes = {"train": train_size, "val": max(32, train_size // 8), "test": max(32, train_size // 8)}
     print(f"generating ListOps ({sizes}) into {folder}", flush=True)
     q = QUICK_LISTOPS
-    generate_dataset(folder, sizes, q["min_len"], q["max_len"], 10, 10, seed=0)
+    generate_dataset(folder, sizes, q["min_len"], q["max_len"], 10, 10, seed=0, overwrite=True)  # seeded: same data
 
 
 def data_overrides(run: Run, profile: str) -> dict[str, Any]:
@@ -113,6 +115,8 @@ def fit_command(run: Run, overrides: dict[str, Any], devices: int, extra: list[s
     ]
     if (run.ckpt_dir / "last.ckpt").exists():
         command.append("--ckpt_path=last")  # an interrupted run resumes where it stopped
+    elif run.log_dir.exists():
+        command.append("--overwrite=true")  # a run that saved no checkpoint has nothing to resume
     return command + extra
 
 
@@ -146,7 +150,7 @@ def train(run: Run, overrides: dict[str, Any], devices: int, extra: list[str], t
         say(f"[{run.task}/{run.model}] training FAILED; rerun to resume")
         return False
     seconds = round(time.time() - start, 1)
-    run.finished.write_text(json.dumps({"seconds": seconds}))
+    atomic_write_text(run.finished, json.dumps({"seconds": seconds}))
     say(f"[{run.task}/{run.model}] trained in {seconds:.0f} s")
     return True
 
@@ -210,8 +214,7 @@ def load_or_evaluate(run: Run, overrides: dict[str, Any], budgets) -> dict[str, 
     if run.result.exists() and run.result.stat().st_mtime >= best_checkpoint(run).stat().st_mtime:
         return json.loads(run.result.read_text())
     result = evaluate(run, overrides, budgets)
-    run.result.parent.mkdir(parents=True, exist_ok=True)
-    run.result.write_text(json.dumps(result, indent=1))
+    atomic_write_text(run.result, json.dumps(result, indent=1))
     return result
 
 
@@ -244,10 +247,11 @@ def pct(x: float | None) -> str:
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def table_a(results: dict[tuple[str, str], dict]) -> tuple[str, list[dict]]:
@@ -337,7 +341,7 @@ def write_curves(results: dict[tuple[str, str], dict], folder: Path) -> list[Pat
         references = {m: (r["params"], full_row(r)["acc"]) for m, r in runs.items() if not r["k_max"]}
         figure = plot_budget_curve(curves, title=f"{task}: test accuracy vs budget", references=references)
         path = folder / f"budget_curve_{task}.png"
-        figure.savefig(path, dpi=120)
+        atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
         plt.close(figure)
         paths.append(path)
     return paths
@@ -356,7 +360,7 @@ def write_tables(results: dict[tuple[str, str], dict], folder: Path, profile: st
             sections += [f"\n## {title}\n", text, ""]
             write_csv(folder / f"{name}.csv", rows)
     path = folder / "tables.md"
-    path.write_text("\n".join(sections) + "\n")
+    atomic_write_text(path, "\n".join(sections) + "\n")
     return path
 
 
