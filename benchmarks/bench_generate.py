@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -172,15 +173,23 @@ def bench(args: argparse.Namespace, info: dict) -> list[dict]:
 
 
 def summary_table(rows: list[dict]) -> str:
-    """Markdown: one line per (prompt, new bytes), bytes/s of every method and budget."""
+    """Markdown: per (prompt, new bytes), bytes/s of every method and budget; then the cache
+    and the peak memory added, in MiB."""
+    return "\n\n".join([
+        _table(rows, lambda r: f"{r['bytes_per_s']:.0f}"),
+        _table(rows, lambda r: f"{r['cache_mb']:.1f} / {r['peak_mb']:.0f}" if r["peak_mb"] is not None
+               else f"{r['cache_mb']:.1f}"),
+    ])
+
+
+def _table(rows: list[dict], cell) -> str:
     columns = list(dict.fromkeys((r["method"], r["k"]) for r in rows))
     index = {(r["prompt"], r["new"], r["method"], r["k"]): r for r in rows}
     names = [f"{m} k={k}" if k is not None else m for m, k in columns]
     lines = ["| prompt | new bytes | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(columns)]
-    for prompt, new in dict.fromkeys((r["prompt"], r["new"]) for r in rows):
+    for prompt, new in sorted(dict.fromkeys((r["prompt"], r["new"]) for r in rows)):
         cells = [index.get((prompt, new, m, k)) for m, k in columns]
-        lines.append(f"| {prompt} | {new} | " + " | ".join(
-            "" if c is None else f"{c['bytes_per_s']:.0f}" for c in cells) + " |")
+        lines.append(f"| {prompt} | {new} | " + " | ".join("" if c is None else cell(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -200,6 +209,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="write the rows and machine info here")
     p.add_argument("--quick", action="store_true", help="tiny grid for a smoke run")
+    p.add_argument("--tables", nargs="+", metavar="JSON", help="only print the tables of these result files")
     args = p.parse_args(argv)
     if args.quick:
         args.d_model, args.budgets, args.prompts, args.new, args.naive_new = 64, [2, 8], [0, 64], [64, 128], [64]
@@ -208,6 +218,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    if args.tables:
+        rows = [r for path in args.tables for r in json.loads(Path(path).read_text())["rows"]]
+        print(summary_table(rows))
+        return rows
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info(torch.device("cpu"))
