@@ -157,7 +157,7 @@ def bench(args: argparse.Namespace, info: dict) -> list[dict]:
     for prompt in args.prompts:
         ids = prompt_ids(prompt)
         for new in sorted(set(args.new) | set(args.naive_new)):
-            for k in args.budgets:
+            for k in args.budgets if "futurefill" in args.methods else []:
                 result = timed_run(lambda: generate(esssm, ids, new, budget=k).cache_bytes)
                 rows.append(row("futurefill", esssm, prompt, new, k, result))
                 if new in args.naive_new and (prompt, k) not in naive_capped:
@@ -165,8 +165,9 @@ def bench(args: argparse.Namespace, info: dict) -> list[dict]:
                     rows.append(row("naive", esssm, prompt, new, k, result))
                     if result["cpu_seconds"] > args.naive_max_seconds:
                         naive_capped.add((prompt, k))
-            result = timed_run(lambda: transformer_generate(transformer, ids, new)[1])
-            rows.append(row("transformer", transformer, prompt, new, None, result))
+            if "transformer" in args.methods:
+                result = timed_run(lambda: transformer_generate(transformer, ids, new)[1])
+                rows.append(row("transformer", transformer, prompt, new, None, result))
             if args.json:  # rows so far, so that an interrupted run keeps what it measured
                 atomic_write_text(args.json, json.dumps({"args": vars(args), "machine": info, "rows": rows}, indent=1))
     return rows
@@ -201,6 +202,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budgets", type=parse_ints, default=[2, 8, 32])
     p.add_argument("--prompts", type=parse_ints, default=[0, 1024])
     p.add_argument("--new", type=parse_ints, default=[1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--methods", type=lambda t: t.split(","), default=["futurefill", "transformer"],
+                   help="futurefill and/or transformer (naive runs beside futurefill at --naive-new)")
     p.add_argument("--naive-new", type=parse_ints, default=[256, 512, 1024],
                    help="generated lengths at which naive recomputation is also timed")
     p.add_argument("--naive-max-seconds", type=float, default=60.0)
