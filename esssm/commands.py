@@ -1,11 +1,13 @@
-"""`esssm` tools that work on a trained checkpoint: sweep, export, plan, cascade."""
+"""`esssm` tools that work on a trained checkpoint: sweep, export, plan, cascade, generate."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import pickle
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from esssm import deploy
 from esssm.budget import sweep_budgets
 from esssm.callbacks import BudgetSweep, write_curve
 from esssm.checkpoints import read_checkpoint, require_finite_weights
-from esssm.files import file_sha256
+from esssm.files import atomic_write_bytes, file_sha256
 from esssm.lit import SequenceTask
 from esssm.model import count_parameters
 
@@ -128,14 +130,22 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "non-negative")
 
 
-def positive_float(text: str) -> float:
+def _float_above(text: str, low: float, inclusive: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
+        raise argparse.ArgumentTypeError(f"expected a finite number {'>=' if inclusive else '>'} {low:g}, got {text!r}")
     return value
+
+
+def positive_float(text: str) -> float:
+    return _float_above(text, 0.0, inclusive=False)
+
+
+def non_negative_float(text: str) -> float:
+    return _float_above(text, 0.0, inclusive=True)
 
 
 def budget_list(text: str) -> list[int] | str:
@@ -383,4 +393,78 @@ def cascade_main(argv: list[str]) -> int:
     return 0
 
 
-TOOLS = {"sweep": sweep_main, "export": export_main, "plan": plan_main, "cascade": cascade_main}
+# --------------------------------------------------------------------------- generation
+
+
+def load_language_model(path: str | Path) -> torch.nn.Module:
+    """The model of an `esssm export` file, or the evaluation (EMA) weights of a training
+    checkpoint; both in eval mode."""
+    if _is_export(Path(path)):
+        return deploy.load_exported(path)
+    return _deploy_source(str(path))[0]
+
+
+def _is_export(path: Path) -> bool:
+    """Whether `path` holds an `esssm export` payload (memory-mapped peek, no full read)."""
+    if not path.is_file():
+        return False
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, pickle.UnpicklingError):
+        return False
+    return isinstance(payload, dict) and payload.get("format") == deploy.EXPORT_FORMAT
+
+
+def generate_main(argv: list[str]) -> int:
+    """Generate bytes from a byte-level LM at any budget (FutureFill or naive recomputation)."""
+    from esssm import generate
+
+    parser = argparse.ArgumentParser(
+        prog="esssm generate",
+        description="Generate bytes from a byte-level LM (training checkpoint or `esssm export` "
+        "file, EMA weights) at a spectral budget; prints prompt + continuation.",
+    )
+    parser.add_argument("--ckpt", required=True, help="training checkpoint or `esssm export` file")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--budget", type=positive_int, help="spectral budget k for every byte (default: k_max)")
+    budget.add_argument("--budget-schedule", help="budget per position, e.g. '32,4@600,16@900' "
+                        "(32 from position 0, 4 from 600, ...; positions include the prompt)")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="", help="prompt text (UTF-8); empty: start from a newline")
+    prompt.add_argument("--prompt-file", help="read the prompt bytes from this file")
+    parser.add_argument("--max-new-bytes", type=positive_int, required=True, help="bytes to generate")
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (argmax)")
+    parser.add_argument("--top-k", type=positive_int, help="sample among the k most likely bytes")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+    parser.add_argument("--method", choices=generate.METHODS, default="futurefill",
+                        help="futurefill (fast) or naive (full forward per byte, the reference)")
+    parser.add_argument("--out", help="write the text (raw bytes) here instead of printing it")
+    parser.add_argument("--force", action="store_true", help="let --out replace an existing file")
+    args = parser.parse_args(argv)
+    if args.out and Path(args.out).exists() and not args.force:
+        parser.error(f"--out {args.out} exists; choose another path or pass --force to replace it")
+    prompt_bytes = Path(args.prompt_file).read_bytes() if args.prompt_file else args.prompt.encode()
+    model = load_language_model(args.ckpt)
+    k_max = generate.lm_k_max(model)
+    schedule = generate.parse_schedule(args.budget_schedule, k_max) if args.budget_schedule else args.budget
+    start = time.perf_counter()
+    result = generate.generate(
+        model, prompt_bytes, args.max_new_bytes, schedule, args.temperature, args.top_k, args.seed, args.method
+    )
+    seconds = time.perf_counter() - start
+    text = prompt_bytes + result.text(include_prompt=False)
+    if args.out:
+        atomic_write_bytes(args.out, text)
+    else:
+        sys.stdout.buffer.write(text + b"\n")
+        sys.stdout.flush()
+    budget_text = args.budget_schedule or f"k={args.budget or k_max}"
+    print(f"{args.max_new_bytes} bytes at {budget_text} (k_max={k_max}) by {args.method} in {seconds:.2f} s "
+          f"({args.max_new_bytes / max(seconds, 1e-9):.0f} bytes/s)", file=sys.stderr)
+    return 0
+
+
+TOOLS = {
+    "sweep": sweep_main, "export": export_main, "plan": plan_main, "cascade": cascade_main,
+    "generate": generate_main,
+}

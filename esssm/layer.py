@@ -389,6 +389,11 @@ class ESSSMLayer(nn.Module):
             logits = logits * (math.sqrt(k) / norm)
         return logits.softmax(dim=-1)
 
+    def mixing_weights(self, u: torch.Tensor, k: int) -> torch.Tensor:
+        """alpha_j(t) sigma_j^(1/4), (B, L, k): the weight of channel j's term at time t (one
+        definition for the layer and for incremental generation, esssm/generate.py)."""
+        return self.channel_weights(u, k) * self.sigma[:k].pow(0.25)
+
     def spectra(self, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
         """Spectra (k_max, F) of the filters cut to `length` taps, and their FFT size.
 
@@ -412,7 +417,7 @@ class ESSSMLayer(nn.Module):
         k = check_budget(budget, self.k_max)
         self._check_input(u)
         spectra, nfft = self.spectra(u.shape[1], fft_dtype(u.dtype))
-        weights = self.channel_weights(u, k) * self.sigma[:k].pow(0.25)  # (B, L, k)
+        weights = self.mixing_weights(u, k)
         plan = self._plan(u, k, nfft)
         return linear(u, self.skip.weight) + spectral_mixing(u, weights, self.mix[:k], spectra[:k], plan)
 

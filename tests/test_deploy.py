@@ -24,14 +24,9 @@ from toy_data import ToyDataModule, collate
 BUDGETS = [1, 2, 4, 8]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only spins against other work on shared cores
-    (measured: this file 43-69 s with 2 threads under load, 10 s with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: a second OpenMP thread only spins against other work on shared cores
+# (measured: this file 43-69 s with 2 threads under load, 10 s with one).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
