@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from lightning.pytorch.loggers import Logger
 
 from esssm import deploy
 from esssm.callbacks import BudgetSweep
@@ -53,18 +54,20 @@ def run_sweep(
     split: str = "test",
     accelerator: str = "auto",
     output_dir: str | Path | None = None,
+    logger: Logger | bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluate a trained task at every budget on one split; rows of budget, acc, loss, params.
 
     The curve is also written to `output_dir/budget_curve_{split}.csv` (default: the current
-    folder); pass the checkpoint's folder so `esssm plan` finds it there.
+    folder); pass the checkpoint's folder so `esssm plan` finds it there. With a TensorBoard
+    `logger` the sweep is logged into that run too (the test curve as a series over k).
     """
-    sweep = BudgetSweep(budgets)
+    sweep = BudgetSweep(val_budgets=budgets, test_budgets=budgets, every_n_epochs=1)
     trainer = L.Trainer(
         default_root_dir=output_dir,
         accelerator=accelerator,
         devices=1,
-        logger=False,
+        logger=logger,
         callbacks=[sweep],
         enable_checkpointing=False,
         enable_progress_bar=False,
