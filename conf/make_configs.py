@@ -22,7 +22,7 @@ from baselines.sizing import match_width  # noqa: E402
 from esssm.callbacks import VAL_SWEEP_EVERY_N_EPOCHS  # noqa: E402
 from esssm.model import SequenceClassifier, build_module, count_parameters  # noqa: E402
 
-# Authors' recipe (DESIGN.md): AdamW lr 2e-4, betas (0.9, 0.95), wd 0.03, warm-up 6% then cosine
+# Authors' recipe (docs/design.md section 1): AdamW lr 2e-4, betas (0.9, 0.95), wd 0.03, warm-up 6% then cosine
 # to 0.1x, clip 1.0, EMA 0.999, budget dropout (2 warm-up epochs, every 8th step full, the paper's
 # grid 2..32). The same optimiser recipe is used for every model of a task so the comparison is fair.
 # Every truncation level is swept: at test always, at validation every few epochs (the sweep
