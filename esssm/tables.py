@@ -87,6 +87,13 @@ def pct(x: float | None, std: float | None = None) -> str:
     return number(x, std, scale=100, digits=2)
 
 
+def markdown_table(columns: list[str], cells: list[list[Any]], text_columns: int) -> str:
+    """A markdown table; the first `text_columns` columns are left-aligned, the rest right-aligned."""
+    align = ["---"] * text_columns + ["---:"] * (len(columns) - text_columns)
+    lines = [columns, align, *([str(c) for c in row] for row in cells)]
+    return "\n".join(f"| {' | '.join(line)} |" for line in lines)
+
+
 def csv_text(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
@@ -109,12 +116,10 @@ def table_a(results: Results) -> tuple[str, list[dict]]:
         rows.append({"task": task, "model": model, "n": merged["n"], "params": merged["params"],
                      "acc_full": full["acc"], "acc_full_std": full["acc_std"], "k98": k98,
                      "acc_at_k98": at_k98.get("acc"), "acc_at_k98_std": at_k98.get("acc_std")})
-    lines = ["| task | model | n | params | test acc (full) | smallest k with >= 98% | acc at that k |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['task']} | {r['model']} | {r['n']} | {r['params'] / 1e6:.2f}M | "
-              f"{pct(r['acc_full'], r['acc_full_std'])} | {r['k98'] if r['k98'] is not None else '-'} | "
-              f"{pct(r['acc_at_k98'], r['acc_at_k98_std'])} |" for r in rows]
-    return "\n".join(lines), rows
+    columns = ["task", "model", "n", "params", "test acc (full)", "smallest k with >= 98%", "acc at that k"]
+    cells = [[r["task"], r["model"], r["n"], f"{r['params'] / 1e6:.2f}M", pct(r["acc_full"], r["acc_full_std"]),
+              "-" if r["k98"] is None else r["k98"], pct(r["acc_at_k98"], r["acc_at_k98_std"])] for r in rows]
+    return markdown_table(columns, cells, 2), rows
 
 
 def table_b(results: Results) -> tuple[str, list[dict]]:
@@ -126,19 +131,18 @@ def table_b(results: Results) -> tuple[str, list[dict]]:
             continue
         elastic = merge_seeds(results[task, "esssm"])
         fixed = merge_seeds(results[task, "fixed"]) if (task, "fixed") in results else None
-        lines += [f"\n**{task}** (n = {elastic['n']} seed(s) ES-SSM, {fixed['n'] if fixed else 0} fixed; "
-                  f"batch {elastic['batch_size']}, latency = median forward ms on this machine)\n",
-                  "| k | ES-SSM acc | fixed-budget SSM acc | active params | latency ms |",
-                  "|---:|---:|---:|---:|---:|"]
+        cells = []
         for r in elastic["rows"]:
             f = (fixed and row_at(fixed, r["budget"])) or {}
             row = {"task": task, "budget": r["budget"], "n": elastic["n"], "esssm_acc": r["acc"],
                    "esssm_acc_std": r["acc_std"], "fixed_acc": f.get("acc"), "fixed_acc_std": f.get("acc_std"),
                    "active_params": r["active_params"], "latency_ms": round(r["latency_ms"], 3)}
             rows.append(row)
-            lines.append(f"| {r['budget']} | {pct(r['acc'], r['acc_std'])} | "
-                         f"{pct(row['fixed_acc'], row['fixed_acc_std'])} | "
-                         f"{r['active_params']:,} | {row['latency_ms']:.1f} |")
+            cells.append([r["budget"], pct(r["acc"], r["acc_std"]), pct(row["fixed_acc"], row["fixed_acc_std"]),
+                          f"{r['active_params']:,}", f"{row['latency_ms']:.1f}"])
+        lines += [f"\n**{task}** (n = {elastic['n']} seed(s) ES-SSM, {fixed['n'] if fixed else 0} fixed; "
+                  f"batch {elastic['batch_size']}, latency = median forward ms on this machine)\n",
+                  markdown_table(["k", "ES-SSM acc", "fixed-budget SSM acc", "active params", "latency ms"], cells, 0)]
     return "\n".join(lines), rows
 
 
@@ -157,12 +161,10 @@ def table_c(results: Results) -> tuple[str, list[dict]]:
                      "acc_smallest_k": small and small["acc"], "acc_smallest_k_std": small and small["acc_std"]})
     if len({r["variant"] for r in rows}) < 2:
         return "", []
-    lines = ["| task | variant | n | acc (full) | mean acc over log k | k98 | acc at smallest k |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['task']} | {r['variant']} | {r['n']} | {pct(r['acc_full'], r['acc_full_std'])} | "
-              f"{pct(r['auc'], r['auc_std'])} | {r['k98']} | "
-              f"{pct(r['acc_smallest_k'], r['acc_smallest_k_std'])} (k={r['smallest_k']}) |" for r in rows]
-    return "\n".join(lines), rows
+    columns = ["task", "variant", "n", "acc (full)", "mean acc over log k", "k98", "acc at smallest k"]
+    cells = [[r["task"], r["variant"], r["n"], pct(r["acc_full"], r["acc_full_std"]), pct(r["auc"], r["auc_std"]),
+              r["k98"], f"{pct(r['acc_smallest_k'], r['acc_smallest_k_std'])} (k={r['smallest_k']})"] for r in rows]
+    return markdown_table(columns, cells, 2), rows
 
 
 def table_d(results: Results) -> tuple[str, list[dict]]:
@@ -174,12 +176,11 @@ def table_d(results: Results) -> tuple[str, list[dict]]:
                   "bpb_std": r["bpb_std"], "token_acc": r["acc"], "token_acc_std": r["acc_std"],
                   "active_params": r["active_params"], "latency_ms": round(r["latency_ms"], 3)}
                  for r in merged["rows"] if "bpb" in r]
-    lines = ["| task | model | k | n | bits per byte | next-byte acc | active params | latency ms |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['task']} | {r['model']} | {r['budget']} | {r['n']} | {number(r['bpb'], r['bpb_std'])} | "
-              f"{pct(r['token_acc'], r['token_acc_std'])} | {r['active_params']:,} | {r['latency_ms']:.1f} |"
-              for r in rows]
-    return "\n".join(lines), rows
+    columns = ["task", "model", "k", "n", "bits per byte", "next-byte acc", "active params", "latency ms"]
+    cells = [[r["task"], r["model"], r["budget"], r["n"], number(r["bpb"], r["bpb_std"]),
+              pct(r["token_acc"], r["token_acc_std"]), f"{r['active_params']:,}", f"{r['latency_ms']:.1f}"]
+             for r in rows]
+    return markdown_table(columns, cells, 2), rows
 
 
 TABLES = (("table_a", table_a, "Table A: accuracy per model and task"),
