@@ -264,21 +264,57 @@ class EpochShuffle(Sampler[int]):
 
     Lightning calls `set_epoch` at every epoch start, so a run resumed from a checkpoint sees
     the same order in each epoch as the uninterrupted run (a loader-owned generator would
-    restart its stream instead). Under DDP Lightning wraps it and splits it across ranks.
+    restart its stream instead). `start` skips the first indices of the next pass only (a
+    mid-epoch resume, see ResumableLoader). Under DDP Lightning wraps it and splits it across ranks.
     """
 
     def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
+        self.size, self.seed, self.epoch, self.start = size, seed, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        start, self.start = self.start, 0
+        return iter(torch.randperm(self.size, generator=generator)[start:].tolist())
 
     def __len__(self) -> int:
         return self.size
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, stateful for Lightning: checkpoints record the epoch and the
+    batches already yielded in it, and a run resumed from a mid-epoch checkpoint continues with
+    the next batch instead of restarting the epoch, so it ends with the same weights as an
+    uninterrupted run. Lightning fetches batches of a sized loader on demand, so the count is
+    exact. The skipped batches are never loaded when the sampler is an EpochShuffle; under DDP
+    (Lightning's distributed wrapper) they are loaded and dropped.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epoch, self.batches_done = 0, 0
+        self._resume: tuple[int, int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = getattr(self.sampler, "epoch", 0)
+        skip = self._resume[1] if self._resume and self._resume[0] == epoch else 0
+        self._resume, self.epoch, self.batches_done = None, epoch, skip
+        direct = isinstance(self.sampler, EpochShuffle)
+        if direct:
+            self.sampler.start = skip * self.batch_size
+        batches = super().__iter__()
+        for index, batch in enumerate(batches):
+            if direct or index >= skip:
+                self.batches_done += 1
+                yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = (state["epoch"], state["batches_done"])
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -364,7 +400,7 @@ class TaskDataModule(L.LightningDataModule):
         if split not in self.datasets:
             raise RuntimeError(f"call {type(self).__name__}.setup() before building the {split} dataloader")
         dataset = self.datasets[split]
-        return DataLoader(
+        return (ResumableLoader if shuffle else DataLoader)(
             dataset,
             batch_size=batch_size,
             sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,

@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from lightning.pytorch.loggers import Logger
 
 from esssm import deploy
 from esssm.budget import sweep_budgets
@@ -69,20 +70,22 @@ def run_sweep(
     split: str = "test",
     accelerator: str = "auto",
     output_dir: str | Path | None = None,
+    logger: Logger | bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluate a trained task (from `load_task`) at every budget on one split; rows of budget,
     acc, loss, params. Raises FloatingPointError on a non-finite loss.
 
     With `output_dir`, the curve goes to `output_dir/<checkpoint stem>.budget_curve_{split}.csv`
     with the checkpoint's name, sha256, epoch and step on every row (so it never replaces the
-    curve training wrote, and `esssm plan` can tell which checkpoint it belongs to).
+    curve training wrote, and `esssm plan` can tell which checkpoint it belongs to). With a
+    TensorBoard `logger` the sweep is logged into that run too (the test curve as a series over k).
     """
-    sweep = BudgetSweep(budgets, curve_file=None)
+    sweep = BudgetSweep(val_budgets=budgets, test_budgets=budgets, every_n_epochs=1, curve_file=None)
     trainer = L.Trainer(
         default_root_dir=output_dir,
         accelerator=accelerator,
         devices=1,
-        logger=False,
+        logger=logger,
         callbacks=[sweep],
         enable_checkpointing=False,
         enable_progress_bar=False,

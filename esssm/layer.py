@@ -306,7 +306,7 @@ def _correlate_accumulate(
 
 
 class ESSSMLayer(nn.Module):
-    """ES-SSM sequence mixer (DESIGN.md section 1), input and output (B, L, D).
+    """ES-SSM sequence mixer (docs/design.md section 1), input and output (B, L, D).
 
     y(t) = sum_{j <= k} alpha_j(t) sigma_j^(1/4) M_j (phi_j * u)(t) + D_skip u(t), where alpha is a
     softmax over the active prefix of RMS-rescaled gate logits. Only channels 1..k are computed,

@@ -251,6 +251,28 @@ class SequenceTask(L.LightningModule):
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # torch's random state (dropout, DropPath) goes with the weights, so a resumed run draws
+        # the same masks as the uninterrupted one and ends with the same weights. Tensors only:
+        # resuming loads checkpoints with weights_only.
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "torch.cuda": cuda}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states is None:
+            return
+        torch.set_rng_state(states["torch"])
+        if len(states["torch.cuda"]) == torch.cuda.device_count() > 0:  # else saved on other devices
+            torch.cuda.set_rng_state_all(states["torch.cuda"])
+
+    def on_train_start(self) -> None:
+        # configure_optimizers reads estimated_stepping_batches, which builds the training loader
+        # before Lightning restores its loops from a checkpoint, so Lightning never hands the saved
+        # loader position (datamodules.base.ResumableLoader) over; do it now, before the first
+        # batch. A no-op unless resuming with a stateful loader.
+        self.trainer.fit_loop._load_combined_loader_states()
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = torch.optim.AdamW(

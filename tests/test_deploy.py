@@ -4,7 +4,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import lightning as L
 import pytest
