@@ -1,4 +1,4 @@
-"""The yardstick of issue 7 / DESIGN.md section 4: a straightforward ES-SSM layer forward.
+"""The naive yardstick of docs/benchmarks.md: a straightforward ES-SSM layer forward.
 
 All k*D convolutions are materialised at once, each channel is projected by its own einsum
 into a (B, L, k, D) tensor, and only then weighted by the gate and summed. It uses the

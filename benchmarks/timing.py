@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from esssm.files import atomic_write_text
+
 
 @dataclass
 class Measurement:
@@ -217,5 +219,4 @@ def finish(args: argparse.Namespace, info: dict, rows: list[dict], table: str) -
     print(table)
     print(f"machine: {info}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "machine": info, "rows": rows}, f, indent=1)
+        atomic_write_text(args.json, json.dumps({"args": vars(args), "machine": info, "rows": rows}, indent=1))

@@ -23,6 +23,7 @@ from datamodules.base import (
     iter_tsv_rows,
     malformed,
     parse_label,
+    require_nonempty,
 )
 
 FILE_SPLITS = {"train": "train", "val": "eval", "test": "test"}  # datamodule split -> file name part
@@ -44,8 +45,9 @@ def read_aan_tsv(path: Path, max_len: int) -> TokenDataset:
             problem = f"expected {len(COLUMNS)} tab-separated columns ({COLUMN_NAMES}); got {len(fields)}"
             raise malformed(path, line_number, problem)
         labels.append(parse_label(fields[0], NUM_CLASSES, path, line_number))
-        documents["x1"].append(bytes_to_array(fields[3], max_len))
-        documents["x2"].append(bytes_to_array(fields[4], max_len))
+        for key, column in (("x1", 3), ("x2", 4)):
+            text = require_nonempty(bytes_to_array(fields[column], max_len), path, line_number, COLUMNS[column])
+            documents[key].append(text)
     if not labels:
         raise MalformedDataError(f"{path} holds no examples")
     return TokenDataset(documents, labels, id_offset=1)

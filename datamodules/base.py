@@ -9,6 +9,7 @@ the same code path.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import tarfile
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from esssm.files import atomic_write_bytes
 
 DATA_ENV_VAR = "ESSSM_DATA"
 LRA_RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
@@ -75,15 +78,46 @@ def malformed(path: Path, line: int, problem: str) -> MalformedDataError:
     return MalformedDataError(f"{path}:{line}: {problem}")
 
 
+def _range_problem(label: int, num_classes: int) -> str | None:
+    return None if 0 <= label < num_classes else f"label {label} is outside 0..{num_classes - 1}"
+
+
 def parse_label(field: bytes, num_classes: int, path: Path, line: int) -> int:
-    """A class label written as an int or float ("1", "1.0"), checked to lie in [0, num_classes)."""
+    """A class label written as an integer ("1", or "1.0" as some releases write it), checked to
+    lie in [0, num_classes). "3.7", "inf" and "nan" are refused with the file and line."""
+    text = field.decode("utf-8", "replace").strip()
     try:
-        label = int(float(field))
+        value = float(text)
     except ValueError:
-        raise malformed(path, line, f"label {field!r} is not a number") from None
-    if not 0 <= label < num_classes:
-        raise malformed(path, line, f"label {label} is outside 0..{num_classes - 1}")
-    return label
+        raise malformed(path, line, f"label {text!r} is not a number") from None
+    if not math.isfinite(value) or value != int(value):
+        raise malformed(path, line, f"label {text!r} is not an integer class id")
+    problem = _range_problem(int(value), num_classes)
+    if problem:
+        raise malformed(path, line, problem)
+    return int(value)
+
+
+def check_labels(labels: Sequence[Any], num_classes: int, source: str | Path) -> np.ndarray:
+    """Labels read from a binary source (one array per file), as int64, refusing non-integers
+    and values outside [0, num_classes); the error names the file and the entry."""
+    array = np.asarray(labels)
+    if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+        raise MalformedDataError(f"{source}: labels must be a list of integers; got {array.dtype} {array.shape}")
+    for index, label in enumerate(array.tolist()):
+        problem = _range_problem(label, num_classes)
+        if problem:
+            raise MalformedDataError(f"{source}: entry {index}: {problem}")
+    return array.astype(np.int64)
+
+
+def require_nonempty(sequence: np.ndarray, path: str | Path, line: int | None, what: str) -> np.ndarray:
+    """`sequence` unchanged, or an error naming the file (and line) when it is empty: a model
+    cannot pool over zero steps."""
+    if len(sequence) == 0:
+        where = f"{path}:{line}" if line is not None else str(path)
+        raise MalformedDataError(f"{where}: {what} is empty (every example needs at least one token)")
+    return sequence
 
 
 def iter_tsv_rows(path: Path) -> Iterator[tuple[int, list[bytes]]]:
@@ -116,7 +150,7 @@ def download_lra_files(data_dir: Path, folder: str, names: Sequence[str], url: s
         for member in archive:
             name = wanted.pop(member.name.removeprefix("./"), None)
             if name is not None and member.isfile():
-                (data_dir / name).write_bytes(archive.extractfile(member).read())
+                atomic_write_bytes(data_dir / name, archive.extractfile(member).read())
             if not wanted:
                 return
     raise DataFolderError(f"The archive {url} has no member {', '.join(sorted(wanted))}.")
@@ -230,21 +264,57 @@ class EpochShuffle(Sampler[int]):
 
     Lightning calls `set_epoch` at every epoch start, so a run resumed from a checkpoint sees
     the same order in each epoch as the uninterrupted run (a loader-owned generator would
-    restart its stream instead). Under DDP Lightning wraps it and splits it across ranks.
+    restart its stream instead). `start` skips the first indices of the next pass only (a
+    mid-epoch resume, see ResumableLoader). Under DDP Lightning wraps it and splits it across ranks.
     """
 
     def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
+        self.size, self.seed, self.epoch, self.start = size, seed, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        start, self.start = self.start, 0
+        return iter(torch.randperm(self.size, generator=generator)[start:].tolist())
 
     def __len__(self) -> int:
         return self.size
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, stateful for Lightning: checkpoints record the epoch and the
+    batches already yielded in it, and a run resumed from a mid-epoch checkpoint continues with
+    the next batch instead of restarting the epoch, so it ends with the same weights as an
+    uninterrupted run. Lightning fetches batches of a sized loader on demand, so the count is
+    exact. The skipped batches are never loaded when the sampler is an EpochShuffle; under DDP
+    (Lightning's distributed wrapper) they are loaded and dropped.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epoch, self.batches_done = 0, 0
+        self._resume: tuple[int, int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = getattr(self.sampler, "epoch", 0)
+        skip = self._resume[1] if self._resume and self._resume[0] == epoch else 0
+        self._resume, self.epoch, self.batches_done = None, epoch, skip
+        direct = isinstance(self.sampler, EpochShuffle)
+        if direct:
+            self.sampler.start = skip * self.batch_size
+        batches = super().__iter__()
+        for index, batch in enumerate(batches):
+            if direct or index >= skip:
+                self.batches_done += 1
+                yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = (state["epoch"], state["batches_done"])
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -330,7 +400,7 @@ class TaskDataModule(L.LightningDataModule):
         if split not in self.datasets:
             raise RuntimeError(f"call {type(self).__name__}.setup() before building the {split} dataloader")
         dataset = self.datasets[split]
-        return DataLoader(
+        return (ResumableLoader if shuffle else DataLoader)(
             dataset,
             batch_size=batch_size,
             sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,

@@ -18,7 +18,9 @@ from datamodules.base import (
     TaskDataModule,
     TokenDataset,
     bytes_to_array,
+    check_labels,
     first_folder_with,
+    require_nonempty,
     seeded_split,
 )
 
@@ -38,15 +40,19 @@ def read_aclimdb_split(folder: Path, max_len: int) -> TokenDataset:
     labels: list[int] = []
     for label_name, label in LABELS.items():
         for path in sorted((folder / label_name).glob("*.txt")):
-            sequences.append(bytes_to_array(path.read_bytes(), max_len))
+            sequences.append(require_nonempty(bytes_to_array(path.read_bytes(), max_len), path, None, "review"))
             labels.append(label)
     return TokenDataset({"x": sequences}, labels, id_offset=1)
 
 
-def hf_split_to_dataset(split: datasets.Dataset, max_len: int) -> TokenDataset:
-    """A ``datasets.Dataset`` with "text" and "label" columns as byte tokens (UTF-8)."""
-    sequences = [bytes_to_array(text.encode("utf-8"), max_len) for text in split["text"]]
-    return TokenDataset({"x": sequences}, split["label"], id_offset=1)
+def hf_split_to_dataset(split: datasets.Dataset, max_len: int, source: str) -> TokenDataset:
+    """A ``datasets.Dataset`` with "text" and "label" columns as byte tokens (UTF-8); empty
+    texts and labels other than 0/1 are refused, naming `source` and the row."""
+    sequences = [
+        require_nonempty(bytes_to_array(text.encode("utf-8"), max_len), source, row, "text")
+        for row, text in enumerate(split["text"])
+    ]
+    return TokenDataset({"x": sequences}, check_labels(split["label"], len(LABELS), source), id_offset=1)
 
 
 def load_hf_cache(name: str = HF_NAME) -> datasets.DatasetDict | None:
@@ -128,7 +134,10 @@ class IMDBDataModule(TaskDataModule):
         splits = self._read_hf_splits()
         if splits is None:
             raise self._missing_data_error()
-        train, test = (hf_split_to_dataset(splits[split], self.max_len) for split in ("train", "test"))
+        train, test = (
+            hf_split_to_dataset(splits[split], self.max_len, f"{self._hf_folder() or HF_NAME} ({split} split)")
+            for split in ("train", "test")
+        )
         return train, test
 
     def _read_hf_splits(self) -> datasets.DatasetDict | None:

@@ -12,6 +12,7 @@ Generate a data set with no download (LRA sizes by default)::
 from __future__ import annotations
 
 import csv
+import io
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +32,9 @@ from datamodules.base import (
     iter_tsv_rows,
     malformed,
     parse_label,
+    require_nonempty,
 )
+from esssm.files import atomic_write_text
 
 MIN, MAX, MED, SUM_MOD = "[MIN", "[MAX", "[MED", "[SM"
 OPERATORS = (MIN, MAX, MED, SUM_MOD)
@@ -180,19 +183,37 @@ def generate_examples(
 
 
 def write_tsv(path: Path, examples: Sequence[tuple[str, int]]) -> None:
-    """Write examples in the LRA release format: header "Source\\tTarget", one row each."""
-    with open(path, "w", newline="") as file:
-        writer = csv.writer(file, delimiter="\t", lineterminator="\n")
-        writer.writerow(HEADER)
-        writer.writerows(examples)
+    """Write examples (atomically) in the LRA release format: header "Source\\tTarget", one row each."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(HEADER)
+    writer.writerows(examples)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def check_generate_target(out: Path, sizes: dict[str, int], overwrite: bool = False) -> None:
+    """Refuse, before generating: non-positive split sizes, an --out that is a file, and split
+    files already there (unless `overwrite`), so no earlier data set is silently replaced."""
+    bad = {split: size for split, size in sizes.items() if size < 1}
+    if bad:
+        raise ValueError(f"split sizes must be positive; got {bad}")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; give a folder for basic_{{train,val,test}}.tsv")
+    existing = [name for name in (f"basic_{split}.tsv" for split in sizes) if (out / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds {', '.join(existing)}: choose another --out, or pass --overwrite to replace them"
+        )
 
 
 def generate_dataset(
-    out: Path, sizes: dict[str, int], min_len: int, max_len: int, max_depth: int, max_args: int, seed: int
+    out: Path, sizes: dict[str, int], min_len: int, max_len: int, max_depth: int, max_args: int, seed: int,
+    overwrite: bool = False,
 ) -> None:
-    """Write basic_{train,val,test}.tsv into ``out``; splits are disjoint, as in LRA."""
+    """Write basic_{train,val,test}.tsv into ``out``; splits are disjoint, as in LRA. Refuses
+    existing split files unless `overwrite` (see check_generate_target)."""
+    check_generate_target(out, sizes, overwrite)
     examples = generate_examples(sum(sizes.values()), min_len, max_len, max_depth, max_args, seed)
-    out.mkdir(parents=True, exist_ok=True)
     start = 0
     for split, size in sizes.items():
         write_tsv(out / f"basic_{split}.tsv", examples[start : start + size])
@@ -218,7 +239,7 @@ def read_listops_tsv(path: Path, max_len: int) -> TokenDataset:
         except ValueError as error:
             raise malformed(path, line_number, str(error)) from None
         labels.append(parse_label(target, NUM_CLASSES, path, line_number))
-        sequences.append(ids[:max_len])
+        sequences.append(require_nonempty(ids, path, line_number, "Source")[:max_len])
     if not labels:
         raise MalformedDataError(f"{path} holds no examples")
     return TokenDataset({"x": sequences}, labels, id_offset=0)
@@ -283,9 +304,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     generate.add_argument("--max-depth", type=int, default=10, help="maximum tree depth")
     generate.add_argument("--max-args", type=int, default=10, help="maximum arguments per operator")
     generate.add_argument("--seed", type=int, default=0, help="random seed")
+    generate.add_argument("--overwrite", action="store_true", help="replace split files already in --out")
     args = parser.parse_args(argv)
     sizes = {"train": args.train, "val": args.val, "test": args.test}
-    generate_dataset(args.out, sizes, args.min_len, args.max_len, args.max_depth, args.max_args, args.seed)
+    try:
+        check_generate_target(args.out, sizes, args.overwrite)
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
+    generate_dataset(
+        args.out, sizes, args.min_len, args.max_len, args.max_depth, args.max_args, args.seed, args.overwrite
+    )
     print(f"wrote {', '.join(f'{size} {split}' for split, size in sizes.items())} examples to {args.out}")
 
 

@@ -39,6 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from datamodules import base
+from esssm.files import atomic_write, atomic_write_bytes, atomic_write_text
 from datamodules.base import (
     BYTE_VOCAB_SIZE,
     LRA_RELEASE_ROOT,
@@ -366,10 +367,14 @@ def write_folder(
     for number, label in enumerate(labels):
         image = draw_image(style, int(label), np.random.default_rng([seed, first + number]))
         name = f"sample_{number}.png"
-        Image.fromarray(image).save(root / folder / name)
+        # No fsync per image (it would dominate); os.sync() below makes the folder durable at once.
+        atomic_write(root / folder / name, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"), sync=False)
         rows.append(metadata_row(folder, name, number, int(label), style))
-    (root / "metadata").mkdir(exist_ok=True)
-    (root / "metadata" / f"{folder_number}.npy").write_text("\n".join(rows) + "\n")
+    # The metadata lists the images, so the images are flushed to disk first and the metadata is
+    # written last: a crash never leaves metadata that lists a missing or partial image.
+    if hasattr(os, "sync"):  # POSIX
+        os.sync()
+    atomic_write_text(root / "metadata" / f"{folder_number}.npy", "\n".join(rows) + "\n")
 
 
 def generate_dataset(
@@ -491,9 +496,7 @@ def extract_lra_folder(data_dir: Path, folder: str, url: str) -> None:
         for member in archive:
             name = member.name.removeprefix("./")
             if member.isfile() and name.startswith(prefix) and ".." not in Path(name).parts:
-                target = data_dir / folder / name[len(prefix) :]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(archive.extractfile(member).read())
+                atomic_write_bytes(data_dir / folder / name[len(prefix) :], archive.extractfile(member).read())
                 written += 1
     if not written:
         raise DataFolderError(f"The archive {url} has no files under {prefix}.")

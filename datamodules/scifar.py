@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.base import BYTE_VOCAB_SIZE, MalformedDataError, TaskDataModule, seeded_split
+from datamodules.base import BYTE_VOCAB_SIZE, MalformedDataError, TaskDataModule, check_labels, seeded_split
 
 BATCH_FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{number}" for number in range(1, 6))
@@ -47,7 +47,7 @@ def read_batches(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
             shapes = f"got {data.shape} and {len(batch_labels)} labels"
             raise MalformedDataError(f"{path}: b'data' must be (N, 3072) with N labels; {shapes}")
         images.append(data.reshape(-1, 3, SEQ_LEN).transpose(0, 2, 1))
-        labels.append(np.asarray(batch_labels, dtype=np.int64))
+        labels.append(check_labels(batch_labels, NUM_CLASSES, path))
     return np.concatenate(images), np.concatenate(labels)
 
 

@@ -39,10 +39,19 @@ MFCC_FRAMES = NUM_SAMPLES // MFCC_HOP + 1
 
 
 def read_wave(path: Path) -> Tensor:
-    """The first NUM_SAMPLES samples of a 16 kHz mono WAV file as a float32 (T,) tensor."""
+    """The first NUM_SAMPLES samples of a 16 kHz mono WAV file as a float32 (T,) tensor.
+
+    Refuses, naming the file: other rates or channel counts, files with no samples, and
+    samples that are NaN or infinite (float WAVs can hold them; one would make the loss NaN).
+    """
     wave, sample_rate = soundfile.read(path, dtype="float32", frames=NUM_SAMPLES)
     if sample_rate != SAMPLE_RATE or wave.ndim != 1:
         raise MalformedDataError(f"{path}: expected 16 kHz mono; got {sample_rate} Hz, shape {wave.shape}")
+    if len(wave) == 0:
+        raise MalformedDataError(f"{path}: the WAV file holds no samples (0 frames)")
+    if not np.isfinite(wave).all():
+        first = int(np.flatnonzero(~np.isfinite(wave))[0])
+        raise MalformedDataError(f"{path}: sample {first} is {wave[first]} (WAV samples must be finite)")
     return torch.from_numpy(wave)
 
 
@@ -193,6 +202,7 @@ class SpeechCommandsDataModule(TaskDataModule):
         )
         self.subset = subset
         self.classes = SUBSETS[subset]
+        self.expected_files = (*LIST_FILES.values(), *self.classes)  # SC10 needs only its 10 word folders
         self.mfcc = mfcc
         self.stats_samples = stats_samples
         self.split = split

@@ -87,14 +87,16 @@ def warmup_length(epochs: int | None, steps: int | None) -> tuple[int, int]:
 
 
 def sweep_budgets(k_max: int | None, budgets: Sequence[int] | str | None = None) -> list[int | None]:
-    """The budgets a sweep evaluates, ascending: "all" = 1..k_max; None = the paper's evaluation
-    budgets up to k_max, plus 1 and k_max. A model without a budget gets [None] (one pass)."""
+    """The budgets a sweep evaluates, ascending: "all" = 1..k_max; "paper" or None = the paper's
+    evaluation budgets up to k_max, plus 1 and k_max. A model without a budget gets [None]."""
     if k_max is None:
         return [None]
     if budgets == "all":
         return list(range(1, k_max + 1))
+    if budgets == "paper":
+        budgets = None
     if isinstance(budgets, str):
-        raise ValueError(f"budgets must be a list of ints, 'all' or None, got {budgets!r}")
+        raise ValueError(f"budgets must be a list of ints, 'all' or 'paper', got {budgets!r}")
     chosen = set(PAPER_EVAL_BUDGETS) | {1} if budgets is None else set(budgets)
     bad = sorted(k for k in chosen if not 1 <= k <= k_max and budgets is not None)
     if bad:

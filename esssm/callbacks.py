@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from esssm.budget import curve_summary, sweep_budgets
@@ -19,46 +19,89 @@ from esssm.metrics import ExactAccuracy
 from esssm.model import active_parameters
 
 
-class BudgetSweep(L.Callback):
-    """Evaluates the model at every budget in `budgets` on each validation and test pass.
+# Validation sweeps every k on every 10th epoch (and the last): at the paper-scale sCIFAR config a
+# sweep of all 32 budgets costs about one training epoch (measured, docs/design.md section 5), so
+# this keeps it near 10% of the training time.
+VAL_SWEEP_EVERY_N_EPOCHS = 10
 
-    Logs `{stage}/acc@k{k}`, `{stage}/loss@k{k}`, `{stage}/budget_auc` (mean accuracy over
-    log2 k) and `{stage}/k98` (smallest budget with >= 98% of full-budget accuracy); writes
-    the budget curve (accuracy vs k and vs active parameters) to TensorBoard and a CSV next to
-    the checkpoints. The full-budget logits come from the module's own evaluation step, so the
-    sweep costs one forward pass per additional budget. Per-example results are de-duplicated
-    by dataset index, so DDP's padded samples are never counted twice.
+
+class BudgetSweep(L.Callback):
+    """Evaluates the model at every budget in `test_budgets` on each test pass, and at every
+    budget in `val_budgets` on the validation passes of every `every_n_epochs`-th epoch (and of
+    the last epoch); the other validation passes score the full budget only.
+
+    Logs `{stage}/acc@k{k}`, `{stage}/loss@k{k}` (and `bpb@k` for language models) with k
+    zero-padded to the width of k_max (`acc@k01` ... `acc@k32`, so tags sort in budget order),
+    `{stage}/budget_auc` (mean accuracy over log2 k) and `{stage}/k98` (smallest budget with
+    >= 98% of full-budget accuracy). With TensorBoard it also writes a custom-scalars layout
+    (one multiline chart per metric over every k), the test curve as a series whose step is k
+    (`test/acc_vs_k`, so runs overlay on one chart) and the curve figure. A CSV of the curve goes
+    next to the checkpoints. The full-budget logits come from the module's own evaluation step,
+    so a sweep costs one forward pass per additional budget. Per-example results are
+    de-duplicated by dataset index, so DDP's padded samples are never counted twice.
     """
 
-    def __init__(self, budgets: list[int] | str | None = None) -> None:
-        """budgets: a list of ints, "all" (1..k_max) or None (the paper's grid plus 1, k_max)."""
+    def __init__(
+        self,
+        val_budgets: list[int] | str | None = "all",
+        test_budgets: list[int] | str | None = "all",
+        every_n_epochs: int = VAL_SWEEP_EVERY_N_EPOCHS,
+        curve_file: str | None = "budget_curve_{stage}.csv",
+    ) -> None:
+        """Budgets: a list of ints, "all" (1..k_max) or "paper" (the paper's grid plus 1, k_max).
+
+        every_n_epochs: validation sweeps every n-th epoch. The default keeps the sweep of every
+        k of the paper-scale sCIFAR config near 10% of its training time (docs/design.md).
+        curve_file: name of the curve CSV beside the checkpoints ({stage}: val or test); None: no CSV.
+        """
         super().__init__()
-        self.budgets_arg = budgets
-        self.budgets: list[int | None] = []
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1 (1 = sweep at every validation), got {every_n_epochs}")
+        self.budget_args = {"val": val_budgets, "test": test_budgets}
+        self.every_n_epochs = every_n_epochs
+        self.curve_file = curve_file
+        self.budgets: dict[str, list[int | None]] = {"val": [], "test": []}
         self.metrics = nn.ModuleDict()
         self.last_results: dict[str, list[dict[str, Any]]] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.budgets = sweep_budgets(pl_module.k_max, self.budgets_arg)
-        self.metrics = nn.ModuleDict({_key(k): ExactAccuracy() for k in self.budgets})
+        self.budgets = {s: sweep_budgets(pl_module.k_max, arg) for s, arg in self.budget_args.items()}
+        keys = {_key(k) for budgets in self.budgets.values() for k in budgets}
+        self.metrics = nn.ModuleDict({key: ExactAccuracy() for key in sorted(keys)})
         self.metrics.to(pl_module.device)
 
-    def _update(self, pl_module: L.LightningModule, outputs: Any, batch: dict) -> None:
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and pl_module.k_max is not None:
+            for logger in _tensorboards(trainer):
+                logger.experiment.add_custom_scalars(custom_scalars_layout(pl_module.hparams.task == "lm"))
+
+    def sweeps_validation(self, trainer: L.Trainer) -> bool:
+        """Whether this validation pass sweeps: always in `validate`; while fitting, in every n-th
+        epoch and the last one; never in the sanity check."""
+        if trainer.sanity_checking:
+            return False
+        if trainer.state.fn != TrainerFn.FITTING:
+            return True
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs not in (None, -1) and epoch >= trainer.max_epochs
+        return epoch % self.every_n_epochs == 0 or last
+
+    def _update(self, stage: str, pl_module: L.LightningModule, outputs: Any, batch: dict) -> None:
         self.metrics.to(pl_module.device)
-        for k in self.budgets:
+        for k in self.budgets[stage]:
             full = k == pl_module.k_max and isinstance(outputs, dict) and "logits" in outputs
             logits = outputs["logits"] if full else pl_module.evaluate(batch, k)
             self.metrics[_key(k)].update(batch["index"], *pl_module.example_stats(batch, logits))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if not trainer.sanity_checking:
-            self._update(pl_module, outputs, batch)
+        if self.sweeps_validation(trainer):
+            self._update("val", pl_module, outputs, batch)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._update(pl_module, outputs, batch)
+        self._update("test", pl_module, outputs, batch)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if self.sweeps_validation(trainer):
             self._finish("val", trainer, pl_module)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -66,7 +109,7 @@ class BudgetSweep(L.Callback):
 
     def _finish(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = []
-        for k in self.budgets:
+        for k in self.budgets[stage]:
             result = self.metrics[_key(k)].compute()  # gathered over ranks, de-duplicated
             self.metrics[_key(k)].reset()
             rows.append(
@@ -79,19 +122,26 @@ class BudgetSweep(L.Callback):
                     **({"bpb": float(result["loss"]) / math.log(2)} if pl_module.hparams.task == "lm" else {}),
                 }
             )
+        bad = [row["budget"] for row in rows if not math.isfinite(row["loss"])]
+        if bad:
+            raise FloatingPointError(
+                f"{stage} loss is not finite at budget(s) {bad} (global step {trainer.global_step}): the "
+                "model's weights or the inputs hold NaN/inf; no budget curve is written"
+            )
         self.last_results[stage] = rows
         self._log(stage, rows, pl_module)
         if trainer.is_global_zero:
             self._write_csv(stage, rows, trainer)
             self._write_figure(stage, rows, trainer)
+            if stage == "test":
+                self._write_curve_series(rows, trainer)
 
     def _log(self, stage: str, rows: list[dict], pl_module: L.LightningModule) -> None:
         log = lambda name, value: pl_module.log(name, float(value), sync_dist=False)  # noqa: E731
         for row in rows:
-            log(f"{stage}/acc@k{row['budget']}", row["acc"])
-            log(f"{stage}/loss@k{row['budget']}", row["loss"])
-            if "bpb" in row:
-                log(f"{stage}/bpb@k{row['budget']}", row["bpb"])
+            for metric in ("acc", "loss", "bpb"):
+                if metric in row:
+                    log(budget_tag(stage, metric, row["budget"], pl_module.k_max), row[metric])
         ks = [r["budget"] for r in rows if r["budget"] != "full"]
         if ks:
             summary = curve_summary(ks, [r["acc"] for r in rows])
@@ -107,16 +157,12 @@ class BudgetSweep(L.Callback):
         return Path(trainer.log_dir or trainer.default_root_dir)
 
     def _write_csv(self, stage: str, rows: list[dict], trainer: L.Trainer) -> None:
-        path = self.output_dir(trainer) / f"budget_curve_{stage}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["epoch", "step", *rows[0]])
-        writer.writeheader()
-        writer.writerows({"epoch": trainer.current_epoch, "step": trainer.global_step, **r} for r in rows)
-        atomic_write_text(path, buffer.getvalue())
+        if self.curve_file is not None:
+            path = self.output_dir(trainer) / self.curve_file.format(stage=stage)
+            write_curve(path, rows, epoch=trainer.current_epoch, step=trainer.global_step)
 
     def _write_figure(self, stage: str, rows: list[dict], trainer: L.Trainer) -> None:
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        loggers = _tensorboards(trainer)
         if not loggers or len(rows) < 2:
             return
         figure = plot_budget_curve({"model": rows})
@@ -126,9 +172,55 @@ class BudgetSweep(L.Callback):
 
         plt.close(figure)
 
+    @staticmethod
+    def _write_curve_series(rows: list[dict], trainer: L.Trainer) -> None:
+        """The test curve as scalars with step = k: TensorBoard then draws accuracy (and loss or
+        bits per byte) against k, and overlays every run's curve on one chart."""
+        for logger in _tensorboards(trainer):
+            for row in (r for r in rows if r["budget"] != "full"):
+                for metric in ("acc", "loss", "bpb"):
+                    if metric in row:
+                        logger.experiment.add_scalar(f"test/{metric}_vs_k", row[metric], global_step=row["budget"])
+            logger.experiment.flush()
+
+
+def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
+    return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+def write_curve(path: str | Path, rows: list[dict], **columns: Any) -> None:
+    """Write sweep rows as a CSV (atomically), each row prefixed with `columns` (epoch, step,
+    the checkpoint it came from, ...), so a reader can tell which model the curve belongs to."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[*columns, *rows[0]])
+    writer.writeheader()
+    writer.writerows({**columns, **r} for r in rows)
+    atomic_write_text(path, buffer.getvalue())
+
 
 def _key(budget: int | None) -> str:
     return "full" if budget is None else f"k{budget}"
+
+
+def budget_tag(stage: str, metric: str, budget: int | str | None, k_max: int | None) -> str:
+    """`val/acc@k07`: the budget zero-padded to the digits of k_max, so tags sort by budget;
+    `val/acc@kfull` for a model without a budget."""
+    if budget in (None, "full"):
+        return f"{stage}/{metric}@kfull"
+    return f"{stage}/{metric}@k{budget:0{len(str(k_max))}d}"
+
+
+def custom_scalars_layout(lm: bool) -> dict[str, dict[str, list]]:
+    """TensorBoard custom-scalars layout: one multiline chart per metric with a line per budget k,
+    and the test sweep against k (bits per byte for language models, else accuracy)."""
+    score = "bpb" if lm else "acc"
+    return {
+        "budget curves": {
+            f"val {score} at every budget k": ["Multiline", [rf"^val/{score}@k\d+$"]],
+            "val loss at every budget k": ["Multiline", [r"^val/loss@k\d+$"]],
+            f"test {score} vs budget k (x axis = k)": ["Multiline", [rf"^test/{score}_vs_k$"]],
+        }
+    }
 
 
 def plot_budget_curve(
@@ -136,7 +228,8 @@ def plot_budget_curve(
     title: str = "Budget-accuracy curve",
     references: dict[str, tuple[int, float]] | None = None,
 ):
-    """Accuracy vs budget k and vs active parameters, one line per named curve. references:
+    """Accuracy vs budget k and vs active parameters, one line per named curve (with a ±1 std band
+    where its rows carry "acc_std", e.g. the mean of several seeds). references:
     models without a budget, name -> (parameters, accuracy), drawn as a dashed level on the k
     axis and a star on the parameter axis, so baselines sit on the same picture."""
     import matplotlib
@@ -147,8 +240,13 @@ def plot_budget_curve(
     figure, (by_k, by_params) = plt.subplots(1, 2, figsize=(10, 4))
     for name, rows in curves.items():
         rows = [r for r in rows if r["budget"] != "full"]
-        by_k.plot([r["budget"] for r in rows], [r["acc"] for r in rows], marker="o", label=name)
-        by_params.plot([r["active_params"] for r in rows], [r["acc"] for r in rows], marker="o", label=name)
+        acc = [r["acc"] for r in rows]
+        for axis, x in ((by_k, [r["budget"] for r in rows]), (by_params, [r["active_params"] for r in rows])):
+            line, = axis.plot(x, acc, marker="o", label=name)
+            if rows and rows[0].get("acc_std") is not None:  # several seeds: the mean with a ±1 std band
+                spread = [r["acc_std"] for r in rows]
+                low, high = [a - s for a, s in zip(acc, spread)], [a + s for a, s in zip(acc, spread)]
+                axis.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     for i, (name, (params, acc)) in enumerate((references or {}).items(), start=len(curves)):
         by_k.axhline(acc, linestyle="--", color=f"C{i}", label=name)
         by_params.plot([params], [acc], marker="*", markersize=12, linestyle="none", color=f"C{i}", label=name)

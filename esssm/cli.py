@@ -1,4 +1,5 @@
-"""Command line: `lightning`/`esssm` fit|validate|test|predict (LightningCLI), plus `esssm sweep`.
+"""Command line: `lightning`/`esssm` fit|validate|test (LightningCLI), plus the project's tools
+(`esssm sweep|export|plan|cascade ...`, listed by `esssm --help`).
 
     lightning fit --config conf/listops/esssm.yaml
     esssm sweep --ckpt runs/.../checkpoints/last.ckpt --data-config conf/listops/esssm.yaml
@@ -6,27 +7,74 @@
 
 from __future__ import annotations
 
+import argparse
+import atexit
+import os
+import shutil
+import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
 import torch
+from jsonargparse import DefaultHelpFormatter
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from esssm.callbacks import BudgetSweep
+from esssm.checkpoints import read_checkpoint, save_checked
+from esssm.files import remove_with_sidecar
 from esssm.lit import SequenceTask
 
 DATA_LINKS = ("num_classes", "vocab_size", "input_dim", "task")
+LOCK_FILE = "fit.lock"
+FIT_OUTPUTS = ("checkpoints", "config.yaml", "hparams.yaml", "events.out.tfevents.*")  # what a fit writes
+# Lightning's own predict needs a predict_dataloader, which the task datamodules do not have.
+SUBCOMMANDS = ("fit", "validate", "test")
+NAMED_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+class RunFolderError(RuntimeError):
+    """A fit would overwrite or share a run folder, or has nothing to resume."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written atomically (temporary file in the same folder, fsync, rename) with a
+    sha256 sidecar, refusing NaN/inf weights; reads check the sidecar and name the file on error.
+    A failed write (full disk, a kill) leaves the previous last.ckpt intact."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        save_checked(path, checkpoint, checkpoint.get("state_dict", {}))
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
+        return read_checkpoint(path, map_location, weights_only)
+
+    def remove_checkpoint(self, path) -> None:
+        remove_with_sidecar(path)
 
 
 class ESSSMCLI(LightningCLI):
     """LightningCLI with the datamodule's shape facts linked into the model, a budget sweep,
-    best/last checkpoints, TensorBoard logging by default, and AMP on GPUs."""
+    best/last checkpoints written atomically with checksums, TensorBoard logging by default,
+    AMP on GPUs, and a fit that never overwrites or shares a run folder."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {name: args for name, args in LightningCLI.subcommands().items() if name in SUBCOMMANDS}
 
     def add_arguments_to_parser(self, parser) -> None:
         for name in DATA_LINKS:
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+        parser.add_argument(
+            "--overwrite", type=bool, default=False,
+            help="fit: replace the run in an existing run folder (its checkpoints, config and TensorBoard "
+        "events are deleted) instead of refusing",
+        )
         parser.add_lightning_class_args(BudgetSweep, "sweep")
         # Two checkpoints: the best by full-budget validation accuracy, and last.ckpt rewritten at
         # every epoch end. Lightning's own save_last only refreshes last.ckpt when a new best is
@@ -44,19 +92,127 @@ class ESSSMCLI(LightningCLI):
             }
         )
 
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then check a --ckpt_path file (checksum, readable) before Lightning reads it."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in NAMED_CKPT_PATHS:
+            read_checkpoint(ckpt_path)
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.config.get("subcommand"), self.config)
         trainer = config["trainer"]
         if trainer.get("precision") is None and torch.cuda.is_available():
             trainer["precision"] = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        """The trainer, with AtomicCheckpointIO unless the config names another CheckpointIO."""
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(**kwargs, plugins=plugins)
 
-def _cli(args: list[str] | None) -> ESSSMCLI:
+    def before_fit(self) -> None:
+        """Refuse to resume nothing or to overwrite a run, then lock the run folder."""
+        if not self.trainer.is_global_zero:
+            return
+        config = self.config["fit"]
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        ckpt_dir = checkpoint_dir(self.trainer, run_dir)
+        if config.get("ckpt_path") == "last" and not (ckpt_dir / "last.ckpt").is_file():
+            raise RunFolderError(
+                f"--ckpt_path last: there is nothing to resume, {ckpt_dir / 'last.ckpt'} does not exist. "
+                "To resume a run, give the same fixed version it was trained with "
+                "(--trainer.logger.init_args.version NAME); to start a new run, drop --ckpt_path"
+            )
+        earlier = fit_outputs(run_dir)
+        if config.get("ckpt_path") is None and earlier:
+            if not config.get("overwrite"):
+                raise RunFolderError(
+                    f"run folder {run_dir} already holds a run ({', '.join(earlier)}). "
+                    "Resume it with --ckpt_path last, train into another folder "
+                    "(--trainer.logger.init_args.version NAME), or replace it with --overwrite true"
+                )
+            print(f"--overwrite: deleting the earlier run's {', '.join(earlier)} in {run_dir}", file=sys.stderr)
+            for path in (run_dir / name for name in earlier):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        release = lock_run_folder(run_dir)
+        atexit.register(release)
+        self.release_lock = release
+
+    def after_fit(self) -> None:
+        if getattr(self, "release_lock", None) is not None:
+            self.release_lock()
+
+
+def checkpoint_dir(trainer: L.Trainer, run_dir: Path) -> Path:
+    """Where the last.ckpt callback writes: its dirpath, else `run_dir`/checkpoints (as Lightning)."""
+    for callback in trainer.checkpoint_callbacks:
+        if callback.dirpath:
+            return Path(callback.dirpath)
+    return run_dir / "checkpoints"
+
+
+def fit_outputs(run_dir: Path) -> list[str]:
+    """What an earlier fit wrote into a run folder (checkpoints, config, TensorBoard events)."""
+    return sorted(p.name for pattern in FIT_OUTPUTS for p in run_dir.glob(pattern))
+
+
+def lock_run_folder(run_dir: Path) -> Callable[[], None]:
+    """Create run_dir/fit.lock (pid and host) or refuse while another live fit holds it.
+
+    A lock left by a process that is gone (killed) is taken over. Returns the release function.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock, owner = run_dir / LOCK_FILE, f"{os.getpid()} {socket.gethostname()}"
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock.read_text().split() if lock.exists() else []
+            if len(holder) == 2 and holder[1] == socket.gethostname() and not _alive(int(holder[0])):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            if holder and holder[0] == str(os.getpid()):
+                break  # this process's own earlier fit
+            raise RunFolderError(
+                f"another fit ({' on '.join(holder) or 'unknown process'}) is training into {run_dir} "
+                f"(lock {lock}); wait for it to finish, train into another folder, or delete the lock "
+                "if that process is gone"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(owner)
+        break
+
+    def release() -> None:
+        if lock.exists() and lock.read_text() == owner:
+            lock.unlink()
+
+    return release
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cli(args: list[str] | None, description: str) -> ESSSMCLI:
     return ESSSMCLI(
         SequenceTask,
         L.LightningDataModule,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
+        # Safe: before_fit refuses to fit into a folder that holds a run unless resuming or --overwrite.
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "logger": {
@@ -65,9 +221,7 @@ def _cli(args: list[str] | None) -> ESSSMCLI:
             },
             "callbacks": [LearningRateMonitor(logging_interval="step")],
         },
-        parser_kwargs={
-            "description": "ES-SSM Lab. Lightning subcommands below; also `esssm sweep --help`."
-        },
+        parser_kwargs={"description": description, "formatter_class": HelpFormatter},
         args=args,
     )
 
@@ -78,17 +232,32 @@ def _tools() -> dict[str, Callable[[list[str]], int]]:
     return commands.TOOLS
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the description's lines (the tools table) kept as written."""
+
+
+def tools_help(tools: dict[str, Callable[[list[str]], int]]) -> str:
+    """One line per project tool: its name and the first line of its function's docstring."""
+    width = max(map(len, tools))
+    lines = [f"  {name:<{width}}  {((tool.__doc__ or '').strip().splitlines() or [''])[0]}" for name, tool in tools.items()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`esssm`: the project's own tools (sweep, ...) or the Lightning subcommands."""
-    argv = sys.argv[1:] if argv is None else argv
+    args = sys.argv[1:] if argv is None else argv
     tools = _tools()
-    if argv and argv[0] in tools:
-        return tools[argv[0]](argv[1:])
-    _cli(argv)
+    if args and args[0] in tools:
+        return tools[args[0]](args[1:])
+    description = (
+        f"ES-SSM Lab. Lightning subcommands: {', '.join(SUBCOMMANDS)} (below).\n\n"
+        f"Project tools (esssm TOOL --help for each):\n{tools_help(tools)}"
+    )
+    _cli(argv, description)  # None: LightningCLI reads sys.argv itself
     return 0
 
 
 def lightning_main(argv: list[str] | None = None) -> int:
-    """`lightning`: fit | validate | test | predict with --config conf/<task>/<model>.yaml."""
-    _cli(sys.argv[1:] if argv is None else argv)
+    """`lightning`: fit | validate | test with --config conf/<task>/<model>.yaml."""
+    _cli(argv, f"ES-SSM Lab: {', '.join(SUBCOMMANDS)} (below); the project's tools run as `esssm TOOL`.")
     return 0

@@ -1,27 +1,44 @@
-"""`esssm` tools that work on a trained checkpoint: sweep, export, plan, cascade."""
+"""`esssm` tools that work on a trained checkpoint: sweep, export, plan, cascade, generate."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import pickle
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import yaml
+from lightning.pytorch.loggers import Logger
 
 from esssm import deploy
-from esssm.callbacks import BudgetSweep
+from esssm.budget import sweep_budgets
+from esssm.callbacks import BudgetSweep, write_curve
+from esssm.checkpoints import read_checkpoint, require_finite_weights
+from esssm.files import atomic_write_bytes, file_sha256
 from esssm.lit import SequenceTask
 from esssm.model import count_parameters
 
 
 def load_task(ckpt: str | Path, map_location: str = "cpu") -> SequenceTask:
-    """The trained task from a checkpoint; the backbone is rebuilt from its stored spec."""
+    """The trained task from a checkpoint; the backbone is rebuilt from its stored spec.
+
+    The file is checked first (sha256 sidecar, truncation; errors name it). `task.source`
+    records which file it came from: checkpoint name, sha256, epoch and global step.
+    """
     path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (look under runs/<name>/.../checkpoints/)")
-    return SequenceTask.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+    checkpoint = read_checkpoint(path, map_location)
+    task = SequenceTask.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+    task.source = {
+        "checkpoint": path.name, "sha256": file_sha256(path),
+        "epoch": checkpoint.get("epoch"), "step": checkpoint.get("global_step"),
+    }
+    return task
 
 
 def load_datamodule(config: str | Path, overrides: dict[str, Any] | None = None) -> L.LightningDataModule:
@@ -53,18 +70,22 @@ def run_sweep(
     split: str = "test",
     accelerator: str = "auto",
     output_dir: str | Path | None = None,
+    logger: Logger | bool = False,
 ) -> list[dict[str, Any]]:
-    """Evaluate a trained task at every budget on one split; rows of budget, acc, loss, params.
+    """Evaluate a trained task (from `load_task`) at every budget on one split; rows of budget,
+    acc, loss, params. Raises FloatingPointError on a non-finite loss.
 
-    The curve is also written to `output_dir/budget_curve_{split}.csv` (default: the current
-    folder); pass the checkpoint's folder so `esssm plan` finds it there.
+    With `output_dir`, the curve goes to `output_dir/<checkpoint stem>.budget_curve_{split}.csv`
+    with the checkpoint's name, sha256, epoch and step on every row (so it never replaces the
+    curve training wrote, and `esssm plan` can tell which checkpoint it belongs to). With a
+    TensorBoard `logger` the sweep is logged into that run too (the test curve as a series over k).
     """
-    sweep = BudgetSweep(budgets)
+    sweep = BudgetSweep(val_budgets=budgets, test_budgets=budgets, every_n_epochs=1, curve_file=None)
     trainer = L.Trainer(
         default_root_dir=output_dir,
         accelerator=accelerator,
         devices=1,
-        logger=False,
+        logger=logger,
         callbacks=[sweep],
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -72,7 +93,11 @@ def run_sweep(
     )
     run = trainer.test if split == "test" else trainer.validate
     run(task, datamodule=datamodule, verbose=False)
-    return sweep.last_results["test" if split == "test" else "val"]
+    rows = sweep.last_results["test" if split == "test" else "val"]
+    if output_dir is not None:
+        path = Path(output_dir) / deploy.curve_name(task.source["checkpoint"], split)
+        write_curve(path, rows, **task.source)
+    return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -85,39 +110,103 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _budget_list(text: str | None) -> list[int] | str | None:
-    if text is None or text == "all":
+# --------------------------------------------------------------------------- argument types
+# argparse calls these on the raw text, so a bad value is reported with the option's name
+# ("argument --batch: ...") before any data or model is loaded.
+
+
+def _int_at_least(text: str, low: int, kind: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected a {kind} integer, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "positive")
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0, "non-negative")
+
+
+def _float_above(text: str, low: float, inclusive: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
+        raise argparse.ArgumentTypeError(f"expected a finite number {'>=' if inclusive else '>'} {low:g}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    return _float_above(text, 0.0, inclusive=False)
+
+
+def non_negative_float(text: str) -> float:
+    return _float_above(text, 0.0, inclusive=True)
+
+
+def budget_list(text: str) -> list[int] | str:
+    """'all' or comma-separated positive budgets, e.g. '2,4,8'."""
+    if text == "all":
         return text
-    return [int(k) for k in text.split(",")]
+    return [positive_int(k) for k in text.split(",")]
+
+
+def threshold_list(text: str) -> list[float]:
+    """Comma-separated finite confidences, e.g. '0.5,0.9'."""
+    try:
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"thresholds must be finite, got {text!r}")
+    return values
+
+
+def check_budgets(task: SequenceTask, budgets: list[int] | str | None, ckpt: str) -> None:
+    """Budgets outside 1..k_max of the checkpoint are refused before any data is read."""
+    try:
+        sweep_budgets(task.k_max, budgets)
+    except ValueError as error:
+        raise ValueError(f"--budgets: {error} of {ckpt}") from None
 
 
 def sweep_main(argv: list[str]) -> int:
+    """Budget table (accuracy, loss, active parameters per budget) of a trained checkpoint."""
     parser = argparse.ArgumentParser(prog="esssm sweep", description="Budget table of a trained checkpoint.")
     parser.add_argument("--ckpt", required=True, help="checkpoint written by `lightning fit`")
     parser.add_argument("--data-config", required=True, help="YAML with a data: section (e.g. the fit config)")
     parser.add_argument("--data-dir", help="override data.init_args.data_dir")
-    parser.add_argument("--batch-size", type=int, help="override the evaluation batch size")
-    parser.add_argument("--budgets", help="comma-separated budgets, 'all', or omit for the paper grid")
+    parser.add_argument("--batch-size", type=positive_int, help="override the evaluation batch size")
+    parser.add_argument("--budgets", type=budget_list, help="comma-separated budgets, 'all', or omit for the paper grid")
     parser.add_argument("--split", choices=["val", "test"], default="test")
     parser.add_argument("--accelerator", default="auto")
     args = parser.parse_args(argv)
     overrides = {"data_dir": args.data_dir, "eval_batch_size": args.batch_size}
     datamodule = load_datamodule(args.data_config, {k: v for k, v in overrides.items() if v is not None})
-    rows = run_sweep(
-        load_task(args.ckpt), datamodule, _budget_list(args.budgets), args.split, args.accelerator,
-        output_dir=Path(args.ckpt).parent,
-    )
+    task = load_task(args.ckpt)
+    check_budgets(task, args.budgets, args.ckpt)  # before the data is read (at setup)
+    rows = run_sweep(task, datamodule, args.budgets, args.split, args.accelerator, output_dir=Path(args.ckpt).parent)
     print(format_table(rows))
+    print(f"curve: {Path(args.ckpt).parent / deploy.curve_name(args.ckpt, args.split)}", file=sys.stderr)
     return 0
 
 
 # --------------------------------------------------------------------------- deployment
 
 
-def _deploy_source(ckpt: str) -> tuple[Any, dict[str, Any]]:
-    """The evaluation weights (EMA when enabled) of a checkpoint and their `model_config`."""
+def _deploy_source(ckpt: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The evaluation weights (EMA when enabled) of a checkpoint, their `model_config` and the
+    checkpoint's `source` record; a model with NaN/inf weights is refused."""
     task = load_task(ckpt)
-    return task.eval_model.eval(), deploy.model_config(task.hparams)
+    require_finite_weights(task.eval_model.state_dict(), f"checkpoint {ckpt}")
+    return task.eval_model.eval(), deploy.model_config(task.hparams), task.source
 
 
 def _seq_len(config: dict[str, Any], requested: int | None) -> int:
@@ -125,7 +214,7 @@ def _seq_len(config: dict[str, Any], requested: int | None) -> int:
     built = config["backbone"].get("init_args", {}).get("seq_len")
     if requested is None and built is None:
         raise ValueError("the backbone records no seq_len: pass --seq-len")
-    return requested or built
+    return requested if requested is not None else built
 
 
 def _mb(n_bytes: int) -> str:
@@ -147,37 +236,59 @@ def export_model(
     seq_len: int | None = None,
     torchscript: bool = False,
     onnx: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the model of `ckpt` truncated to `budget` to `out` (plus optional TorchScript/ONNX
-    files beside it), check each against the full model at `budget`, return the report."""
-    full, config = _deploy_source(ckpt)
+    files beside it), check each against the full model at `budget`, return the report.
+
+    Existing targets are refused unless `overwrite`; each file is checked (finite weights,
+    agreement with the full model) before it is renamed into place, so a failed export never
+    replaces a good file.
+    """
+    kinds = [(kind, suffix, write) for kind, enabled, suffix, write in (
+        ("torchscript", torchscript, ".torchscript.pt", deploy.export_torchscript),
+        ("onnx", onnx, ".onnx", deploy.export_onnx),
+    ) if enabled]
+    check_targets([out, *(str(Path(out).with_suffix(suffix)) for _, suffix, _ in kinds)], overwrite)
+    full, config, _ = _deploy_source(ckpt)
     small, small_config = deploy.truncate(full, config, budget)
     example = deploy.synthetic_batch(config, batch, _seq_len(config, seq_len))
     with torch.no_grad():
         expected = deploy.batch_logits(full, example, budget)
         report = {
-            "out": out,
-            "budget": budget,
-            "k_max": full.k_max,
-            "bytes": deploy.save_exported(small, small_config, out),
-            "full_bytes": deploy.state_bytes(full),
-            "ckpt_bytes": Path(ckpt).stat().st_size,
-            "params": count_parameters(small),
-            "full_params": count_parameters(full),
-            "diff": _check_agreement("export", deploy.batch_logits(deploy.load_exported(out), example), expected),
+            "out": out, "budget": budget, "k_max": full.k_max,
+            "full_bytes": deploy.state_bytes(full), "ckpt_bytes": Path(ckpt).stat().st_size,
+            "params": count_parameters(small), "full_params": count_parameters(full),
             "shape": tuple(example[next(iter(example))].shape),
         }
-        for kind, enabled, suffix, write in (
-            ("torchscript", torchscript, ".torchscript.pt", deploy.export_torchscript),
-            ("onnx", onnx, ".onnx", deploy.export_onnx),
-        ):
-            if enabled:
-                path = str(Path(out).with_suffix(suffix))
-                report[kind] = {"path": path, "bytes": write(small, example, path)}
-                if kind == "torchscript":
-                    got = deploy.load_torchscript(path)(*deploy.model_inputs(small, example))
-                    report[kind]["diff"] = _check_agreement(kind, got, expected)
+
+        def check_export(tmp: str) -> None:
+            got = deploy.batch_logits(deploy.load_exported(tmp), example)
+            report["diff"] = _check_agreement("export", got, expected)
+
+        report["bytes"] = deploy.save_exported(small, small_config, out, check=check_export)
+        for kind, suffix, write in kinds:
+            path = str(Path(out).with_suffix(suffix))
+            report[kind] = {"path": path}
+
+            def check_script(tmp: str, entry: dict = report[kind]) -> None:
+                got = deploy.load_torchscript(tmp)(*deploy.model_inputs(small, example))
+                entry["diff"] = _check_agreement("torchscript", got, expected)
+
+            report[kind]["bytes"] = write(small, example, path, check_script if kind == "torchscript" else None)
     return report
+
+
+def check_targets(paths: list[str], overwrite: bool) -> None:
+    """Before any work: refuse existing output files (unless `overwrite`) and unwritable folders."""
+    for path in map(Path, paths):
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists: choose another --out, or pass --overwrite to replace it")
+        folder = next(p for p in path.absolute().parents if p.exists())
+        if not folder.is_dir():
+            raise NotADirectoryError(f"cannot write {path}: {folder} is a file, not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write {path}: folder {folder} is not writable")
 
 
 def format_export(report: dict[str, Any]) -> str:
@@ -203,46 +314,46 @@ def _ckpt_parser(tool: str, description: str) -> argparse.ArgumentParser:
 
 
 def export_main(argv: list[str]) -> int:
+    """Write a standalone model holding only spectral channels 1..k (checked, checksummed)."""
     parser = _ckpt_parser(
         "export",
         "Write a standalone model holding only spectral channels 1..k "
         "(load it with esssm.deploy.load_exported; no Lightning, no data needed).",
     )
-    parser.add_argument("--budget", type=int, required=True, help="spectral budget k to keep")
+    parser.add_argument("--budget", type=positive_int, required=True, help="spectral budget k to keep")
     parser.add_argument("--out", required=True, help="output file, e.g. model_k8.pt")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--torchscript", action="store_true", help="also write OUT.torchscript.pt (traced)")
     parser.add_argument("--onnx", action="store_true", help="also try OUT.onnx (see the README: unsupported)")
-    parser.add_argument("--batch", type=int, default=1, help="example batch size for the checks and the trace")
-    parser.add_argument("--seq-len", type=int, help="example length (default: the model's seq_len); "
+    parser.add_argument("--batch", type=positive_int, default=1, help="example batch size for the checks and the trace")
+    parser.add_argument("--seq-len", type=positive_int, help="example length (default: the model's seq_len); "
                         "TorchScript graphs are specialised to it")
     args = parser.parse_args(argv)
-    report = export_model(args.ckpt, args.budget, args.out, args.batch, args.seq_len, args.torchscript, args.onnx)
+    report = export_model(
+        args.ckpt, args.budget, args.out, args.batch, args.seq_len, args.torchscript, args.onnx, args.overwrite
+    )
     print(format_export(report))
     return 0
 
 
 def plan_main(argv: list[str]) -> int:
+    """Best budget for a latency target on this machine, from the checkpoint's own budget curve."""
     parser = _ckpt_parser("plan", "Best budget for a latency target on this machine.")
-    parser.add_argument("--latency-ms", type=float, required=True, help="latency target per batch")
+    parser.add_argument("--latency-ms", type=positive_float, required=True, help="latency target per batch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--batch", type=int, default=1, help="batch size of the timed forward pass")
-    parser.add_argument("--seq-len", type=int, help="input length (default: the model's seq_len)")
-    parser.add_argument("--curve", help="budget-accuracy CSV (default: budget_curve_{val,test}.csv beside --ckpt)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds over all budgets (median)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--batch", type=positive_int, default=1, help="batch size of the timed forward pass")
+    parser.add_argument("--seq-len", type=positive_int, help="input length (default: the model's seq_len)")
+    parser.add_argument("--curve", help="budget-accuracy CSV measured on this checkpoint (default: the one "
+                        "`esssm sweep` or training wrote beside --ckpt for it)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed rounds over all budgets (median)")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds first")
     args = parser.parse_args(argv)
-    curve_path = args.curve or deploy.find_curve(args.ckpt)
-    if curve_path is None:
-        raise FileNotFoundError(
-            f"no budget_curve_val.csv or budget_curve_test.csv beside {args.ckpt}: make one with "
-            f"`esssm sweep --ckpt {args.ckpt} --data-config <fit config> --split val` (it writes "
-            "budget_curve_val.csv beside the checkpoint), or pass any such CSV with --curve"
-        )
+    model, config, source = _deploy_source(args.ckpt)
+    deploy.elastic_k_max(model)
+    curve_path = deploy.curve_for(args.ckpt, source, args.curve)
     curve = deploy.read_curve(curve_path)
     if not curve:
         raise ValueError(f"{curve_path} has no per-budget rows (a model without a spectral budget?)")
-    model, config = _deploy_source(args.ckpt)
-    deploy.elastic_k_max(model)
     seq_len = _seq_len(config, args.seq_len)
     example = deploy.synthetic_batch(config, args.batch, seq_len)
     budgets = [p.budget for p in curve]
@@ -253,15 +364,8 @@ def plan_main(argv: list[str]) -> int:
     return 0 if best is not None else 1
 
 
-def _numbers(text: str, kind: type) -> list:
-    """'2,4,8' -> [2, 4, 8] (kind int) or [2.0, 4.0, 8.0] (kind float), with a clear error."""
-    try:
-        return [kind(t) for t in text.split(",")]
-    except ValueError:
-        raise ValueError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
-
-
 def cascade_main(argv: list[str]) -> int:
+    """Anytime inference: accuracy vs compute of escalating low-confidence inputs."""
     parser = _ckpt_parser(
         "cascade",
         "Anytime inference: accuracy vs compute of escalating low-confidence inputs "
@@ -269,25 +373,101 @@ def cascade_main(argv: list[str]) -> int:
     )
     parser.add_argument("--data-config", required=True, help="YAML with a data: section (e.g. the fit config)")
     parser.add_argument("--data-dir", help="override data.init_args.data_dir")
-    parser.add_argument("--batch-size", type=int, help="override the evaluation batch size")
-    parser.add_argument("--budgets", default="2,4,8,32", help="cascade stages, ascending (capped at k_max)")
-    parser.add_argument("--thresholds", default="0.5,0.7,0.8,0.9,0.95,0.99",
+    parser.add_argument("--batch-size", type=positive_int, help="override the evaluation batch size")
+    parser.add_argument("--budgets", type=budget_list, default=[2, 4, 8, 32],
+                        help="cascade stages, comma-separated, ascending (capped at k_max)")
+    parser.add_argument("--thresholds", type=threshold_list, default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
                         help="confidence (max softmax prob) below which an input escalates")
     parser.add_argument("--split", choices=["val", "test"], default="val",
                         help="choose thresholds on val; report the chosen one on test")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    model, _ = _deploy_source(args.ckpt)
+    model, _, _ = _deploy_source(args.ckpt)
     k_max = deploy.elastic_k_max(model)
-    budgets = sorted({min(k, k_max) for k in _numbers(args.budgets, int)})
+    stages = range(1, k_max + 1) if args.budgets == "all" else args.budgets
+    budgets = sorted({min(k, k_max) for k in stages})
     overrides = {"data_dir": args.data_dir, "eval_batch_size": args.batch_size}
     datamodule = load_datamodule(args.data_config, {k: v for k, v in overrides.items() if v is not None})
     datamodule.setup("test" if args.split == "test" else "validate")
     loader = datamodule.test_dataloader if args.split == "test" else datamodule.val_dataloader
-    rows = deploy.cascade_sweep(model, loader, budgets, _numbers(args.thresholds, float), args.device)
+    rows = deploy.cascade_sweep(model, loader, budgets, args.thresholds, args.device)
     print(f"{args.split} split, {rows[0]['count']} examples, device {args.device}")
     print(deploy.format_cascade(rows))
     return 0
 
 
-TOOLS = {"sweep": sweep_main, "export": export_main, "plan": plan_main, "cascade": cascade_main}
+# --------------------------------------------------------------------------- generation
+
+
+def load_language_model(path: str | Path) -> torch.nn.Module:
+    """The model of an `esssm export` file, or the evaluation (EMA) weights of a training
+    checkpoint; both in eval mode."""
+    if _is_export(Path(path)):
+        return deploy.load_exported(path)
+    return _deploy_source(str(path))[0]
+
+
+def _is_export(path: Path) -> bool:
+    """Whether `path` holds an `esssm export` payload (memory-mapped peek, no full read)."""
+    if not path.is_file():
+        return False
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, pickle.UnpicklingError):
+        return False
+    return isinstance(payload, dict) and payload.get("format") == deploy.EXPORT_FORMAT
+
+
+def generate_main(argv: list[str]) -> int:
+    """Generate bytes from a byte-level LM at any budget (FutureFill or naive recomputation)."""
+    from esssm import generate
+
+    parser = argparse.ArgumentParser(
+        prog="esssm generate",
+        description="Generate bytes from a byte-level LM (training checkpoint or `esssm export` "
+        "file, EMA weights) at a spectral budget; prints prompt + continuation.",
+    )
+    parser.add_argument("--ckpt", required=True, help="training checkpoint or `esssm export` file")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--budget", type=positive_int, help="spectral budget k for every byte (default: k_max)")
+    budget.add_argument("--budget-schedule", help="budget per position, e.g. '32,4@600,16@900' "
+                        "(32 from position 0, 4 from 600, ...; positions include the prompt)")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="", help="prompt text (UTF-8); empty: start from a newline")
+    prompt.add_argument("--prompt-file", help="read the prompt bytes from this file")
+    parser.add_argument("--max-new-bytes", type=positive_int, required=True, help="bytes to generate")
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (argmax)")
+    parser.add_argument("--top-k", type=positive_int, help="sample among the k most likely bytes")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+    parser.add_argument("--method", choices=generate.METHODS, default="futurefill",
+                        help="futurefill (fast) or naive (full forward per byte, the reference)")
+    parser.add_argument("--out", help="write the text (raw bytes) here instead of printing it")
+    parser.add_argument("--force", action="store_true", help="let --out replace an existing file")
+    args = parser.parse_args(argv)
+    if args.out and Path(args.out).exists() and not args.force:
+        parser.error(f"--out {args.out} exists; choose another path or pass --force to replace it")
+    prompt_bytes = Path(args.prompt_file).read_bytes() if args.prompt_file else args.prompt.encode()
+    model = load_language_model(args.ckpt)
+    k_max = generate.lm_k_max(model)
+    schedule = generate.parse_schedule(args.budget_schedule, k_max) if args.budget_schedule else args.budget
+    start = time.perf_counter()
+    result = generate.generate(
+        model, prompt_bytes, args.max_new_bytes, schedule, args.temperature, args.top_k, args.seed, args.method
+    )
+    seconds = time.perf_counter() - start
+    text = prompt_bytes + result.text(include_prompt=False)
+    if args.out:
+        atomic_write_bytes(args.out, text)
+    else:
+        sys.stdout.buffer.write(text + b"\n")
+        sys.stdout.flush()
+    budget_text = args.budget_schedule or f"k={args.budget or k_max}"
+    print(f"{args.max_new_bytes} bytes at {budget_text} (k_max={k_max}) by {args.method} in {seconds:.2f} s "
+          f"({args.max_new_bytes / max(seconds, 1e-9):.0f} bytes/s)", file=sys.stderr)
+    return 0
+
+
+TOOLS = {
+    "sweep": sweep_main, "export": export_main, "plan": plan_main, "cascade": cascade_main,
+    "generate": generate_main,
+}

@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from esssm.files import atomic_write
+from esssm.checkpoints import load_checked, save_checked
+from esssm.files import atomic_write, verify_checksum
 from esssm.layer import ESSSMLayer, check_budget
 from esssm.model import RetrievalClassifier, active_parameters, build_module, build_task_model
 from esssm.spectral import causal_fft_conv, filter_scale
@@ -160,26 +161,25 @@ def truncate(model: nn.Module, config: Mapping[str, Any], budget: int) -> tuple[
     return small.eval(), small_config
 
 
-def save_exported(model: nn.Module, config: Mapping[str, Any], path: str | Path) -> int:
-    """Write {format, version, config, state_dict} atomically; returns the size in bytes."""
-    payload = {
-        "format": EXPORT_FORMAT,
-        "version": EXPORT_VERSION,
-        "config": dict(config),
-        "state_dict": model.state_dict(),
-    }
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+def save_exported(
+    model: nn.Module, config: Mapping[str, Any], path: str | Path, check: Callable[[str], Any] | None = None
+) -> int:
+    """Write {format, version, config, state_dict} atomically with a sha256 sidecar; returns the
+    size in bytes. Non-finite weights are refused, and `check(tmp)` runs on the written file
+    before it replaces `path`, so a failed export leaves an earlier file untouched."""
+    state = model.state_dict()
+    payload = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "config": dict(config), "state_dict": state}
+    return save_checked(path, payload, state, check)
 
 
 def load_exported(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """The model of an exported file, in eval mode; its config is kept as `.export_config`.
 
     Needs no Lightning, training code or data; loads with weights_only=True (no pickled code).
+    The file is checked against its sha256 sidecar; errors name it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"exported model {path} does not exist (write one with `esssm export`)")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    payload = load_checked(path, "exported model", map_location, weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise ValueError(
             f"{path} is not an `esssm export` file (a Lightning checkpoint loads with "
@@ -240,14 +240,19 @@ def traceable_copy(model: nn.Module, seq_len: int) -> nn.Module:
 
 
 def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
-    """A file written by `export_torchscript` (torch.jit is deprecated in torch 2.x, still works)."""
+    """A file written by `export_torchscript`, checked against its sha256 sidecar (torch.jit is
+    deprecated in torch 2.x, still works)."""
+    verify_checksum(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(str(path))
 
 
-def export_torchscript(model: nn.Module, example: Batch, path: str | Path) -> int:
-    """Trace `model` (at its full budget) on `example` and save it atomically; returns bytes.
+def export_torchscript(
+    model: nn.Module, example: Batch, path: str | Path, check: Callable[[str], Any] | None = None
+) -> int:
+    """Trace `model` (at its full budget) on `example` and save it atomically with a sha256
+    sidecar, after `check(tmp)`; returns bytes.
 
     The graph is specialised to the example's shape (B, L): pad shorter inputs to L with the
     mask (the layers are causal and pooling is masked, so padding does not change the logits).
@@ -257,10 +262,12 @@ def export_torchscript(model: nn.Module, example: Batch, path: str | Path) -> in
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still works
         traced = torch.jit.trace(traceable_copy(model, inputs[0].shape[1]), inputs, check_trace=False)
-    return atomic_write(path, traced.save)
+    return atomic_write(path, traced.save, check=check, checksum=True)
 
 
-def export_onnx(model: nn.Module, example: Batch, path: str | Path) -> int:
+def export_onnx(
+    model: nn.Module, example: Batch, path: str | Path, check: Callable[[str], Any] | None = None
+) -> int:
     """ONNX export of the traceable copy; a clear error where torch.onnx cannot do it."""
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
@@ -271,7 +278,7 @@ def export_onnx(model: nn.Module, example: Batch, path: str | Path) -> int:
     inputs = model_inputs(model, example)
     copy_ = traceable_copy(model, inputs[0].shape[1])
     try:
-        return atomic_write(path, lambda tmp: torch.onnx.export(copy_, inputs, tmp, dynamo=True))
+        return atomic_write(path, lambda tmp: torch.onnx.export(copy_, inputs, tmp, dynamo=True), check=check)
     except Exception as error:  # the converter raises several types; all mean "not exportable"
         raise RuntimeError(
             "torch.onnx cannot translate this model: the spectral convolution multiplies complex "
@@ -299,32 +306,69 @@ class PlanRow:
     meets: bool
 
 
-def read_curve(path: str | Path) -> list[CurvePoint]:
-    """Budget-accuracy points from a BudgetSweep CSV (budget, acc, active_params, ...).
-
-    A "full" row (a model without a budget) is skipped; a budget listed twice keeps its last row.
-    """
+def _curve_rows(path: str | Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     missing = {"budget", "acc", "active_params"} - set(rows[0] if rows else {})
     if missing:
         raise ValueError(f"{path} is not a budget curve: columns {sorted(missing)} missing (or no rows)")
-    points = {
-        int(r["budget"]): CurvePoint(int(r["budget"]), float(r["acc"]), int(r["active_params"]))
-        for r in rows
-        if r["budget"].isdigit()
-    }
+    return rows
+
+
+def read_curve(path: str | Path) -> list[CurvePoint]:
+    """Budget-accuracy points from a BudgetSweep CSV (budget, acc, active_params, ...).
+
+    A "full" row (a model without a budget) is skipped; a budget listed twice keeps its last row.
+    A non-finite accuracy is refused with the file and line.
+    """
+    points = {}
+    for line, r in enumerate(_curve_rows(path), start=2):
+        if r["budget"].isdigit():
+            acc = float(r["acc"])
+            if not 0.0 <= acc <= 1.0:
+                raise ValueError(f"{path}:{line}: accuracy {r['acc']!r} at budget {r['budget']} is not in [0, 1]")
+            points[int(r["budget"])] = CurvePoint(int(r["budget"]), acc, int(r["active_params"]))
     return [points[k] for k in sorted(points)]
 
 
-def find_curve(ckpt: str | Path) -> Path | None:
-    """The curve BudgetSweep wrote beside a checkpoint: validation first (choosing a budget on
-    the test split would leak it), else test."""
-    for split in ("val", "test"):
-        path = Path(ckpt).parent / f"budget_curve_{split}.csv"
-        if path.is_file():
-            return path
+def curve_name(ckpt: str | Path, split: str) -> str:
+    """The file name `esssm sweep` gives the curve of one checkpoint: <stem>.budget_curve_<split>.csv."""
+    return f"{Path(ckpt).stem}.budget_curve_{split}.csv"
+
+
+def curve_problem(path: str | Path, source: Mapping[str, Any]) -> str | None:
+    """Why the curve at `path` was not measured on the checkpoint `source` describes (its
+    global step, and its sha256 where the curve records one), or None when it was."""
+    row = _curve_rows(path)[0]
+    if "step" not in row:
+        return f"{path} records no training step, so it cannot be matched to a checkpoint"
+    if row["step"] != str(source["step"]):
+        return f"{path} was measured at training step {row['step']}, the checkpoint is at step {source['step']}"
+    if row.get("sha256") and row["sha256"] != source["sha256"]:
+        return f"{path} was measured on another file ({row.get('checkpoint')}, sha256 {row['sha256'][:12]}...)"
     return None
+
+
+def curve_for(ckpt: str | Path, source: Mapping[str, Any], curve: str | Path | None = None) -> Path:
+    """The budget curve measured on this checkpoint: `curve` if given, else, beside it, the one
+    `esssm sweep` wrote for it or the one training wrote at its step; validation before test
+    (choosing a budget on the test split would leak it). A curve of another checkpoint is refused."""
+    folder = Path(ckpt).parent
+    candidates = [Path(curve)] if curve else [
+        folder / name for split in ("val", "test") for name in (curve_name(ckpt, split), f"budget_curve_{split}.csv")
+    ]
+    problems = []
+    for path in candidates:
+        if path.is_file():
+            problem = curve_problem(path, source)
+            if problem is None:
+                return path
+            problems.append(problem)
+    found = "; ".join(problems) if problems else f"no budget curve beside {ckpt}"
+    raise FileNotFoundError(
+        f"no budget curve of {ckpt} ({found}). Measure one with `esssm sweep --ckpt {ckpt} "
+        f"--data-config <fit config> --split val` (it writes {folder / curve_name(ckpt, 'val')})"
+    )
 
 
 def time_once(fn: Callable[[], object], device: str | torch.device) -> float:

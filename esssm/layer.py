@@ -307,7 +307,7 @@ def _correlate_accumulate(
 
 
 class ESSSMLayer(nn.Module):
-    """ES-SSM sequence mixer (DESIGN.md section 1), input and output (B, L, D).
+    """ES-SSM sequence mixer (docs/design.md section 1), input and output (B, L, D).
 
     y(t) = sum_{j <= k} alpha_j(t) sigma_j^(1/4) M_j (phi_j * u)(t) + D_skip u(t), where alpha is a
     softmax over the active prefix of RMS-rescaled gate logits. Only channels 1..k are computed,
@@ -390,6 +390,11 @@ class ESSSMLayer(nn.Module):
             logits = logits * (math.sqrt(k) / norm)
         return logits.softmax(dim=-1)
 
+    def mixing_weights(self, u: torch.Tensor, k: int) -> torch.Tensor:
+        """alpha_j(t) sigma_j^(1/4), (B, L, k): the weight of channel j's term at time t (one
+        definition for the layer and for incremental generation, esssm/generate.py)."""
+        return self.channel_weights(u, k) * filter_scale(self.sigma[:k])
+
     def spectra(self, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
         """Spectra (k_max, F) of the filters cut to `length` taps, and their FFT size.
 
@@ -413,7 +418,7 @@ class ESSSMLayer(nn.Module):
         k = check_budget(budget, self.k_max)
         self._check_input(u)
         spectra, nfft = self.spectra(u.shape[1], fft_dtype(u.dtype))
-        weights = self.channel_weights(u, k) * filter_scale(self.sigma[:k])  # (B, L, k)
+        weights = self.mixing_weights(u, k)
         plan = self._plan(u, k, nfft)
         return linear(u, self.skip.weight) + spectral_mixing(u, weights, self.mix[:k], spectra[:k], plan)
 

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torchmetrics.classification import MulticlassAccuracy
@@ -49,6 +50,10 @@ class SequenceTask(L.LightningModule):
         embed_dropout, embed_std, lm_head_bias: the input encoder and LM head (defaults: the
             authors' dropout 0.1, N(0, 0.02^2) embeddings, tied LM head without bias; see
             `esssm.model.build_task_model` and docs/fidelity.md).
+        skip_nonfinite_steps: optimizer steps with a NaN/inf training loss that are skipped
+            (no update) before the run stops; 0 (default) stops at the first one. Under DDP
+            every rank stops together when any rank's loss is non-finite; skipping needs a
+            single process (Lightning cannot skip a step under DDP).
     """
 
     def __init__(
@@ -77,10 +82,13 @@ class SequenceTask(L.LightningModule):
         embed_std: float | None = 0.02,
         lm_head_bias: bool = False,
         ema_warmup: bool = True,
+        skip_nonfinite_steps: int = 0,
     ) -> None:
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if skip_nonfinite_steps < 0:
+            raise ValueError(f"skip_nonfinite_steps must be >= 0, got {skip_nonfinite_steps}")
         if isinstance(backbone, dict):  # rebuilt from a checkpoint's hyperparameters
             backbone = build_module(backbone)
         self.save_hyperparameters(ignore=["backbone"])
@@ -93,6 +101,7 @@ class SequenceTask(L.LightningModule):
         ignore = PAD if task == "lm" else None
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore)
         self.val_metric, self.test_metric = ExactAccuracy(), ExactAccuracy()
+        self.skipped_steps = 0
 
     # ------------------------------------------------------------------ construction
 
@@ -174,7 +183,18 @@ class SequenceTask(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def setup(self, stage: str) -> None:
+        """Check, before any step, that the data's longest sequence fits the backbone and that
+        skipping non-finite steps is possible (one process)."""
+        check_seq_len(getattr(self.trainer.datamodule, "seq_len", None), self.model.backbone)
+        if stage == "fit" and self.hparams.skip_nonfinite_steps and self.trainer.world_size > 1:
+            raise ValueError(
+                f"skip_nonfinite_steps={self.hparams.skip_nonfinite_steps} needs a single process: "
+                "Lightning cannot skip a training step under DDP. Set it to 0 (the run then stops at "
+                "a non-finite loss on any rank) or train on one device"
+            )
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         budget = self.current_budget()
         logits = self(batch, budget)
         flat_logits, flat_y = logits.reshape(-1, logits.shape[-1]), batch["y"].reshape(-1)
@@ -182,6 +202,8 @@ class SequenceTask(L.LightningModule):
             flat_logits, flat_y, label_smoothing=self.hparams.label_smoothing,
             ignore_index=PAD if self.hparams.task == "lm" else -100,
         )
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+            return self._skip_nonfinite(loss, batch_idx, budget)
         self.train_acc(flat_logits.argmax(-1), flat_y)
         batch_size = batch["y"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
@@ -189,6 +211,24 @@ class SequenceTask(L.LightningModule):
         if budget is not None:
             self.log("train/budget", float(budget), batch_size=batch_size)
         return loss
+
+    def _skip_nonfinite(self, loss: torch.Tensor, batch_idx: int, budget: int | None) -> None:
+        """Stop the run on a NaN/inf loss, or skip the step while skip_nonfinite_steps allows."""
+        self.skipped_steps += 1
+        where = (
+            f"non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}, "
+            f"batch {batch_idx}, budget {budget}; loss in this process: {loss.item()})"
+        )
+        allowed = self.hparams.skip_nonfinite_steps
+        if self.skipped_steps > allowed:
+            raise FloatingPointError(
+                f"{where}. The run stops (skip_nonfinite_steps={allowed}, {self.skipped_steps - 1} skipped "
+                "before); no checkpoint is written from non-finite weights. Lower --model.lr, check the "
+                "inputs, then resume from the last checkpoint if there is one (--ckpt_path last), or allow "
+                "skips with --model.skip_nonfinite_steps N"
+            )
+        rank_zero_warn(f"{where}: step skipped ({self.skipped_steps} of {allowed} allowed)")
+        return None
 
     def _eval_step(self, batch: Batch, metric: ExactAccuracy) -> dict[str, torch.Tensor]:
         if "index" not in batch:
@@ -208,6 +248,11 @@ class SequenceTask(L.LightningModule):
 
     def _log_eval(self, stage: str, metric: ExactAccuracy) -> None:
         result = metric.compute()  # already gathered over ranks and de-duplicated
+        if not torch.isfinite(result["loss"]):
+            raise FloatingPointError(
+                f"{stage} loss is {float(result['loss'])} at global step {self.global_step}: the evaluated "
+                "weights (the EMA copy when enabled) are not finite; nothing is saved from them"
+            )
         self.log(f"{stage}/acc", result["acc"], prog_bar=True, sync_dist=False, rank_zero_only=False)
         self.log(f"{stage}/loss", result["loss"], sync_dist=False, rank_zero_only=False)
         if self.hparams.task == "lm":
@@ -230,6 +275,28 @@ class SequenceTask(L.LightningModule):
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # torch's random state (dropout, DropPath) goes with the weights, so a resumed run draws
+        # the same masks as the uninterrupted one and ends with the same weights. Tensors only:
+        # resuming loads checkpoints with weights_only.
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "torch.cuda": cuda}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states is None:
+            return
+        torch.set_rng_state(states["torch"])
+        if len(states["torch.cuda"]) == torch.cuda.device_count() > 0:  # else saved on other devices
+            torch.cuda.set_rng_state_all(states["torch.cuda"])
+
+    def on_train_start(self) -> None:
+        # configure_optimizers reads estimated_stepping_batches, which builds the training loader
+        # before Lightning restores its loops from a checkpoint, so Lightning never hands the saved
+        # loader position (datamodules.base.ResumableLoader) over; do it now, before the first
+        # batch. A no-op unless resuming with a stateful loader.
+        self.trainer.fit_loop._load_combined_loader_states()
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = torch.optim.AdamW(
@@ -239,6 +306,22 @@ class SequenceTask(L.LightningModule):
         schedule = warmup_cosine(total, round(hp.warmup_ratio * total), hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def check_seq_len(data_seq_len: int | None, backbone: nn.Module) -> None:
+    """Refuse data whose sequences (up to data_seq_len) exceed the backbone's longest input."""
+    name, limit = next(
+        ((n, getattr(backbone, n)) for n in ("seq_len", "max_len") if getattr(backbone, n, None) is not None),
+        (None, None),
+    )
+    if data_seq_len is None or limit is None or data_seq_len <= limit:
+        return
+    raise ValueError(
+        f"the data yields sequences of up to {data_seq_len} steps but the backbone "
+        f"{type(backbone).__name__} was built for {name}={limit}: set "
+        f"--model.backbone.init_args.{name} {data_seq_len}, or cut the data to {limit} "
+        f"(e.g. --data.init_args.max_len {limit} where the datamodule has max_len)"
+    )
 
 
 def warmup_ema(decay: float, warmup: bool = True):

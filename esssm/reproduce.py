@@ -1,15 +1,15 @@
-"""`./reproduce.sh`: train every (task, model) run, sweep its budgets on the test split, and write
-the paper's tables (markdown + CSV) and budget-curve PNGs.
+"""`./reproduce.sh`: train every (task, model, seed) run, sweep its budgets on the test split, and
+write the paper's tables (mean ± std over seeds, markdown + CSV) and budget-curve PNGs.
 
 Each run trains through the same `esssm fit --config conf/...` a user would type, in its own
-process. A run whose `finished.json` exists is not retrained; an interrupted one resumes from
-its last checkpoint. Tasks whose data folder is missing are reported and skipped.
+process, with its output in fit.log and one live progress line here. A run whose
+`finished.json` exists is not retrained; an interrupted one resumes from its last checkpoint.
+Tasks whose data folder is missing are reported and skipped.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -22,17 +22,13 @@ from typing import Any
 
 import torch
 
-from esssm.budget import curve_summary
+from esssm.files import atomic_write_text
+from esssm.progress import ProgressBoard
+from esssm.tables import ABLATIONS, write_curves, write_tables
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("listops", "text", "retrieval", "scifar", "pathfinder", "speech")
 BASELINES = ("transformer", "mamba", "mamba2", "s4d", "arstu")
-ABLATIONS = {  # Table C rows: config name -> label
-    "esssm": "full ES-SSM",
-    "esssm_nogate": "no gate (uniform weights)",
-    "esssm_nodropout": "no budget dropout",
-    "esssm_norms": "no RMS rescale",
-}
 PROFILES = {
     "quick": {"conf": "conf/quick", "tasks": ("listops",), "models": ("esssm", "fixed", "transformer")},
     "full": {"conf": "conf", "tasks": (*TASKS, "lm"), "models": ("esssm", "fixed", *BASELINES, *list(ABLATIONS)[1:])},
@@ -47,10 +43,19 @@ class Run:
     model: str
     config: Path
     out: Path
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}/{self.model}/seed{self.seed}"
+
+    @property
+    def version(self) -> str:
+        return f"seed{self.seed}"
 
     @property
     def log_dir(self) -> Path:
-        return self.out / "runs" / self.task / self.model / "run"
+        return self.out / "runs" / self.task / self.model / self.version
 
     @property
     def ckpt_dir(self) -> Path:
@@ -61,8 +66,12 @@ class Run:
         return self.ckpt_dir / "finished.json"
 
     @property
+    def progress(self) -> Path:
+        return self.log_dir / "progress.json"
+
+    @property
     def result(self) -> Path:
-        return self.out / "results" / self.task / f"{self.model}.json"
+        return self.out / "results" / self.task / self.model / f"{self.version}.json"
 
 
 # ----------------------------------------------------------------------------- data
@@ -77,7 +86,7 @@ def generate_quick_listops(folder: Path, train_size: int) -> None:
     sizes = {"train": train_size, "val": max(32, train_size // 8), "test": max(32, train_size // 8)}
     print(f"generating ListOps ({sizes}) into {folder}", flush=True)
     q = QUICK_LISTOPS
-    generate_dataset(folder, sizes, q["min_len"], q["max_len"], 10, 10, seed=0)
+    generate_dataset(folder, sizes, q["min_len"], q["max_len"], 10, 10, seed=0, overwrite=True)  # seeded: same data
 
 
 def data_overrides(run: Run, profile: str) -> dict[str, Any]:
@@ -107,12 +116,16 @@ def fit_command(run: Run, overrides: dict[str, Any], devices: int, extra: list[s
         sys.executable, "-m", "esssm", "fit", "--config", str(run.config),
         f"--trainer.logger.init_args.save_dir={run.out / 'runs'}",
         f"--trainer.logger.init_args.name={run.task}/{run.model}",
-        "--trainer.logger.init_args.version=run",
+        f"--trainer.logger.init_args.version={run.version}",
         f"--trainer.devices={devices}",
+        f"--seed_everything={run.seed}", f"--data.init_args.seed={run.seed}", f"--model.budget_seed={run.seed}",
+        "--trainer.callbacks+=esssm.progress.ProgressFile", f"--trainer.callbacks.path={run.progress}",
         *(f"--data.init_args.{key}={value}" for key, value in overrides.items()),
     ]
     if (run.ckpt_dir / "last.ckpt").exists():
         command.append("--ckpt_path=last")  # an interrupted run resumes where it stopped
+    elif run.log_dir.exists():
+        command.append("--overwrite=true")  # a run that saved no checkpoint has nothing to resume
     return command + extra
 
 
@@ -122,32 +135,29 @@ def say(message: str) -> None:
     sys.stdout.flush()
 
 
-def train(run: Run, overrides: dict[str, Any], devices: int, extra: list[str], threads: int | None) -> bool:
-    """Train one run in its own process. threads: its CPU threads, and its output goes to
-    <log_dir>/fit.log (runs trained side by side); None: all threads, output to the terminal."""
+def train(run: Run, overrides: dict[str, Any], devices: int, extra: list[str], threads: int | None,
+          board: ProgressBoard) -> bool:
+    """Train one run in its own process, its output in <log_dir>/fit.log and its progress on the
+    board. threads: its CPU threads (runs trained side by side); None: torch's default."""
     if run.finished.exists():
-        say(f"[{run.task}/{run.model}] finished earlier: {run.ckpt_dir}")
+        board.say(f"[{run.label}] finished earlier: {run.ckpt_dir}")
         return True
     command = fit_command(run, overrides, devices, extra)
-    say(f"[{run.task}/{run.model}] training: {' '.join(command)}")
+    log = run.log_dir / "fit.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    threads_text = f"on {threads} CPU thread(s), " if threads else ""
+    board.say(f"[{run.label}] training {threads_text}output in {log}: {' '.join(command)}")
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
     start = time.time()
-    if threads is None:
-        code = subprocess.run(command, cwd=REPO).returncode
-    else:
-        log = run.log_dir / "fit.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        say(f"[{run.task}/{run.model}] on {threads} CPU thread(s), output in {log}")
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        with open(log, "a") as stream:
-            code = subprocess.run(command, cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
-        if code != 0:
-            say("".join(log.read_text().splitlines(keepends=True)[-20:]))
+    board.start(run.label, run.progress)
+    with open(log, "a") as stream:
+        code = subprocess.run(command, cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
+    board.finish(run.label, ok=code == 0)
     if code != 0:
-        say(f"[{run.task}/{run.model}] training FAILED; rerun to resume")
+        board.say("".join(log.read_text().splitlines(keepends=True)[-20:]))
+        board.say(f"[{run.label}] training FAILED; rerun to resume")
         return False
-    seconds = round(time.time() - start, 1)
-    run.finished.write_text(json.dumps({"seconds": seconds}))
-    say(f"[{run.task}/{run.model}] trained in {seconds:.0f} s")
+    atomic_write_text(run.finished, json.dumps({"seconds": round(time.time() - start, 1)}))
     return True
 
 
@@ -167,12 +177,14 @@ def parallel_plan(jobs: int | None, pending: int) -> tuple[int, int | None]:
     return (1, None) if jobs == 1 else (jobs, max(1, cores // jobs))
 
 
-def train_all(plans: list[tuple[Run, dict[str, Any]]], devices: int, extra: list[str], jobs: int | None) -> set[Run]:
-    """Train every run (side by side per `parallel_plan`); returns those that trained."""
+def train_all(plans: list[tuple[Run, dict[str, Any]]], devices: int, extra: list[str], jobs: int | None,
+              interval: float) -> set[Run]:
+    """Train every run (side by side per `parallel_plan`) with live progress; returns those that
+    trained. interval: seconds between plain progress lines when stdout is not a terminal."""
     pending = sum(not run.finished.exists() for run, _ in plans)
     workers, threads = parallel_plan(jobs, pending)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        done = pool.map(lambda plan: train(*plan, devices, extra, threads), plans)
+    with ProgressBoard(pending, workers, interval=interval) as board, ThreadPoolExecutor(workers) as pool:
+        done = pool.map(lambda plan: train(*plan, devices, extra, threads, board), plans)
         return {run for (run, _), ok in zip(plans, list(done)) if ok}
 
 
@@ -185,7 +197,10 @@ def best_checkpoint(run: Run) -> Path:
 
 
 def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | None) -> dict[str, Any]:
-    """Test-split accuracy at every budget, with active parameters and inference latency."""
+    """Test-split accuracy at every budget, with active parameters and inference latency. The
+    sweep is also logged to the run's TensorBoard folder (test/acc_vs_k: step = k)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
     from esssm.commands import load_datamodule, load_task, run_sweep
     from esssm.model import count_parameters
     from esssm.timing import median_latency_ms
@@ -193,14 +208,16 @@ def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | Non
     ckpt = best_checkpoint(run)
     task = load_task(ckpt).eval()
     datamodule = load_datamodule(run.config, overrides)
-    rows = run_sweep(task, datamodule, budgets, split="test", output_dir=ckpt.parent)
+    logger = TensorBoardLogger(run.out / "runs", name=f"{run.task}/{run.model}", version=run.version,
+                               default_hp_metric=False)
+    rows = run_sweep(task, datamodule, budgets, split="test", output_dir=ckpt.parent, logger=logger)
     batch = next(iter(datamodule.test_dataloader()))
     with torch.no_grad():
         for row in rows:
             budget = None if row["budget"] == "full" else row["budget"]
             row["latency_ms"] = median_latency_ms(lambda: task.evaluate(batch, budget), warmup=1, repeats=3)
     return {
-        "task": run.task, "model": run.model, "checkpoint": str(ckpt),
+        "task": run.task, "model": run.model, "seed": run.seed, "checkpoint": str(ckpt),
         "params": count_parameters(task.eval_model), "k_max": task.k_max,
         "batch_size": int(batch["y"].shape[0]), "rows": rows,
     }
@@ -210,154 +227,8 @@ def load_or_evaluate(run: Run, overrides: dict[str, Any], budgets) -> dict[str, 
     if run.result.exists() and run.result.stat().st_mtime >= best_checkpoint(run).stat().st_mtime:
         return json.loads(run.result.read_text())
     result = evaluate(run, overrides, budgets)
-    run.result.parent.mkdir(parents=True, exist_ok=True)
-    run.result.write_text(json.dumps(result, indent=1))
+    atomic_write_text(run.result, json.dumps(result, indent=1))
     return result
-
-
-# ----------------------------------------------------------------------------- tables
-
-
-def classification(results: dict[tuple[str, str], dict]) -> dict[tuple[str, str], dict]:
-    """The runs scored by accuracy (language models are scored in bits per byte: Table D)."""
-    return {key: r for key, r in results.items() if "bpb" not in r["rows"][0]}
-
-
-def full_row(result: dict[str, Any]) -> dict[str, Any]:
-    return max(result["rows"], key=lambda r: -1 if r["budget"] == "full" else r["budget"])
-
-
-def elastic_summary(result: dict[str, Any]) -> dict[str, Any]:
-    """Full-budget accuracy, smallest budget reaching 98% of it, and the area under the curve."""
-    rows = [r for r in result["rows"] if r["budget"] != "full"]
-    if not rows:
-        return {"full": full_row(result)["acc"], "k98": None, "acc_k98": None, "auc": None}
-    summary = curve_summary([r["budget"] for r in rows], [r["acc"] for r in rows])
-    acc_k98 = next(r["acc"] for r in rows if r["budget"] == summary["k98"])
-    return {**summary, "acc_k98": acc_k98}
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def table_a(results: dict[tuple[str, str], dict]) -> tuple[str, list[dict]]:
-    """Accuracy of every model on every task (elastic models also at their 98% budget)."""
-    rows = []
-    for (task, model), result in sorted(classification(results).items()):
-        if model in list(ABLATIONS)[1:]:
-            continue
-        s = elastic_summary(result)
-        rows.append({"task": task, "model": model, "params": result["params"], "acc_full": s["full"],
-                     "k98": s["k98"], "acc_at_k98": s["acc_k98"]})
-    lines = ["| task | model | params | test acc (full) | smallest k with >= 98% | acc at that k |",
-             "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['task']} | {r['model']} | {r['params'] / 1e6:.2f}M | {pct(r['acc_full'])} | "
-              f"{r['k98'] if r['k98'] is not None else '-'} | {pct(r['acc_at_k98'])} |" for r in rows]
-    return "\n".join(lines), rows
-
-
-def table_b(results: dict[tuple[str, str], dict]) -> tuple[str, list[dict]]:
-    """ES-SSM per budget (fixed-budget spectral SSM beside it), active params, latency."""
-    rows, lines = [], []
-    results = classification(results)
-    for task in sorted({t for t, _ in results}):
-        elastic, fixed = results.get((task, "esssm")), results.get((task, "fixed"))
-        if elastic is None:
-            continue
-        fixed_acc = {r["budget"]: r["acc"] for r in fixed["rows"]} if fixed else {}
-        lines += [f"\n**{task}** (batch {elastic['batch_size']}, latency = median forward ms on this machine)\n",
-                  "| k | ES-SSM acc | fixed-budget SSM acc | active params | latency ms |",
-                  "|---:|---:|---:|---:|---:|"]
-        for r in elastic["rows"]:
-            row = {"task": task, "budget": r["budget"], "esssm_acc": r["acc"],
-                   "fixed_acc": fixed_acc.get(r["budget"]), "active_params": r["active_params"],
-                   "latency_ms": round(r["latency_ms"], 3)}
-            rows.append(row)
-            lines.append(f"| {r['budget']} | {pct(r['acc'])} | {pct(row['fixed_acc'])} | "
-                         f"{r['active_params']:,} | {row['latency_ms']:.1f} |")
-    return "\n".join(lines), rows
-
-
-def table_d(results: dict[tuple[str, str], dict]) -> tuple[str, list[dict]]:
-    """Byte-level language models: test bits per byte at every budget."""
-    rows = [
-        {"task": task, "model": model, "budget": r["budget"], "bpb": r["bpb"], "token_acc": r["acc"],
-         "active_params": r["active_params"], "latency_ms": round(r["latency_ms"], 3)}
-        for (task, model), result in sorted(results.items())
-        for r in result["rows"]
-        if "bpb" in r
-    ]
-    lines = ["| task | model | k | bits per byte | next-byte acc | active params | latency ms |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['task']} | {r['model']} | {r['budget']} | {r['bpb']:.3f} | {pct(r['token_acc'])} | "
-              f"{r['active_params']:,} | {r['latency_ms']:.1f} |" for r in rows]
-    return "\n".join(lines), rows
-
-
-def table_c(results: dict[tuple[str, str], dict]) -> tuple[str, list[dict]]:
-    """Ablations: full ES-SSM vs no gate, no budget dropout, no RMS rescale."""
-    rows = []
-    for (task, model), result in sorted(classification(results).items()):
-        if model not in ABLATIONS:
-            continue
-        s = elastic_summary(result)
-        small = min((r for r in result["rows"] if r["budget"] != "full"), key=lambda r: r["budget"], default=None)
-        rows.append({"task": task, "variant": ABLATIONS[model], "acc_full": s["full"], "auc": s["auc"],
-                     "k98": s["k98"], "smallest_k": small and small["budget"], "acc_smallest_k": small and small["acc"]})
-    if len({r["variant"] for r in rows}) < 2:
-        return "", []
-    lines = ["| task | variant | acc (full) | mean acc over log k | k98 | acc at smallest k |",
-             "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['task']} | {r['variant']} | {pct(r['acc_full'])} | {pct(r['auc'])} | {r['k98']} | "
-              f"{pct(r['acc_smallest_k'])} (k={r['smallest_k']}) |" for r in rows]
-    return "\n".join(lines), rows
-
-
-def write_curves(results: dict[tuple[str, str], dict], folder: Path) -> list[Path]:
-    from esssm.callbacks import plot_budget_curve
-
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for task in sorted({t for t, _ in results}):
-        runs = {m: r for (t, m), r in sorted(results.items()) if t == task}
-        curves = {m: r["rows"] for m, r in runs.items() if r["k_max"]}
-        if not curves:
-            continue
-        references = {m: (r["params"], full_row(r)["acc"]) for m, r in runs.items() if not r["k_max"]}
-        figure = plot_budget_curve(curves, title=f"{task}: test accuracy vs budget", references=references)
-        path = folder / f"budget_curve_{task}.png"
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        paths.append(path)
-    return paths
-
-
-def write_tables(results: dict[tuple[str, str], dict], folder: Path, profile: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    sections = [f"# ES-SSM reproduction ({profile} profile)\n",
-                "Test-split accuracy (%). Written by `./reproduce.sh`; raw numbers in the CSV files.\n"]
-    for name, build, title in (("table_a", table_a, "Table A: accuracy per model and task"),
-                               ("table_b", table_b, "Table B: accuracy per spectral budget"),
-                               ("table_c", table_c, "Table C: ablations"),
-                               ("table_d", table_d, "Table D: byte-level language modelling")):
-        text, rows = build(results)
-        if rows:
-            sections += [f"\n## {title}\n", text, ""]
-            write_csv(folder / f"{name}.csv", rows)
-    path = folder / "tables.md"
-    path.write_text("\n".join(sections) + "\n")
-    return path
 
 
 # ----------------------------------------------------------------------------- main
@@ -388,6 +259,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="batch of --smoke on a CPU (GPU: each config's own); step times are scaled")
     parser.add_argument("--smoke-budgets", choices=("all", "paper"), default="all",
                         help="budgets --smoke checks on the validation batch: every k, or the paper's grid")
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated seeds: each (task, model) trains once per seed (model init, data "
+                             "order, budget sequence); tables give mean ± std over them")
+    parser.add_argument("--progress-every", type=float, default=30.0,
+                        help="seconds between progress lines when stdout is not a terminal (CI, nohup)")
     parser.add_argument("extra", nargs=argparse.REMAINDER,
                         help="after --: extra `esssm fit` arguments for every run, e.g. -- --trainer.max_epochs=1")
     parser.set_defaults(profile="quick")
@@ -396,6 +272,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def select(text: str | None, default: tuple[str, ...]) -> list[str]:
     return default if text is None else [s.strip() for s in text.split(",") if s.strip()]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]; a clear error for anything else."""
+    try:
+        seeds = [int(s) for s in select(text, ())]
+    except ValueError:
+        raise SystemExit(f"--seeds takes comma-separated non-negative integers such as 0,1,2; got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds takes distinct non-negative integers such as 0,1,2; got {text!r}")
+    return seeds
+
+
+def report(results: dict[tuple[str, str], list[dict]], out: Path, profile: str) -> None:
+    """Write the tables and curves, and print the tables with their paths."""
+    tables, markdown = write_tables(results, out / "results", profile)
+    curves = write_curves(results, out / "results")
+    print(f"\n{markdown}")
+    print(f"tables: {tables}\ncsv:    {out / 'results'}/table_*.csv")
+    for path in curves:
+        print(f"curve:  {path}")
+    print(f"tensorboard --logdir {out / 'runs'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -413,13 +311,14 @@ def main(argv: list[str] | None = None) -> int:
                                 select(args.models, profile["models"]))
         command = "./reproduce.sh " + " ".join(argv or sys.argv[1:])
         return smoke.run(plans, out, args.smoke_batch, command, args.smoke_budgets)
+    seeds = parse_seeds(args.seeds)
     plans, skipped = [], []
     for task in select(args.tasks, profile["tasks"]):
-        runs = [Run(task, m, REPO / profile["conf"] / task / f"{m}.yaml", out)
-                for m in select(args.models, profile["models"])]
+        runs = [Run(task, m, REPO / profile["conf"] / task / f"{m}.yaml", out, seed)
+                for seed in seeds for m in select(args.models, profile["models"])]
         missing = [str(r.config) for r in runs if not r.config.exists()]
         if missing:
-            print(f"[{task}] no config {', '.join(missing)}; skipping those models", flush=True)
+            print(f"[{task}] no config {', '.join(sorted(set(missing)))}; skipping those models", flush=True)
             runs = [r for r in runs if r.config.exists()]
         if args.profile == "quick" and task == "listops":
             generate_quick_listops(out / "data" / "listops-quick", args.data_size)
@@ -429,17 +328,14 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append(task)
             continue
         plans += [(run, data_overrides(run, args.profile)) for run in runs]
-    trained = train_all(plans, args.devices, extra, args.jobs)
+    trained = train_all(plans, args.devices, extra, args.jobs, args.progress_every)
     # Evaluated one at a time after all training, so the latencies are measured on an idle machine.
-    results = {(run.task, run.model): load_or_evaluate(run, overrides, budgets)
-               for run, overrides in plans if run in trained}
-    failed = [f"{run.task}/{run.model}" for run, _ in plans if run not in trained]
-    tables = write_tables(results, out / "results", args.profile)
-    curves = write_curves(results, out / "results")
-    print(f"\ntables: {tables}\ncsv:    {out / 'results'}/table_*.csv")
-    for path in curves:
-        print(f"curve:  {path}")
-    print(f"tensorboard --logdir {out / 'runs'}")
+    results: dict[tuple[str, str], list[dict]] = {}
+    for run, overrides in plans:
+        if run in trained:
+            results.setdefault((run.task, run.model), []).append(load_or_evaluate(run, overrides, budgets))
+    failed = [run.label for run, _ in plans if run not in trained]
+    report(results, out, args.profile)
     if skipped:
         print(f"skipped for missing data: {', '.join(skipped)}")
     if failed:

@@ -1,7 +1,7 @@
 """Fixed spectral filters of the Hankel matrix and the causal FFT convolution that applies them.
 
 The filters are the top eigenvectors of the L x L Hankel matrix
-Z[i, j] = 2 / ((i + j)^3 - (i + j)), i, j = 1..L (DESIGN.md section 1). They are computed in
+Z[i, j] = 2 / ((i + j)^3 - (i + j)), i, j = 1..L (docs/design.md section 1). They are computed in
 float64, ordered by descending eigenvalue (channel 1 = largest), given deterministic signs and
 cached on disk keyed by (L, K).
 """

@@ -1,8 +1,9 @@
-"""Test-wide settings: offline hubs and a private filter cache per test session."""
+"""Test-wide settings: offline hubs, a private filter cache per test session, one-thread modules."""
 
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -12,3 +13,12 @@ def _filter_cache(tmp_path_factory):
     if "ESSSM_CACHE_DIR" not in os.environ:
         os.environ["ESSSM_CACHE_DIR"] = str(tmp_path_factory.mktemp("filters"))
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module of tiny tensors (use with pytest.mark.usefixtures)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

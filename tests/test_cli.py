@@ -23,7 +23,7 @@ def write_config(tmp_path):
             "lr": 0.003, "ema_decay": 0.9, "budget_warmup_epochs": 0,
         },
         "data": {"class_path": "toy_data.ToyDataModule", "init_args": {"train_size": 64, "val_size": 21}},
-        "sweep": {"budgets": "all"},
+        "sweep": {"val_budgets": "all", "every_n_epochs": 1},
     }
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -193,8 +193,11 @@ def test_missing_folder_error_names_files_and_generate_command(tmp_path: Path) -
     [
         ("( [MAX 2 ) 9 ) ] )", "2 tab-separated columns"),
         ("( ( [MAX 2 ) 12 ) ] )\t3", "unknown ListOps token b'12'"),
-        ("( ( [MAX 2 ) 9 ) ] )\tnine", "label b'nine' is not a number"),
+        ("( ( [MAX 2 ) 9 ) ] )\tnine", "label 'nine' is not a number"),
         ("( ( [MAX 2 ) 9 ) ] )\t10", "outside 0..9"),
+        ("( ( [MAX 2 ) 9 ) ] )\tinf", "label 'inf' is not an integer class id"),
+        ("( ( [MAX 2 ) 9 ) ] )\t3.7", "label '3.7' is not an integer class id"),
+        ("( ( ) )\t3", "Source is empty"),
     ],
 )
 def test_malformed_row_names_file_and_line(tmp_path: Path, bad_line: str, problem: str) -> None:
@@ -217,3 +220,31 @@ def test_generate_command_as_documented(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "wrote 5 train, 2 val, 2 test examples" in result.stdout
     assert len((tmp_path / "basic_val.tsv").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+    ("setup", "extra", "problem"),
+    [
+        (lambda out: None, ["--train", "-5"], "split sizes must be positive"),
+        (lambda out: out.write_text("not a folder"), [], "is a file"),
+        (lambda out: (out.mkdir(), (out / "basic_val.tsv").write_text("keep me")), [], "already holds basic_val.tsv"),
+    ],
+)
+def test_generate_command_refuses_before_generating(tmp_path: Path, capsys, setup, extra, problem) -> None:
+    out = tmp_path / "listops"
+    setup(out)
+    before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--out", str(out), "--val", "2", "--test", "2", "--min-len", "20", "--max-len", "60",
+              *(extra or ["--train", "5"])])  # fmt: skip
+    assert exit_info.value.code == 2 and problem in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written
+
+
+def test_generate_overwrite_replaces_existing_splits(tmp_path: Path) -> None:
+    (tmp_path / "basic_val.tsv").write_text("old")
+    args = ["generate", "--out", str(tmp_path), "--train", "5", "--val", "2", "--test", "2", "--min-len", "20",
+            "--max-len", "60", "--overwrite"]  # fmt: skip
+    main(args)
+    assert (tmp_path / "basic_val.tsv").read_text().startswith("Source\tTarget\n")
+    assert not list(tmp_path.glob(".*.tmp"))

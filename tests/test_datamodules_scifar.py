@@ -105,3 +105,12 @@ def test_missing_and_malformed_batches(tmp_path: Path) -> None:
     (folder / "data_batch_3").write_bytes(pickle.dumps({b"labels": [1]}))
     with pytest.raises(MalformedDataError, match="data_batch_3"):
         SCIFARDataModule(data_dir=str(folder), val_size=10).setup()
+
+
+def test_out_of_range_label_is_refused_on_read_naming_file_and_entry(tmp_path: Path) -> None:
+    folder = write_cifar(tmp_path) / "cifar-10-batches-py"
+    batch = pickle.loads((folder / "data_batch_2").read_bytes())
+    batch[b"labels"][3] = 12
+    (folder / "data_batch_2").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(MalformedDataError, match=r"data_batch_2: entry 3: label 12 is outside 0\.\.9"):
+        SCIFARDataModule(data_dir=str(folder), val_size=10).setup()

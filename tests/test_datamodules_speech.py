@@ -104,3 +104,25 @@ def test_missing_folder_and_bad_wave(tmp_path: Path) -> None:
     soundfile.write(root / "yes" / "zz_nohash_0.wav", np.zeros(8000), 8000, subtype="PCM_16")
     with pytest.raises(MalformedDataError, match="zz_nohash_0.wav: expected 16 kHz mono"):
         loaded_module(root)  # the statistics read every training clip
+
+
+@pytest.mark.parametrize(
+    ("wave", "problem"),
+    [(np.zeros(0), "holds no samples"), (np.r_[np.zeros(10), np.nan, np.zeros(10)], "sample 10 is nan")],
+)
+def test_empty_and_non_finite_waves_are_named(tmp_path: Path, wave: np.ndarray, problem: str) -> None:
+    root = write_speech_commands(tmp_path / "sc")
+    soundfile.write(root / "yes" / "zz_nohash_0.wav", wave, 16000, subtype="FLOAT")
+    with pytest.raises(MalformedDataError, match=f"zz_nohash_0.wav: .*{problem}"):
+        loaded_module(root)  # the statistics read every training clip
+
+
+def test_sc10_needs_only_its_ten_word_folders(tmp_path: Path) -> None:
+    root = write_speech_commands(tmp_path / "sc")
+    for word in set(SC35_WORDS) - set(SC10_WORDS):
+        for path in (root / word).glob("*.wav"):
+            path.unlink()
+        (root / word).rmdir()
+    assert [len(loaded_module(root, subset="sc10").datasets[s]) for s in SPLITS] == [3, 1, 1]
+    with pytest.raises(DataFolderError, match="backward"):
+        loaded_module(root, subset="sc35")

@@ -83,6 +83,21 @@ def test_imdb_reads_saved_hf_dataset(tmp_path: Path) -> None:
     assert superb["x"].tolist() == byte_ids("Superb") and superb["y"] == 1
 
 
+def test_imdb_empty_review_and_bad_hf_label_are_named(tmp_path: Path) -> None:
+    import datasets
+
+    root = write_aclimdb(tmp_path / "tree")
+    empty = root / "aclImdb" / "test" / "pos" / "9_1.txt"
+    empty.write_text("")
+    with pytest.raises(MalformedDataError, match=re.escape(f"{empty}: review is empty")):
+        IMDBDataModule(data_dir=str(root)).setup()
+    broken = hf_imdb()
+    broken["test"] = datasets.Dataset.from_dict({"text": ["fine", "also fine"], "label": [1, 7]})
+    broken.save_to_disk(str(tmp_path / "hf" / "imdb_hf"))
+    with pytest.raises(MalformedDataError, match=r"imdb_hf \(test split\): entry 1: label 7 is outside 0\.\.1"):
+        IMDBDataModule(data_dir=str(tmp_path / "hf")).setup()
+
+
 def test_imdb_uses_hf_cache_only_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
@@ -159,6 +174,8 @@ def test_aan_finds_lra_release_folder(tmp_path: Path) -> None:
         ("1\tP1\tP2\tonly four", "expected 5 tab-separated columns"),
         ("yes\tP1\tP2\ta\tb", "not a number"),
         ("2\tP1\tP2\ta\tb", "outside 0..1"),
+        ("nan\tP1\tP2\ta\tb", "label 'nan' is not an integer class id"),
+        ("1\tP1\tP2\t\tb", "text1 is empty"),
     ],
 )
 def test_aan_malformed_row_names_file_and_line(tmp_path: Path, bad_line: str, problem: str) -> None:

@@ -1,4 +1,4 @@
-"""ESSSMLayer against a float64 re-computation of the DESIGN.md formula; truncation invariance."""
+"""ESSSMLayer against a float64 re-computation of the formula in docs/design.md (section 1); truncation invariance."""
 
 import math
 
@@ -10,7 +10,7 @@ from esssm.spectral import SIGMA_FLOOR
 
 
 def reference_layer(layer: ESSSMLayer, u: torch.Tensor, k: int) -> torch.Tensor:
-    """The formula of DESIGN.md section 1 written out directly in float64, channel by channel."""
+    """The formula of docs/design.md section 1 written out directly in float64, channel by channel."""
     u = u.double()
     p = {name: t.detach().double() for name, t in layer.named_parameters()}
     sigma, phi = layer.sigma.double(), layer.phi.double()

@@ -1,7 +1,9 @@
-"""./reproduce.sh --quick end to end on a tiny setting: generate, train, sweep, tables, rerun."""
+"""./reproduce.sh --quick end to end on a tiny setting: generate, train two seeds, sweep, tables
+(mean ± std), live progress lines, rerun."""
 
 import csv
 import json
+import re
 
 import pytest
 
@@ -9,14 +11,16 @@ from esssm import reproduce
 
 BUDGETS = [1, 4, 16]  # a few budgets of k_max=16 keep the test short; the default is all 16
 TINY = ["--quick", "--data-size", "48", "--budgets", "1,4,16", "--",
-        "--trainer.max_steps=3", "--trainer.max_epochs=1", "--sweep.budgets=[1,4,16]"]
+        "--trainer.max_steps=3", "--trainer.max_epochs=1", "--sweep.val_budgets=[1,4,16]", "--sweep.test_budgets=[1,4,16]"]
 
 
 def test_quick_pipeline_end_to_end_and_rerun_skips(tmp_path, capsys):
-    assert reproduce.main(["--out", str(tmp_path), "--jobs", "2", *TINY]) == 0  # two runs side by side
+    argv = ["--out", str(tmp_path), "--jobs", "2", "--seeds", "0,1", "--progress-every", "0.5", *TINY]
+    assert reproduce.main(argv) == 0  # six runs, two side by side
+    out = capsys.readouterr().out
     results = tmp_path / "results"
     tables = (results / "tables.md").read_text()
-    assert "Table A" in tables and "Table B" in tables
+    assert "Table A" in tables and "Table B" in tables and tables in out  # the tables are printed too
     rows_a = list(csv.DictReader(open(results / "table_a.csv")))
     assert {r["model"] for r in rows_a} == {"esssm", "fixed", "transformer"}
     rows_b = list(csv.DictReader(open(results / "table_b.csv")))
@@ -24,15 +28,34 @@ def test_quick_pipeline_end_to_end_and_rerun_skips(tmp_path, capsys):
     assert all(r["fixed_acc"] != "" and float(r["latency_ms"]) > 0 for r in rows_b)
     assert int(rows_b[0]["active_params"]) < int(rows_b[-1]["active_params"])
     assert (results / "budget_curve_listops.png").stat().st_size > 0
-    result = json.loads((results / "listops" / "esssm.json").read_text())
-    assert result["rows"][0]["count"] == 32  # the generated test split, each example once
-    assert (tmp_path / "runs" / "listops" / "esssm" / "run" / "checkpoints" / "finished.json").exists()
-    assert "tensorboard --logdir" in capsys.readouterr().out
-    for model in ("esssm", "fixed", "transformer"):  # side-by-side runs log to files, not the terminal
-        assert "Epoch 0" in (tmp_path / "runs" / "listops" / model / "run" / "fit.log").read_text()
+    seeds = [json.loads((results / "listops" / "esssm" / f"seed{s}.json").read_text()) for s in (0, 1)]
+    assert seeds[0]["rows"][0]["count"] == 32  # the generated test split, each example once
+    # Mean ± sample std over the two seeds, n = 2, in the CSV and the markdown.
+    accs = [s["rows"][-1]["acc"] for s in seeds]
+    row = next(r for r in rows_a if r["model"] == "esssm")
+    assert row["n"] == "2" and float(row["acc_full"]) == pytest.approx(sum(accs) / 2)
+    assert float(row["acc_full_std"]) == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+    assert re.search(r"\| listops \| esssm \| 2 \| [\d.]+M \| [\d.]+ ± [\d.]+ \|", tables)
+    assert seeds[0]["seed"] == 0 and seeds[1]["seed"] == 1
+    for model in ("esssm", "fixed", "transformer"):  # runs log to files; the terminal gets progress lines
+        for seed in (0, 1):
+            run = tmp_path / "runs" / "listops" / model / f"seed{seed}"
+            assert (run / "checkpoints" / "finished.json").exists() and "Epoch 0" in (run / "fit.log").read_text()
+            assert re.search(rf"listops/{model}/seed{seed}: trained in \d+s, 2 steps, [\d.]+ s/step, val acc", out)
+    # Not a terminal: periodic plain lines, one per run, and a whole-job line.
+    assert re.search(r"listops/\w+/seed\d: epoch 1/1, step \d/2, ", out)
+    assert re.search(r"job: \d trained, \d training, \d queued, ETA ", out)
+    assert "\r" not in out and "\x1b" not in out
+    assert "tensorboard --logdir" in out
 
-    assert reproduce.main(["--out", str(tmp_path), "--jobs", "1", *TINY]) == 0  # rerun: nothing retrained
-    assert capsys.readouterr().out.count("finished earlier") == 3
+    assert reproduce.main(["--out", str(tmp_path), "--jobs", "1", "--seeds", "0,1", *TINY]) == 0  # rerun
+    assert capsys.readouterr().out.count("finished earlier") == 6
+
+
+def test_bad_seeds_are_refused():
+    for text in ("a", "0,0", "-1", ""):
+        with pytest.raises(SystemExit, match="--seeds"):
+            reproduce.parse_seeds(text)
 
 
 def test_missing_data_is_reported_and_skipped(tmp_path, capsys, monkeypatch):
@@ -47,7 +70,7 @@ def test_failed_side_by_side_runs_show_their_log_and_fail(tmp_path, capsys):
     assert reproduce.main(argv) == 1
     out = capsys.readouterr().out
     assert out.count("training FAILED") == 2 and "no_such_option" in out  # the log's tail is printed
-    assert "FAILED runs (rerun to resume): listops/esssm, listops/fixed" in out
+    assert "FAILED runs (rerun to resume): listops/esssm/seed0, listops/fixed/seed0" in out
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ def test_filters_match_dense_eigendecomposition(seq_len, method):
     assert sigma.dtype == phi.dtype == np.float64
     assert phi.shape == (seq_len, k) and sigma.shape == (k,)
     assert np.all(np.diff(sigma) <= 0), "descending order"
-    # Eigenvalues in absolute terms relative to sigma_1 (DESIGN.md numerics).
+    # Eigenvalues in absolute terms relative to sigma_1 (docs/design.md section 2).
     assert np.max(np.abs(sigma - ref_sigma)) < 1e-13 * ref_sigma[0]
     # Eigenvectors up to sign where they are determined by float64 arithmetic.
     determined = sigma / sigma[0] > 1e-6

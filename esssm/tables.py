@@ -1,0 +1,237 @@
+"""The reproduction's tables (markdown + CSV) and budget-curve PNGs, over one or more seeds.
+
+`results` maps (task, model) to the list of per-seed test results that `./reproduce.sh` wrote
+(one dict per seed: rows of budget, acc, loss, [bpb], active_params, latency_ms). Every number
+is reported as the mean over seeds with its sample standard deviation and the number of seeds n.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from pathlib import Path
+from typing import Any
+
+from esssm.budget import curve_summary
+from esssm.files import atomic_write_bytes, atomic_write_text
+
+Results = dict[tuple[str, str], list[dict[str, Any]]]
+ABLATIONS = {  # Table C rows: config name -> label
+    "esssm": "full ES-SSM",
+    "esssm_nogate": "no gate (uniform weights)",
+    "esssm_nodropout": "no budget dropout",
+    "esssm_norms": "no RMS rescale",
+}
+ROW_METRICS = ("acc", "loss", "bpb", "latency_ms")
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def merge_seeds(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result for several seeds of a run: each row's metrics become their mean, with
+    `<metric>_std` beside them; `n` is the number of seeds."""
+    budgets = [[r["budget"] for r in s["rows"]] for s in seeds]
+    if any(b != budgets[0] for b in budgets):
+        raise ValueError(f"{seeds[0]['task']}/{seeds[0]['model']}: the seeds were swept at different "
+                         f"budgets {budgets}; rerun the evaluation with one --budgets for all seeds")
+    rows = []
+    for i, row in enumerate(seeds[0]["rows"]):
+        merged = {"budget": row["budget"], "active_params": row["active_params"]}
+        for key in (k for k in ROW_METRICS if k in row):
+            merged[key], merged[f"{key}_std"] = mean_std([s["rows"][i][key] for s in seeds])
+        rows.append(merged)
+    return {**seeds[0], "rows": rows, "n": len(seeds), "seeds": [s.get("seed", 0) for s in seeds]}
+
+
+def classification(results: Results) -> Results:
+    """The runs scored by accuracy (language models are scored in bits per byte: Table D)."""
+    return {key: r for key, r in results.items() if "bpb" not in r[0]["rows"][0]}
+
+
+def full_row(result: dict[str, Any]) -> dict[str, Any]:
+    return max(result["rows"], key=lambda r: -1 if r["budget"] == "full" else r["budget"])
+
+
+def elastic_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """Full-budget accuracy, smallest budget reaching 98% of it, and the area under the curve."""
+    rows = [r for r in result["rows"] if r["budget"] != "full"]
+    if not rows:
+        return {"full": full_row(result)["acc"], "k98": None, "auc": None}
+    return curve_summary([r["budget"] for r in rows], [r["acc"] for r in rows])
+
+
+def seed_stats(seeds: list[dict[str, Any]], key: str) -> tuple[float | None, float | None]:
+    """Mean and std over seeds of one `elastic_summary` entry (None where undefined)."""
+    values = [elastic_summary(s)[key] for s in seeds]
+    return (None, None) if None in values else mean_std(values)
+
+
+def row_at(result: dict[str, Any], budget: Any) -> dict[str, Any] | None:
+    return next((r for r in result["rows"] if r["budget"] == budget), None)
+
+
+def number(x: float | None, std: float | None = None, scale: float = 1.0, digits: int = 3) -> str:
+    """'2.310', or '2.310 ± 0.021' with a standard deviation; '-' when missing."""
+    if x is None:
+        return "-"
+    text = f"{scale * x:.{digits}f}"
+    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
+
+
+def pct(x: float | None, std: float | None = None) -> str:
+    """A fraction in percent: '61.20' or '61.20 ± 1.30'."""
+    return number(x, std, scale=100, digits=2)
+
+
+def markdown_table(columns: list[str], cells: list[list[Any]], text_columns: int) -> str:
+    """A markdown table; the first `text_columns` columns are left-aligned, the rest right-aligned."""
+    align = ["---"] * text_columns + ["---:"] * (len(columns) - text_columns)
+    lines = [columns, align, *([str(c) for c in row] for row in cells)]
+    return "\n".join(f"| {' | '.join(line)} |" for line in lines)
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def table_a(results: Results) -> tuple[str, list[dict]]:
+    """Accuracy of every model on every task (elastic models also at their 98% budget, read from
+    the mean curve)."""
+    rows = []
+    for (task, model), seeds in sorted(classification(results).items()):
+        if model in list(ABLATIONS)[1:]:
+            continue
+        merged = merge_seeds(seeds)
+        full = full_row(merged)
+        k98 = elastic_summary(merged)["k98"]
+        at_k98 = row_at(merged, k98) or {}
+        rows.append({"task": task, "model": model, "n": merged["n"], "params": merged["params"],
+                     "acc_full": full["acc"], "acc_full_std": full["acc_std"], "k98": k98,
+                     "acc_at_k98": at_k98.get("acc"), "acc_at_k98_std": at_k98.get("acc_std")})
+    columns = ["task", "model", "n", "params", "test acc (full)", "smallest k with >= 98%", "acc at that k"]
+    cells = [[r["task"], r["model"], r["n"], f"{r['params'] / 1e6:.2f}M", pct(r["acc_full"], r["acc_full_std"]),
+              "-" if r["k98"] is None else r["k98"], pct(r["acc_at_k98"], r["acc_at_k98_std"])] for r in rows]
+    return markdown_table(columns, cells, 2), rows
+
+
+def table_b(results: Results) -> tuple[str, list[dict]]:
+    """ES-SSM per budget (fixed-budget spectral SSM beside it), active params, latency."""
+    rows, lines = [], []
+    results = classification(results)
+    for task in sorted({t for t, _ in results}):
+        if (task, "esssm") not in results:
+            continue
+        elastic = merge_seeds(results[task, "esssm"])
+        fixed = merge_seeds(results[task, "fixed"]) if (task, "fixed") in results else None
+        cells = []
+        for r in elastic["rows"]:
+            f = (fixed and row_at(fixed, r["budget"])) or {}
+            row = {"task": task, "budget": r["budget"], "n": elastic["n"], "esssm_acc": r["acc"],
+                   "esssm_acc_std": r["acc_std"], "fixed_acc": f.get("acc"), "fixed_acc_std": f.get("acc_std"),
+                   "active_params": r["active_params"], "latency_ms": round(r["latency_ms"], 3)}
+            rows.append(row)
+            cells.append([r["budget"], pct(r["acc"], r["acc_std"]), pct(row["fixed_acc"], row["fixed_acc_std"]),
+                          f"{r['active_params']:,}", f"{row['latency_ms']:.1f}"])
+        lines += [f"\n**{task}** (n = {elastic['n']} seed(s) ES-SSM, {fixed['n'] if fixed else 0} fixed; "
+                  f"batch {elastic['batch_size']}, latency = median forward ms on this machine)\n",
+                  markdown_table(["k", "ES-SSM acc", "fixed-budget SSM acc", "active params", "latency ms"], cells, 0)]
+    return "\n".join(lines), rows
+
+
+def table_c(results: Results) -> tuple[str, list[dict]]:
+    """Ablations: full ES-SSM vs no gate, no budget dropout, no RMS rescale."""
+    rows = []
+    for (task, model), seeds in sorted(classification(results).items()):
+        if model not in ABLATIONS:
+            continue
+        merged = merge_seeds(seeds)
+        full, auc = full_row(merged), seed_stats(seeds, "auc")
+        small = min((r for r in merged["rows"] if r["budget"] != "full"), key=lambda r: r["budget"], default=None)
+        rows.append({"task": task, "variant": ABLATIONS[model], "n": merged["n"], "acc_full": full["acc"],
+                     "acc_full_std": full["acc_std"], "auc": auc[0], "auc_std": auc[1],
+                     "k98": elastic_summary(merged)["k98"], "smallest_k": small and small["budget"],
+                     "acc_smallest_k": small and small["acc"], "acc_smallest_k_std": small and small["acc_std"]})
+    if len({r["variant"] for r in rows}) < 2:
+        return "", []
+    columns = ["task", "variant", "n", "acc (full)", "mean acc over log k", "k98", "acc at smallest k"]
+    cells = [[r["task"], r["variant"], r["n"], pct(r["acc_full"], r["acc_full_std"]), pct(r["auc"], r["auc_std"]),
+              r["k98"], f"{pct(r['acc_smallest_k'], r['acc_smallest_k_std'])} (k={r['smallest_k']})"] for r in rows]
+    return markdown_table(columns, cells, 2), rows
+
+
+def table_d(results: Results) -> tuple[str, list[dict]]:
+    """Byte-level language models: test bits per byte at every budget."""
+    rows = []
+    for (task, model), seeds in sorted(results.items()):
+        merged = merge_seeds(seeds)
+        rows += [{"task": task, "model": model, "budget": r["budget"], "n": merged["n"], "bpb": r["bpb"],
+                  "bpb_std": r["bpb_std"], "token_acc": r["acc"], "token_acc_std": r["acc_std"],
+                  "active_params": r["active_params"], "latency_ms": round(r["latency_ms"], 3)}
+                 for r in merged["rows"] if "bpb" in r]
+    columns = ["task", "model", "k", "n", "bits per byte", "next-byte acc", "active params", "latency ms"]
+    cells = [[r["task"], r["model"], r["budget"], r["n"], number(r["bpb"], r["bpb_std"]),
+              pct(r["token_acc"], r["token_acc_std"]), f"{r['active_params']:,}", f"{r['latency_ms']:.1f}"]
+             for r in rows]
+    return markdown_table(columns, cells, 2), rows
+
+
+TABLES = (("table_a", table_a, "Table A: accuracy per model and task"),
+          ("table_b", table_b, "Table B: accuracy per spectral budget"),
+          ("table_c", table_c, "Table C: ablations"),
+          ("table_d", table_d, "Table D: byte-level language modelling"))
+
+
+def render_tables(results: Results, profile: str) -> tuple[str, dict[str, list[dict]]]:
+    """(the markdown of every table that has rows, {table name: its CSV rows})."""
+    seeds = sorted({s.get("seed", 0) for runs in results.values() for s in runs})
+    sections = [f"# ES-SSM reproduction ({profile} profile)\n",
+                "Test-split accuracy (%), mean ± sample standard deviation over n seeds "
+                f"(seeds {', '.join(map(str, seeds))}). Written by `./reproduce.sh`; raw numbers in the CSV files.\n"]
+    csvs = {}
+    for name, build, title in TABLES:
+        text, rows = build(results)
+        if rows:
+            sections += [f"\n## {title}\n", text, ""]
+            csvs[name] = rows
+    return "\n".join(sections) + "\n", csvs
+
+
+def write_tables(results: Results, folder: Path, profile: str) -> tuple[Path, str]:
+    """Writes tables.md and table_*.csv; returns the markdown's path and text."""
+    markdown, csvs = render_tables(results, profile)
+    for name, rows in csvs.items():
+        atomic_write_text(folder / f"{name}.csv", csv_text(rows))
+    path = folder / "tables.md"
+    atomic_write_text(path, markdown)
+    return path, markdown
+
+
+def write_curves(results: Results, folder: Path) -> list[Path]:
+    """One PNG per task: every elastic model's mean test curve with a ±1 std band, baselines as levels."""
+    import matplotlib.pyplot as plt
+
+    from esssm.callbacks import plot_budget_curve
+
+    paths = []
+    for task in sorted({t for t, _ in results}):
+        runs = {m: merge_seeds(r) for (t, m), r in sorted(results.items()) if t == task}
+        curves = {f"{m} (n={r['n']})": r["rows"] for m, r in runs.items() if r["k_max"]}
+        if not curves:
+            continue
+        references = {f"{m} (n={r['n']})": (r["params"], full_row(r)["acc"]) for m, r in runs.items() if not r["k_max"]}
+        figure = plot_budget_curve(curves, title=f"{task}: test accuracy vs budget", references=references)
+        path = folder / f"budget_curve_{task}.png"
+        buffer = io.BytesIO()
+        figure.savefig(buffer, dpi=120, format="png")
+        plt.close(figure)
+        atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+    return paths

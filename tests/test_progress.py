@@ -1,0 +1,77 @@
+"""Live progress of runs training in other processes: the record a fit writes, and the lines the
+board draws from it (plain lines when stdout is not a terminal, tqdm redrawn in place on one)."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import lightning as L
+from toy_data import ToyDataModule
+
+from esssm.files import atomic_write_text
+from esssm.lit import SequenceTask
+from esssm.model import ESSSM
+from esssm.progress import ProgressBoard, ProgressFile, describe, duration
+
+
+def test_fit_writes_a_progress_record(tmp_path):
+    path = tmp_path / "progress.json"
+    L.seed_everything(0)
+    task = SequenceTask(ESSSM(d_model=16, n_layers=1, seq_len=24, k_max=4), num_classes=3, vocab_size=8,
+                        budget_warmup_epochs=0)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, callbacks=[ProgressFile(str(path))])
+    trainer.fit(task, datamodule=ToyDataModule(train_size=32, val_size=21))
+    record = json.loads(path.read_text())
+    assert record["done"] and record["step"] == record["total"] == 4 and record["max_epochs"] == 2
+    assert record["s_per_step"] > 0 and record["eta_s"] == 0
+    assert record["metric"] == "val/acc" and 0 <= record["value"] <= 1
+    assert describe("t/m/seed0", record).startswith("t/m/seed0: epoch 2/2, step 4/4, ")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def record(step: int, total: int, eta: float) -> str:
+    return json.dumps({"epoch": 0, "max_epochs": 1, "step": step, "total": total, "s_per_step": 0.5,
+                       "eta_s": eta, "elapsed_s": 10.0, "done": False, "metric": "val/acc", "value": 0.25})
+
+
+def test_board_prints_plain_lines_and_a_job_eta_when_not_a_terminal(tmp_path):
+    stream = io.StringIO()
+    path = tmp_path / "a.json"
+    with ProgressBoard(queued=3, workers=2, stream=stream, interval=0.2) as board:
+        board.start("listops/esssm/seed0", path)
+        board.start("listops/fixed/seed0", tmp_path / "none.json")
+        atomic_write_text(path, record(20, 100, 40.0))
+        time.sleep(0.7)
+        lines = stream.getvalue()
+        # one queued run is left; the fixed run has no record yet, so the job ETA is unknown
+        assert "listops/esssm/seed0: epoch 1/1, step 20/100, 0.50 s/step, ETA 40s, val acc 25.00%" in lines
+        assert "listops/fixed/seed0: starting" in lines and "job: 0 trained, 2 training, 1 queued, ETA ?" in lines
+        board.finish("listops/fixed/seed0", ok=True)
+        runs, job = board.lines()
+        # the running run's 40 s, then one wave for the queued run at the mean run time seen so far
+        eta = 40.0 + (board.durations[0] + 10.0 + 40.0) / 2
+        assert job == f"job: 1 trained, 1 training, 1 queued, ETA {duration(eta)}"
+    assert "\r" not in stream.getvalue() and "listops/fixed/seed0: trained in" in stream.getvalue()
+
+
+def test_board_redraws_in_place_on_a_terminal(tmp_path):
+    stream = Terminal()
+    path = tmp_path / "a.json"
+    atomic_write_text(path, record(30, 60, 15.0))
+    with ProgressBoard(queued=1, workers=1, stream=stream) as board:
+        board.start("lm/esssm/seed1", path)
+        board.draw()
+        board.say("a status line")
+    out = stream.getvalue()
+    assert "\r" in out and "lm/esssm/seed1: epoch 1/1, step 30/60" in out and "a status line\n" in out
+
+
+def test_duration():
+    assert [duration(s) for s in (None, 7, 65, 3725)] == ["?", "7s", "1m05s", "1h02m"]
