@@ -128,15 +128,6 @@ class SequenceTask(L.LightningModule):
             enabled=hp.budget_dropout,
         )
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """LM checkpoints of earlier versions hold a head bias: give the head one to load it into."""
-        state = checkpoint["state_dict"]
-        if "model.head.bias" in state and self.hparams.task == "lm" and not self.hparams.lm_head_bias:
-            self.hparams.lm_head_bias = True
-            for model in (self.model, self.ema and self.ema.module):
-                if model is not None:
-                    model.head.bias = nn.Parameter(torch.zeros_like(state["model.head.bias"]))
-
     @property
     def k_max(self) -> int | None:
         """The backbone's full spectral budget, or None for a backbone without one."""
@@ -283,12 +274,21 @@ class SequenceTask(L.LightningModule):
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "torch.cuda": cuda}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._add_legacy_head_bias(checkpoint["state_dict"])
         states = checkpoint.get("rng_states")
         if states is None:
             return
         torch.set_rng_state(states["torch"])
         if len(states["torch.cuda"]) == torch.cuda.device_count() > 0:  # else saved on other devices
             torch.cuda.set_rng_state_all(states["torch.cuda"])
+
+    def _add_legacy_head_bias(self, state: dict[str, torch.Tensor]) -> None:
+        """LM checkpoints of earlier versions hold a head bias: give the head one to load it into."""
+        if "model.head.bias" in state and self.hparams.task == "lm" and not self.hparams.lm_head_bias:
+            self.hparams.lm_head_bias = True
+            for model in (self.model, self.ema and self.ema.module):
+                if model is not None:
+                    model.head.bias = nn.Parameter(torch.zeros_like(state["model.head.bias"]))
 
     def on_train_start(self) -> None:
         # configure_optimizers reads estimated_stepping_batches, which builds the training loader

@@ -162,7 +162,7 @@ def fit_arguments(config: Path, data_dir: Path | None, task: str, batch: int, wo
         f"--trainer.callbacks.budgets={'all' if budgets == 'all' else 'null'}",
     ]
     if facts["k_max"] is not None:  # the probe sweeps every budget: the config's own sweep only k_max
-        args.append(f"--sweep.budgets=[{facts['k_max']}]")
+        args.append(f"--sweep.val_budgets=[{facts['k_max']}]")
     if width is not None:
         args += [f"--model.backbone.init_args.d_model={width[0]}", f"--model.backbone.init_args.n_layers={width[1]}"]
     return args

@@ -129,4 +129,5 @@ def test_lm_config_is_the_authors_shape():
     assert data["seq_len"] == model["backbone"]["init_args"]["seq_len"] == 4096
     assert data["seq_len"] * data["batch_size"] * trainer["accumulate_grad_batches"] == 65_536
     assert model["budget_warmup_steps"] == 8000 and "budget_warmup_epochs" not in model
-    assert sorted(config["sweep"]["budgets"]) == [2, 3, 4, 6, 8, 12, 16, 24, 32]
+    assert sorted(config["sweep"]["val_budgets"]) == [2, 3, 4, 6, 8, 12, 16, 24, 32]
+    assert config["sweep"]["test_budgets"] == "all"
