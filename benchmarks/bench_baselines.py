@@ -1,5 +1,5 @@
 """ES-SSM against the baselines at matched parameters: backbone inference and training time and
-peak memory over sequence lengths (issue 7).
+peak memory over sequence lengths.
 
     python -m benchmarks.bench_baselines                       # CPU: 2 layers, L in {1024, 4096}
     python -m benchmarks.bench_baselines --lengths 16384 --modes inference --models esssm,transformer

@@ -1,5 +1,5 @@
 """ES-SSM layer and model speed/memory over sequence length x budget, against the naive
-yardstick and a plain matmul of the mixing GEMM's size (issue 7).
+yardstick and a plain matmul of the mixing GEMM's size.
 
     python -m benchmarks.bench_layer                 # CPU default grid (a few minutes on 2 cores)
     python -m benchmarks.bench_layer --quick         # smoke run, under a minute

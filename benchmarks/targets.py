@@ -1,4 +1,4 @@
-"""The three performance targets of issue 7, measured interleaved and judged.
+"""The three performance targets of the fast layer, measured interleaved and judged.
 
     python -m benchmarks.targets --threads 1 --json docs/benchmarks_data/cpu_targets_1t.json
 
