@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from esssm.budget import curve_summary, sweep_budgets
-from esssm.files import atomic_write_text
+from esssm.files import atomic_write_csv
 from esssm.metrics import ExactAccuracy
 from esssm.model import active_parameters
 
@@ -191,11 +189,7 @@ def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
 def write_curve(path: str | Path, rows: list[dict], **columns: Any) -> None:
     """Write sweep rows as a CSV (atomically), each row prefixed with `columns` (epoch, step,
     the checkpoint it came from, ...), so a reader can tell which model the curve belongs to."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[*columns, *rows[0]])
-    writer.writeheader()
-    writer.writerows({**columns, **r} for r in rows)
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_csv(path, [{**columns, **r} for r in rows])
 
 
 def _key(budget: int | None) -> str:

@@ -7,11 +7,13 @@ loaders compare against, so a file damaged after it was written is refused, not 
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +142,15 @@ def _write_synced(name: str, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def atomic_write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Write `rows` (dicts sharing the first row's keys) as a CSV with a header, atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def _fsync_dir(folder: Path) -> None:

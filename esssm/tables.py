@@ -7,14 +7,13 @@ is reported as the mean over seeds with its sample standard deviation and the nu
 
 from __future__ import annotations
 
-import csv
 import io
 import statistics
 from pathlib import Path
 from typing import Any
 
 from esssm.budget import curve_summary
-from esssm.files import atomic_write_bytes, atomic_write_text
+from esssm.files import atomic_write_bytes, atomic_write_csv, atomic_write_text
 
 Results = dict[tuple[str, str], list[dict[str, Any]]]
 ABLATIONS = {  # Table C rows: config name -> label
@@ -92,14 +91,6 @@ def markdown_table(columns: list[str], cells: list[list[Any]], text_columns: int
     align = ["---"] * text_columns + ["---:"] * (len(columns) - text_columns)
     lines = [columns, align, *([str(c) for c in row] for row in cells)]
     return "\n".join(f"| {' | '.join(line)} |" for line in lines)
-
-
-def csv_text(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def table_a(results: Results) -> tuple[str, list[dict]]:
@@ -208,7 +199,7 @@ def write_tables(results: Results, folder: Path, profile: str) -> tuple[Path, st
     """Writes tables.md and table_*.csv; returns the markdown's path and text."""
     markdown, csvs = render_tables(results, profile)
     for name, rows in csvs.items():
-        atomic_write_text(folder / f"{name}.csv", csv_text(rows))
+        atomic_write_csv(folder / f"{name}.csv", rows)
     path = folder / "tables.md"
     atomic_write_text(path, markdown)
     return path, markdown
