@@ -163,7 +163,7 @@ class BudgetSweep(L.Callback):
         loggers = _tensorboards(trainer)
         if not loggers or len(rows) < 2:
             return
-        figure = plot_budget_curve({"model": rows})
+        figure = plot_budget_curve({"model": rows}, metric=curve_metric(rows))
         for logger in loggers:
             logger.experiment.add_figure(f"{stage}/budget_curve", figure, trainer.global_step)
         import matplotlib.pyplot as plt
@@ -217,15 +217,24 @@ def custom_scalars_layout(lm: bool) -> dict[str, dict[str, list]]:
     }
 
 
+METRIC_LABELS = {"acc": "accuracy", "bpb": "bits per byte (lower is better)"}
+
+
+def curve_metric(rows: list[dict]) -> str:
+    """What a budget curve plots: bits per byte for a language model, else accuracy."""
+    return "bpb" if rows and "bpb" in rows[0] else "acc"
+
+
 def plot_budget_curve(
     curves: dict[str, list[dict]],
     title: str = "Budget-accuracy curve",
     references: dict[str, tuple[int, float]] | None = None,
+    metric: str = "acc",
 ):
-    """Accuracy vs budget k and vs active parameters, one line per named curve (with a ±1 std band
-    where its rows carry "acc_std", e.g. the mean of several seeds). references:
-    models without a budget, name -> (parameters, accuracy), drawn as a dashed level on the k
-    axis and a star on the parameter axis, so baselines sit on the same picture."""
+    """`metric` ("acc" or "bpb") vs budget k and vs active parameters, one line per named curve
+    (with a ±1 std band where its rows carry "<metric>_std", e.g. the mean of several seeds).
+    references: models without a budget, name -> (parameters, score), drawn as a dashed level on
+    the k axis and a star on the parameter axis, so baselines sit on the same picture."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,18 +243,18 @@ def plot_budget_curve(
     figure, (by_k, by_params) = plt.subplots(1, 2, figsize=(10, 4))
     for name, rows in curves.items():
         rows = [r for r in rows if r["budget"] != "full"]
-        acc = [r["acc"] for r in rows]
+        score = [r[metric] for r in rows]
         for axis, x in ((by_k, [r["budget"] for r in rows]), (by_params, [r["active_params"] for r in rows])):
-            line, = axis.plot(x, acc, marker="o", label=name)
-            if rows and rows[0].get("acc_std") is not None:  # several seeds: the mean with a ±1 std band
-                spread = [r["acc_std"] for r in rows]
-                low, high = [a - s for a, s in zip(acc, spread)], [a + s for a, s in zip(acc, spread)]
+            line, = axis.plot(x, score, marker="o", label=name)
+            if rows and rows[0].get(f"{metric}_std") is not None:  # several seeds: mean ± 1 std band
+                spread = [r[f"{metric}_std"] for r in rows]
+                low, high = [a - s for a, s in zip(score, spread)], [a + s for a, s in zip(score, spread)]
                 axis.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-    for i, (name, (params, acc)) in enumerate((references or {}).items(), start=len(curves)):
-        by_k.axhline(acc, linestyle="--", color=f"C{i}", label=name)
-        by_params.plot([params], [acc], marker="*", markersize=12, linestyle="none", color=f"C{i}", label=name)
-    by_k.set(xscale="log", xlabel="spectral budget k", ylabel="accuracy", title=title)
-    by_params.set(xlabel="active parameters", ylabel="accuracy")
+    for i, (name, (params, level)) in enumerate((references or {}).items(), start=len(curves)):
+        by_k.axhline(level, linestyle="--", color=f"C{i}", label=name)
+        by_params.plot([params], [level], marker="*", markersize=12, linestyle="none", color=f"C{i}", label=name)
+    by_k.set(xscale="log", xlabel="spectral budget k", ylabel=METRIC_LABELS[metric], title=title)
+    by_params.set(xlabel="active parameters", ylabel=METRIC_LABELS[metric])
     by_params.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k"))
     for axis in (by_k, by_params):
         axis.grid(True, alpha=0.3)

@@ -16,12 +16,15 @@ from esssm.budget import curve_summary
 from esssm.files import atomic_write_bytes, atomic_write_csv, atomic_write_text
 
 Results = dict[tuple[str, str], list[dict[str, Any]]]
-ABLATIONS = {  # Table C rows: config name -> label
-    "esssm": "full ES-SSM",
-    "esssm_nogate": "no gate (uniform weights)",
-    "esssm_nodropout": "no budget dropout",
+ABLATIONS = {  # Table C columns: config name -> label
+    "esssm": "ES-SSM",
+    "esssm_sum": "elastic plain sum",
+    "esssm_nogate": "no gate (1/k)",
     "esssm_norms": "no RMS rescale",
+    "esssm_nodropout": "no budget dropout",
+    "fixed": "fixed-budget sum",
 }
+ABLATION_ONLY = ("esssm_sum", "esssm_nogate", "esssm_norms", "esssm_nodropout")  # not in Tables A, B
 ROW_METRICS = ("acc", "loss", "bpb", "latency_ms")
 
 
@@ -98,7 +101,7 @@ def table_a(results: Results) -> tuple[str, list[dict]]:
     the mean curve)."""
     rows = []
     for (task, model), seeds in sorted(classification(results).items()):
-        if model in list(ABLATIONS)[1:]:
+        if model in ABLATION_ONLY:
             continue
         merged = merge_seeds(seeds)
         full = full_row(merged)
@@ -138,30 +141,36 @@ def table_b(results: Results) -> tuple[str, list[dict]]:
 
 
 def table_c(results: Results) -> tuple[str, list[dict]]:
-    """Ablations: full ES-SSM vs no gate, no budget dropout, no RMS rescale."""
-    rows = []
-    for (task, model), seeds in sorted(classification(results).items()):
-        if model not in ABLATIONS:
+    """Ablations, per task: the score of every variant at every budget (accuracy, or bits per
+    byte for a language model), mean ± std over seeds."""
+    from esssm.callbacks import METRIC_LABELS, curve_metric
+
+    sections, rows = [], []
+    for task in sorted({t for t, _ in results}):
+        variants = {m: merge_seeds(results[task, m]) for m in ABLATIONS if (task, m) in results}
+        if len(variants) < 2:
             continue
-        merged = merge_seeds(seeds)
-        full, auc = full_row(merged), seed_stats(seeds, "auc")
-        small = min((r for r in merged["rows"] if r["budget"] != "full"), key=lambda r: r["budget"], default=None)
-        rows.append({"task": task, "variant": ABLATIONS[model], "n": merged["n"], "acc_full": full["acc"],
-                     "acc_full_std": full["acc_std"], "auc": auc[0], "auc_std": auc[1],
-                     "k98": elastic_summary(merged)["k98"], "smallest_k": small and small["budget"],
-                     "acc_smallest_k": small and small["acc"], "acc_smallest_k_std": small and small["acc_std"]})
-    if len({r["variant"] for r in rows}) < 2:
-        return "", []
-    columns = ["task", "variant", "n", "acc (full)", "mean acc over log k", "k98", "acc at smallest k"]
-    cells = [[r["task"], r["variant"], r["n"], pct(r["acc_full"], r["acc_full_std"]), pct(r["auc"], r["auc_std"]),
-              r["k98"], f"{pct(r['acc_smallest_k'], r['acc_smallest_k_std'])} (k={r['smallest_k']})"] for r in rows]
-    return markdown_table(columns, cells, 2), rows
+        metric = curve_metric(next(iter(variants.values()))["rows"])
+        show = pct if metric == "acc" else number
+        budgets = sorted({r["budget"] for v in variants.values() for r in v["rows"] if r["budget"] != "full"})
+        cells = []
+        for k in budgets:
+            at = {m: row_at(v, k) for m, v in variants.items()}
+            cells.append([k, *(show(r[metric], r[f"{metric}_std"]) if r else "-" for r in at.values())])
+            rows += [{"task": task, "variant": m, "budget": k, "n": variants[m]["n"], "metric": metric,
+                      "mean": r[metric], "std": r[f"{metric}_std"]} for m, r in at.items() if r]
+        n = ", ".join(f"{ABLATIONS[m]} {v['n']}" for m, v in variants.items())
+        sections += [f"{task}: test {METRIC_LABELS[metric]} at every budget k (seeds: {n})\n",
+                     markdown_table(["k", *(ABLATIONS[m] for m in variants)], cells, 0), ""]
+    return "\n".join(sections), rows
 
 
 def table_d(results: Results) -> tuple[str, list[dict]]:
     """Byte-level language models: test bits per byte at every budget."""
     rows = []
     for (task, model), seeds in sorted(results.items()):
+        if model in ABLATION_ONLY:  # Table C
+            continue
         merged = merge_seeds(seeds)
         rows += [{"task": task, "model": model, "budget": r["budget"], "n": merged["n"], "bpb": r["bpb"],
                   "bpb_std": r["bpb_std"], "token_acc": r["acc"], "token_acc_std": r["acc_std"],
@@ -206,10 +215,11 @@ def write_tables(results: Results, folder: Path, profile: str) -> tuple[Path, st
 
 
 def write_curves(results: Results, folder: Path) -> list[Path]:
-    """One PNG per task: every elastic model's mean test curve with a ±1 std band, baselines as levels."""
+    """One PNG per task: every elastic model's mean test curve with a ±1 std band (accuracy, or
+    bits per byte for a language model), baselines as levels."""
     import matplotlib.pyplot as plt
 
-    from esssm.callbacks import plot_budget_curve
+    from esssm.callbacks import METRIC_LABELS, curve_metric, plot_budget_curve
 
     paths = []
     for task in sorted({t for t, _ in results}):
@@ -217,8 +227,11 @@ def write_curves(results: Results, folder: Path) -> list[Path]:
         curves = {f"{m} (n={r['n']})": r["rows"] for m, r in runs.items() if r["k_max"]}
         if not curves:
             continue
-        references = {f"{m} (n={r['n']})": (r["params"], full_row(r)["acc"]) for m, r in runs.items() if not r["k_max"]}
-        figure = plot_budget_curve(curves, title=f"{task}: test accuracy vs budget", references=references)
+        metric = curve_metric(next(iter(curves.values())))
+        references = {f"{m} (n={r['n']})": (r["params"], full_row(r)[metric])
+                      for m, r in runs.items() if not r["k_max"]}
+        title = f"{task}: test {METRIC_LABELS[metric].split(' (')[0]} vs budget"
+        figure = plot_budget_curve(curves, title=title, references=references, metric=metric)
         path = folder / f"budget_curve_{task}.png"
         buffer = io.BytesIO()
         figure.savefig(buffer, dpi=120, format="png")

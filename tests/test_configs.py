@@ -26,10 +26,25 @@ def test_there_is_a_config_for_every_task_and_model():
     for task in ("listops", "text", "retrieval", "scifar", "pathfinder", "speech"):
         names = {p.stem for p in (CONF / task).glob("*.yaml")}
         assert {"esssm", "fixed", "transformer", "mamba", "mamba2", "s4d", "arstu"} <= names
-        assert {"esssm_nogate", "esssm_nodropout", "esssm_norms"} <= names
-    for task in ("lm", "quick/lm"):  # language models: ES-SSM and the fixed-budget SSM
-        assert {p.stem for p in (CONF / task).glob("*.yaml")} == {"esssm", "fixed"}
-    assert {"esssm", "fixed", "transformer"} <= {p.stem for p in (CONF / "quick" / "listops").glob("*.yaml")}
+        assert {"esssm_sum", "esssm_nogate", "esssm_nodropout", "esssm_norms"} <= names
+    spectral = {"esssm", "esssm_sum", "esssm_nogate", "esssm_nodropout", "esssm_norms", "fixed"}
+    for task in ("lm", "quick/lm"):  # language models: the spectral models and a causal Transformer
+        assert {p.stem for p in (CONF / task).glob("*.yaml")} == spectral | {"transformer"}
+    assert spectral | {"transformer"} <= {p.stem for p in (CONF / "quick" / "listops").glob("*.yaml")}
+
+
+@pytest.mark.parametrize("task", ["lm", "quick/lm"])
+def test_language_model_transformer_is_causal(task):
+    backbone = yaml.safe_load((CONF / task / "transformer.yaml").read_text())["model"]["backbone"]
+    assert backbone["init_args"]["causal"] is True
+
+
+@pytest.mark.parametrize("path", sorted(CONF.rglob("esssm_sum.yaml")), ids=lambda p: str(p.parent.relative_to(CONF)))
+def test_elastic_plain_sum_has_unit_weights_and_budget_dropout(path):
+    model = yaml.safe_load(path.read_text())["model"]
+    assert model["backbone"]["init_args"]["gate"] is False
+    assert model["backbone"]["init_args"]["normalize"] is False
+    assert model.get("budget_dropout", True) is True
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONF)))
