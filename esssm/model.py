@@ -165,16 +165,18 @@ class ESSSM(SequenceBackbone):
         checkpoint: bool = False,
         init_filters: bool = True,
         mixer_dropout: float = 0.0,
+        mix_init_std: float = 1e-3,
     ) -> None:
         """checkpoint: recompute the spectral convolutions in backward instead of storing
         (B, k, D, L) per layer (long sequences). init_filters=False: filters left NaN, to be
         filled by load_state_dict (see ESSSMLayer). mixer_dropout: Dropout on the mixer branch
-        (0 = the authors' block; earlier versions of this project used `dropout` there)."""
+        (0 = the authors' block; earlier versions of this project used `dropout` there).
+        mix_init_std: std of the mixing matrices M_j at init (the authors: 1e-3)."""
 
         def mixer(_: int) -> ESSSMLayer:
             return ESSSMLayer(
                 d_model, seq_len, k_max, gate, rms_rescale, normalize, channel_chunk=channel_chunk,
-                checkpoint=checkpoint, init_filters=init_filters,
+                checkpoint=checkpoint, init_filters=init_filters, mix_init_std=mix_init_std,
             )
 
         super().__init__(mixer, d_model, n_layers, ffn_mult, dropout, drop_path, mixer_dropout)

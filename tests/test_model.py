@@ -96,3 +96,11 @@ def test_activation_checkpointing_gives_the_same_gradients():
         grads.append((x.grad.clone(), backbone.blocks[0].mixer.mix.grad.clone()))
         x.grad = None
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_mixing_matrices_start_at_the_configured_scale():
+    """The backbone passes mix_init_std to every layer (the authors' 1e-3 by default)."""
+    for std in (1e-3, 1.6e-2):
+        model = ESSSM(d_model=64, n_layers=2, seq_len=32, k_max=8, mix_init_std=std)
+        for layer in (block.mixer for block in model.blocks):
+            assert layer.mix.std().item() == pytest.approx(std, rel=0.05)
