@@ -9,6 +9,7 @@ every byte the call touched, torch's or not.
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import json
 import os
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from esssm.files import atomic_write_text
+from esssm.layer import ESSSMLayer
 
 
 @dataclass
@@ -32,6 +34,14 @@ class Measurement:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def reference_twin(layer: ESSSMLayer) -> ESSSMLayer:
+    """The naive yardstick: a copy of `layer` (same weights and filters) that mixes its channels
+    with the plain reference of the formula (`fast=False`, every convolution materialised)."""
+    twin = copy.deepcopy(layer)
+    twin.fast = False
+    return twin
 
 
 def inference_call(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], object]:

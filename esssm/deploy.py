@@ -205,37 +205,13 @@ def state_bytes(model: nn.Module) -> int:
 # --------------------------------------------------------------------------- TorchScript / ONNX
 
 
-class TraceableMixer(nn.Module):
-    """ESSSMLayer's maths at its full k_max in plain tensor ops that torch.jit.trace records.
-
-    The fast layer cuts its FFTs into cache-sized blocks with in-place writes and Python-side
-    shape arithmetic, which a tracer cannot follow. This one materialises the (B, k, D, L)
-    convolutions (fine at deployment budgets) with filter spectra precomputed for one length L.
-    """
-
-    def __init__(self, layer: ESSSMLayer, seq_len: int) -> None:
-        super().__init__()
-        self.layer, self.k = layer, layer.k_max
-        spectra, self.nfft = layer.spectra(seq_len, torch.float32)
-        self.register_buffer("spectra_", spectra.clone(), persistent=False)
-
-    def forward(
-        self, u: torch.Tensor, mask: torch.Tensor | None = None, budget: int | None = None
-    ) -> torch.Tensor:
-        layer = self.layer
-        conv = causal_fft_conv(u, self.spectra_, self.nfft)  # (B, k, D, L)
-        weights = layer.channel_weights(u, self.k) * filter_scale(layer.sigma)  # (B, L, k)
-        weighted = (conv * weights.transpose(1, 2).unsqueeze(2)).to(u.dtype)
-        return layer.skip(u) + torch.einsum("bkdl,kde->ble", weighted, layer.mix)
-
-
-def traceable_copy(model: nn.Module, seq_len: int) -> nn.Module:
-    """A copy of `model` whose ES-SSM layers are `TraceableMixer`s for inputs of length seq_len."""
+def reference_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` in eval mode whose ES-SSM layers use the plain reference mixing
+    (`fast=False`): plain tensor ops that torch.jit.trace records, unlike the blocked kernel."""
     model = copy.deepcopy(model).eval()
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, ESSSMLayer):
-                setattr(parent, name, TraceableMixer(child, seq_len))
+    for layer in model.modules():
+        if isinstance(layer, ESSSMLayer):
+            layer.fast = False
     return model
 
 
@@ -261,7 +237,7 @@ def export_torchscript(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still works
-        traced = torch.jit.trace(traceable_copy(model, inputs[0].shape[1]), inputs, check_trace=False)
+        traced = torch.jit.trace(reference_copy(model), inputs, check_trace=False)
     return atomic_write(path, traced.save, check=check, checksum=True)
 
 

@@ -165,8 +165,10 @@ class ESSSM(SequenceBackbone):
         checkpoint: bool = False,
         init_filters: bool = True,
         mixer_dropout: float = 0.0,
+        fast: bool = True,
     ) -> None:
-        """checkpoint: recompute the spectral convolutions in backward instead of storing
+        """fast=False: the layers mix channels with the plain reference of the formula instead
+        of the kernel (esssm.ops; same function, more memory). checkpoint: recompute the spectral convolutions in backward instead of storing
         (B, k, D, L) per layer (long sequences). init_filters=False: filters left NaN, to be
         filled by load_state_dict (see ESSSMLayer). mixer_dropout: Dropout on the mixer branch
         (0 = the authors' block; earlier versions of this project used `dropout` there)."""
@@ -174,7 +176,7 @@ class ESSSM(SequenceBackbone):
         def mixer(_: int) -> ESSSMLayer:
             return ESSSMLayer(
                 d_model, seq_len, k_max, gate, rms_rescale, normalize, channel_chunk=channel_chunk,
-                checkpoint=checkpoint, init_filters=init_filters,
+                checkpoint=checkpoint, init_filters=init_filters, fast=fast,
             )
 
         super().__init__(mixer, d_model, n_layers, ffn_mult, dropout, drop_path, mixer_dropout)
