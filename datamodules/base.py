@@ -31,7 +31,6 @@ DATA_ENV_VAR = "ESSSM_DATA"
 LRA_RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
 LRA_RELEASE_ROOT = "lra_release/lra_release"  # the archive folder LRA's own dataset_setup.sh reads tasks from
 SPLITS = ("train", "val", "test")
-BYTE_VOCAB_SIZE = 257  # pad id 0, then byte values 0..255 as ids 1..256
 
 
 class DataFolderError(FileNotFoundError):

@@ -14,7 +14,6 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from datamodules.base import (
-    BYTE_VOCAB_SIZE,
     TaskDataModule,
     TokenDataset,
     bytes_to_array,
@@ -23,6 +22,7 @@ from datamodules.base import (
     require_nonempty,
     seeded_split,
 )
+from esssm.batch import BYTE_VOCAB_SIZE
 
 if TYPE_CHECKING:
     import datasets

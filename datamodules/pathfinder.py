@@ -39,9 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from datamodules import base
-from esssm.files import atomic_write, atomic_write_bytes, atomic_write_text
 from datamodules.base import (
-    BYTE_VOCAB_SIZE,
     LRA_RELEASE_ROOT,
     DataFolderError,
     LRAReleaseDataModule,
@@ -51,6 +49,8 @@ from datamodules.base import (
     parse_label,
     seeded_split,
 )
+from esssm.batch import BYTE_VOCAB_SIZE
+from esssm.files import atomic_write, atomic_write_bytes, atomic_write_text
 
 RESOLUTIONS = (32, 64, 128)
 CONTOUR_LENGTHS = {"curv_baseline": 6, "curv_contour_length_9": 9, "curv_contour_length_14": 14}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import pickle
@@ -17,11 +18,12 @@ import yaml
 from lightning.pytorch.loggers import Logger
 
 from esssm import deploy
+from esssm.batch import model_inputs
 from esssm.budget import sweep_budgets
 from esssm.callbacks import BudgetSweep, write_curve
 from esssm.checkpoints import read_checkpoint, require_finite_weights
 from esssm.files import atomic_write_bytes, file_sha256
-from esssm.lit import SequenceTask
+from esssm.lit import SequenceTask, upgrade_hparams
 from esssm.model import count_parameters
 
 
@@ -30,10 +32,16 @@ def load_task(ckpt: str | Path, map_location: str = "cpu") -> SequenceTask:
 
     The file is checked first (sha256 sidecar, truncation; errors name it). `task.source`
     records which file it came from: checkpoint name, sha256, epoch and global step.
+    Checkpoints written before the `budget` setting existed are upgraded in memory first.
     """
     path = Path(ckpt)
     checkpoint = read_checkpoint(path, map_location)
-    task = SequenceTask.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+    source: Path | io.BytesIO = path
+    if upgrade_hparams(checkpoint.get("hyper_parameters", {})):
+        source = io.BytesIO()
+        torch.save(checkpoint, source)
+        source.seek(0)
+    task = SequenceTask.load_from_checkpoint(source, map_location=map_location, weights_only=False)
     task.source = {
         "checkpoint": path.name, "sha256": file_sha256(path),
         "epoch": checkpoint.get("epoch"), "step": checkpoint.get("global_step"),
@@ -235,21 +243,17 @@ def export_model(
     batch: int = 1,
     seq_len: int | None = None,
     torchscript: bool = False,
-    onnx: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Write the model of `ckpt` truncated to `budget` to `out` (plus optional TorchScript/ONNX
-    files beside it), check each against the full model at `budget`, return the report.
+    """Write the model of `ckpt` truncated to `budget` to `out` (plus an optional TorchScript
+    file beside it), check each against the full model at `budget`, return the report.
 
     Existing targets are refused unless `overwrite`; each file is checked (finite weights,
     agreement with the full model) before it is renamed into place, so a failed export never
     replaces a good file.
     """
-    kinds = [(kind, suffix, write) for kind, enabled, suffix, write in (
-        ("torchscript", torchscript, ".torchscript.pt", deploy.export_torchscript),
-        ("onnx", onnx, ".onnx", deploy.export_onnx),
-    ) if enabled]
-    check_targets([out, *(str(Path(out).with_suffix(suffix)) for _, suffix, _ in kinds)], overwrite)
+    script_path = str(Path(out).with_suffix(".torchscript.pt"))
+    check_targets([out, *([script_path] if torchscript else [])], overwrite)
     full, config, _ = _deploy_source(ckpt)
     small, small_config = deploy.truncate(full, config, budget)
     example = deploy.synthetic_batch(config, batch, _seq_len(config, seq_len))
@@ -267,15 +271,14 @@ def export_model(
             report["diff"] = _check_agreement("export", got, expected)
 
         report["bytes"] = deploy.save_exported(small, small_config, out, check=check_export)
-        for kind, suffix, write in kinds:
-            path = str(Path(out).with_suffix(suffix))
-            report[kind] = {"path": path}
+        if torchscript:
+            entry = report["torchscript"] = {"path": script_path}
 
-            def check_script(tmp: str, entry: dict = report[kind]) -> None:
-                got = deploy.load_torchscript(tmp)(*deploy.model_inputs(small, example))
+            def check_script(tmp: str) -> None:
+                got = deploy.load_torchscript(tmp)(*model_inputs(example))
                 entry["diff"] = _check_agreement("torchscript", got, expected)
 
-            report[kind]["bytes"] = write(small, example, path, check_script if kind == "torchscript" else None)
+            entry["bytes"] = deploy.export_torchscript(small, example, script_path, check_script)
     return report
 
 
@@ -300,10 +303,9 @@ def format_export(report: dict[str, Any]) -> str:
         f"; training checkpoint {_mb(report['ckpt_bytes'])}",
         f"  max |logits - full model at k={budget}|: {report['diff']:.2e} on a synthetic {report['shape']} batch",
     ]
-    for kind in ("torchscript", "onnx"):
-        if kind in report:
-            extra = f", max |diff| {report[kind]['diff']:.2e}" if "diff" in report[kind] else ""
-            lines.append(f"  {kind}: {report[kind]['path']} ({_mb(report[kind]['bytes'])}{extra})")
+    if "torchscript" in report:
+        script = report["torchscript"]
+        lines.append(f"  torchscript: {script['path']} ({_mb(script['bytes'])}, max |diff| {script['diff']:.2e})")
     return "\n".join(lines)
 
 
@@ -324,13 +326,12 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="output file, e.g. model_k8.pt")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--torchscript", action="store_true", help="also write OUT.torchscript.pt (traced)")
-    parser.add_argument("--onnx", action="store_true", help="also try OUT.onnx (see the README: unsupported)")
     parser.add_argument("--batch", type=positive_int, default=1, help="example batch size for the checks and the trace")
     parser.add_argument("--seq-len", type=positive_int, help="example length (default: the model's seq_len); "
                         "TorchScript graphs are specialised to it")
     args = parser.parse_args(argv)
     report = export_model(
-        args.ckpt, args.budget, args.out, args.batch, args.seq_len, args.torchscript, args.onnx, args.overwrite
+        args.ckpt, args.budget, args.out, args.batch, args.seq_len, args.torchscript, args.overwrite
     )
     print(format_export(report))
     return 0

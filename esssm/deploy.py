@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import csv
 import importlib
-import importlib.util
 import inspect
 import io
 import math
@@ -33,16 +32,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from esssm.batch import DATA_FIELDS, Batch, model_inputs
 from esssm.checkpoints import load_checked, save_checked
 from esssm.files import atomic_write, verify_checksum
 from esssm.layer import ESSSMLayer, check_budget
-from esssm.model import RetrievalClassifier, active_parameters, build_module, build_task_model
-from esssm.spectral import causal_fft_conv, filter_scale
+from esssm.model import active_parameters, build_module, build_task_model
 from esssm.timing import median_latency_ms
 
-Batch = dict[str, Any]
 EXPORT_FORMAT, EXPORT_VERSION = "esssm-export", 1
-DATA_KEYS = ("num_classes", "vocab_size", "input_dim", "task")
 # Channel axis of every per-channel tensor of an ESSSMLayer's state dict.
 CHANNEL_AXES = {"mix": 0, "gate_out.weight": 0, "gate_out.bias": 0, "sigma": 0, "phi": 1}
 
@@ -55,7 +52,7 @@ def model_config(hparams: Mapping[str, Any]) -> dict[str, Any]:
 
     hparams: a SequenceTask's hyperparameters (`task.hparams`) or an exported config.
     """
-    config = {key: hparams.get(key) for key in DATA_KEYS}
+    config = {key: hparams.get(key) for key in DATA_FIELDS}
     config["task"] = config["task"] or "classification"
     config["lm_head_bias"] = bool(hparams.get("lm_head_bias", False))
     config["backbone"] = copy.deepcopy(dict(hparams["backbone"]))
@@ -81,16 +78,9 @@ def build_model(config: Mapping[str, Any], init_filters: bool = True) -> nn.Modu
     )
 
 
-def model_inputs(model: nn.Module, batch: Batch) -> tuple[torch.Tensor | None, ...]:
-    """Positional inputs of a classifier's forward: (x, mask) or (x1, x2, mask1, mask2)."""
-    if isinstance(model, RetrievalClassifier):
-        return batch["x1"], batch["x2"], batch.get("mask1"), batch.get("mask2")
-    return batch["x"], batch.get("mask")
-
-
 def batch_logits(model: nn.Module, batch: Batch, budget: int | None = None) -> torch.Tensor:
     """Logits (B, C) of a project batch dict at `budget` (None = the model's full k_max)."""
-    return model(*model_inputs(model, batch), budget=budget)
+    return model(*model_inputs(batch), budget=budget)
 
 
 def synthetic_batch(
@@ -202,7 +192,7 @@ def state_bytes(model: nn.Module) -> int:
     return buffer.tell()
 
 
-# --------------------------------------------------------------------------- TorchScript / ONNX
+# --------------------------------------------------------------------------- TorchScript
 
 
 def reference_copy(model: nn.Module) -> nn.Module:
@@ -233,34 +223,12 @@ def export_torchscript(
     The graph is specialised to the example's shape (B, L): pad shorter inputs to L with the
     mask (the layers are causal and pooling is masked, so padding does not change the logits).
     """
-    inputs = model_inputs(model, example)
+    inputs = model_inputs(example)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still works
         traced = torch.jit.trace(reference_copy(model), inputs, check_trace=False)
     return atomic_write(path, traced.save, check=check, checksum=True)
-
-
-def export_onnx(
-    model: nn.Module, example: Batch, path: str | Path, check: Callable[[str], Any] | None = None
-) -> int:
-    """ONNX export of the traceable copy; a clear error where torch.onnx cannot do it."""
-    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise RuntimeError(
-            f"ONNX export needs the {' and '.join(missing)} package(s) (pip install onnx onnxscript); "
-            "even then torch.onnx cannot translate the FFT convolution (see below)"
-        )
-    inputs = model_inputs(model, example)
-    copy_ = traceable_copy(model, inputs[0].shape[1])
-    try:
-        return atomic_write(path, lambda tmp: torch.onnx.export(copy_, inputs, tmp, dynamo=True), check=check)
-    except Exception as error:  # the converter raises several types; all mean "not exportable"
-        raise RuntimeError(
-            "torch.onnx cannot translate this model: the spectral convolution multiplies complex "
-            "FFT spectra and ONNX has no complex tensors. Use --torchscript (libtorch) or the "
-            f"exported .pt file instead (converter error: {type(error).__name__})"
-        ) from error
 
 
 # --------------------------------------------------------------------------- plan
@@ -456,8 +424,8 @@ def cascade_predict(
     budgets = sorted({check_budget(k, k_max) for k in budgets})
     if not budgets:
         raise ValueError("cascade needs at least one budget")
-    size = int(model_inputs(model, batch)[0].shape[0])
-    device = model_inputs(model, batch)[0].device
+    size = int(model_inputs(batch)[0].shape[0])
+    device = model_inputs(batch)[0].device
     pending = torch.arange(size, device=device)
     answered = torch.zeros(size, dtype=torch.long, device=device)
     channels, params = torch.zeros_like(answered), torch.zeros_like(answered)

@@ -61,6 +61,14 @@ def close(got, want) -> None:
     torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-5)
 
 
+def test_flat_budget_hyperparameters_become_the_budget_setting():
+    elastic = load_task(FIXTURES / "listops_esssm.ckpt").hparams.budget
+    assert elastic == {"grid": [1, 2, 4, 8], "k_min": 1, "warmup_epochs": 0, "warmup_steps": None,
+                       "full_every": 8, "bias": 0.6, "seed": 0}
+    assert load_task(FIXTURES / "listops_esssm.ckpt").sampler.grid == [1, 2, 4, 8]
+    assert load_task(FIXTURES / "lm_fixed.ckpt").hparams.budget is None
+
+
 def test_listops_checkpoint_loads_and_sweeps_as_before(expected):
     got, want = listops_numbers(), expected["listops"]
     assert got["sweep"].keys() == want["sweep"].keys()
