@@ -25,8 +25,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tarfile
-import urllib.request
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -45,6 +43,7 @@ from datamodules.base import (
     LRAReleaseDataModule,
     MalformedDataError,
     generate_command,
+    lra_archive_files,
     malformed,
     parse_label,
     seeded_split,
@@ -492,12 +491,10 @@ def extract_lra_folder(data_dir: Path, folder: str, url: str) -> None:
     to data_dir/<folder>/ (one difficulty: about 200k small PNGs plus metadata)."""
     prefix = f"{LRA_RELEASE_ROOT}/{folder}/"
     written = 0
-    with urllib.request.urlopen(url) as stream, tarfile.open(fileobj=stream, mode="r|gz") as archive:
-        for member in archive:
-            name = member.name.removeprefix("./")
-            if member.isfile() and name.startswith(prefix) and ".." not in Path(name).parts:
-                atomic_write_bytes(data_dir / folder / name[len(prefix) :], archive.extractfile(member).read())
-                written += 1
+    for name, file in lra_archive_files(url):
+        if name.startswith(prefix) and ".." not in Path(name).parts:
+            atomic_write_bytes(data_dir / folder / name[len(prefix) :], file.read())
+            written += 1
     if not written:
         raise DataFolderError(f"The archive {url} has no files under {prefix}.")
 

@@ -69,12 +69,13 @@ def test_budget_per_step_is_the_sampler_draw_and_shared_by_accumulation(tmp_path
 
 
 def test_baseline_without_budget_trains_and_sweeps_once(tmp_path):
-    from esssm.model import SequenceBackbone
+    from esssm.model import SequenceBackbone, records_init_args
 
     class MeanMixer(torch.nn.Module):
         def forward(self, x, mask=None, budget=None):
             return torch.cumsum(x, 1) / torch.arange(1, x.shape[1] + 1).view(1, -1, 1)
 
+    @records_init_args
     class Cumulative(SequenceBackbone):
         def __init__(self, d_model: int = 16):
             super().__init__(lambda i: MeanMixer(), d_model, 1)
