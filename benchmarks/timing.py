@@ -15,12 +15,12 @@ import json
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 
+from esssm import timing
 from esssm.files import atomic_write_text
 from esssm.layer import ESSSMLayer
 
@@ -92,16 +92,7 @@ def sync(device: torch.device) -> None:
 
 def time_once(fn: Callable[[], object], device: torch.device) -> float:
     """One call in milliseconds: CUDA events on GPU (device time), perf_counter on CPU."""
-    if device.type == "cuda":
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        return start.elapsed_time(stop)
-    begin = time.perf_counter()
-    fn()
-    return (time.perf_counter() - begin) * 1e3
+    return timing.time_once(fn, device, device_time=True)
 
 
 def measure(

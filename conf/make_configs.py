@@ -149,7 +149,7 @@ def config(task: dict, run_name: str, backbone: dict, overrides: dict) -> dict:
 
 def data_facts(task: dict) -> dict:
     """num_classes / vocab_size / input_dim of the task, read from its datamodule (no data needed)."""
-    from esssm.commands import instantiate_datamodule
+    from esssm.loading import instantiate_datamodule
 
     dm = instantiate_datamodule({"class_path": task["data"], "init_args": task["args"]})
     return {"num_classes": dm.num_classes, "vocab_size": dm.vocab_size, "input_dim": dm.input_dim}

@@ -302,7 +302,7 @@ def upgrade_hparams(hparams: dict[str, Any]) -> bool:
     """Fold the flat budget arguments of checkpoints written before `budget` existed
     (`budget_dropout` and the names of LEGACY_BUDGET_ARGS) into `budget`, in place.
 
-    Returns whether there were any. `esssm.commands.load_task` applies it before rebuilding a task.
+    Returns whether there were any. `esssm.loading.load_task` applies it before rebuilding a task.
     """
     legacy = {name: hparams.pop(name) for name in [*LEGACY_BUDGET_ARGS, "budget_dropout"] if name in hparams}
     if not legacy:

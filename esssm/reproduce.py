@@ -98,7 +98,7 @@ def data_overrides(run: Run, profile: str) -> dict[str, Any]:
 
 def data_problem(run: Run, overrides: dict[str, Any]) -> str | None:
     """None when the run's data folder is usable, else the datamodule's own explanation."""
-    from esssm.commands import load_datamodule
+    from esssm.loading import load_datamodule
 
     try:
         datamodule = load_datamodule(run.config, overrides)
@@ -210,8 +210,9 @@ def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | Non
     sweep is also logged to the run's TensorBoard folder (test/acc_vs_k: step = k)."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from esssm.commands import load_datamodule, load_task, run_sweep
+    from esssm.loading import load_datamodule, load_task
     from esssm.model import count_parameters
+    from esssm.sweep import run_sweep
     from esssm.timing import median_latency_ms
 
     ckpt = best_checkpoint(run)

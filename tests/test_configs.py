@@ -11,7 +11,7 @@ from baselines.stu import signed_filter_bank
 from esssm.budget import BudgetSampler
 from esssm.cli import main
 from esssm.layer import ESSSMLayer
-from esssm.commands import load_datamodule
+from esssm.loading import load_datamodule
 from esssm.model import SequenceClassifier, build_module, count_parameters
 from esssm.reproduce import QUICK_LISTOPS
 from esssm.smoke import PG19_TRAIN_BYTES, TRAIN_EXAMPLES

@@ -14,7 +14,7 @@ import esssm.layer
 from esssm import deploy
 from esssm.callbacks import BudgetSweep
 from esssm.cli import main
-from esssm.commands import load_task
+from esssm.loading import load_task
 from esssm.deploy import CurvePoint
 from esssm.lit import SequenceTask
 from esssm.model import ESSSM, active_parameters, count_parameters, module_spec

@@ -12,7 +12,7 @@ from baselines import Transformer
 from benchmarks.bench_generate import transformer_generate, transformer_logits
 from datamodules import ByteLMDataModule
 from esssm.cli import main
-from esssm.commands import load_language_model
+from esssm.loading import load_language_model
 from esssm.generate import (
     FutureFillMixer,
     budget_forward,
