@@ -71,7 +71,8 @@ class ESSSMLayer(nn.Module):
         fixed-budget baseline. init_filters=False skips the eigendecomposition and leaves
         `sigma`/`phi` NaN, for a layer whose filters come from a state dict (a checkpoint or an
         exported, truncated model, whose top-k filters of (L, K) need not match a fresh (L, k)
-        computation)."""
+        computation). fast=False mixes the channels with the plain reference
+        (esssm.ops.reference) instead of the kernel: the same function, more memory."""
         super().__init__()
         if d_model < 2:
             raise ValueError(f"d_model must be >= 2, got {d_model}")
@@ -138,7 +139,7 @@ class ESSSMLayer(nn.Module):
         spectra = self._spectra.get(key)
         if spectra is None:
             self._spectra = {k: v for k, v in self._spectra.items() if k[2:] == key[2:]}
-            spectra = filter_spectra(self.phi[:length].to(dtype), nfft)
+            spectra = filter_spectra(phi[:length].to(dtype), nfft)
             self._spectra[key] = spectra
         return spectra, nfft
 

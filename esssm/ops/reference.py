@@ -20,5 +20,7 @@ def reference_mixing(
 ) -> torch.Tensor:
     """u (B, L, D); weights (B, L, k); mix (k, D_in, D_out) = M^T; spectra (k, F) -> (B, L, D)."""
     conv = causal_fft_conv(u, spectra, nfft).to(u.dtype)  # (B, k, D, L): (phi_j * u)(t)
-    projected = torch.einsum("bkdl,kde->blke", conv, mix)  # (B, L, k, D): M_j (phi_j * u)(t)
+    projected = torch.stack(  # (B, L, k, D): M_j (phi_j * u)(t), channel by channel
+        [torch.einsum("bdl,de->ble", conv[:, j], mix[j]) for j in range(mix.shape[0])], dim=2
+    )
     return (projected * weights.unsqueeze(-1)).sum(dim=2)
