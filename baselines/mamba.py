@@ -10,7 +10,7 @@ from torch import nn
 
 from baselines.common import CausalConv1d, dt_bias_init
 from baselines.scan import selective_scan
-from esssm.model import SequenceBackbone
+from esssm.model import SequenceBackbone, records_init_args
 
 
 class MambaMixer(nn.Module):
@@ -58,6 +58,7 @@ class MambaMixer(nn.Module):
         return self.out_proj((y + u * self.D) * F.silu(z))
 
 
+@records_init_args
 class Mamba(SequenceBackbone):
     """Mamba backbone: (B, L, D) -> (B, L, D), causal; no spectral budget (k_max None).
 

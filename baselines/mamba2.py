@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.common import CausalConv1d, dt_bias_init, pad_time
-from esssm.model import SequenceBackbone
+from esssm.model import SequenceBackbone, records_init_args
 
 
 def segsum(x: torch.Tensor) -> torch.Tensor:
@@ -110,6 +110,7 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(self.norm(y * F.silu(z)))
 
 
+@records_init_args
 class Mamba2(SequenceBackbone):
     """Mamba-2 backbone: (B, L, D) -> (B, L, D), causal; no spectral budget (k_max None).
 

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from baselines.common import depthwise_fft_conv, log_uniform, zero_padding
-from esssm.model import SequenceBackbone
+from esssm.model import SequenceBackbone, records_init_args
 from esssm.spectral import fast_fft_size
 
 INITS = ("lin", "inv")
@@ -89,6 +89,7 @@ class S4DMixer(nn.Module):
         return F.glu(self.output(F.gelu(y)), dim=-1)
 
 
+@records_init_args
 class S4D(SequenceBackbone):
     """S4D backbone: (B, L, D) -> (B, L, D); causal unless `bidirectional`; k_max None.
 

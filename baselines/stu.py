@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from baselines.common import CausalConv1d, depthwise_fft_conv
-from esssm.model import ESSSM, SequenceBackbone
+from esssm.model import ESSSM, SequenceBackbone, records_init_args
 from esssm.spectral import (
     causal_fft_conv, fast_fft_size, fft_dtype, filter_scale, filter_spectra, spectral_filters,
 )
@@ -85,6 +85,7 @@ class ARSTUMixer(nn.Module):
         return y
 
 
+@records_init_args
 class ARSTU(SequenceBackbone):
     """AR-STU backbone: (B, L, D) -> (B, L, D), causal. No gate and no budget (k_max None):
     `budget` is accepted and ignored. Blocks are STU + FFN (ffn_mult=4), as in Flash STU."""
@@ -109,6 +110,7 @@ class ARSTU(SequenceBackbone):
         self.seq_len = seq_len
 
 
+@records_init_args
 class FixedSpectralSSM(ESSSM):
     """The fixed-budget spectral SSM: a plain spectral SSM (STU's positive branch,
     y = sum_j sigma_j^(1/4) M_j (phi_j * u) + D u, no gate and no normalisation), built on the

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esssm.model import SequenceBackbone
+from esssm.model import SequenceBackbone, records_init_args
 
 POSITIONS = ("sinusoidal", "learned")
 
@@ -55,6 +55,7 @@ class SelfAttention(nn.Module):
         return self.out(y.transpose(1, 2).flatten(2))
 
 
+@records_init_args
 class Transformer(SequenceBackbone):
     """Pre-norm Transformer encoder, (B, L, D) -> (B, L, D); no spectral budget (k_max None).
 

@@ -17,7 +17,6 @@ import argparse
 import math
 import torch
 
-from benchmarks.naive import naive_forward
 from benchmarks.timing import (
     Measurement,
     add_common_args,
@@ -25,17 +24,13 @@ from benchmarks.timing import (
     measure,
     measure_or_none,
     parse_ints,
+    reference_twin,
     start,
     workload,
 )
 from esssm.layer import ESSSMLayer
-
-try:
-    from esssm.layer import matmul_nt
-except ImportError:  # an older checkout, benchmarked for a before/after comparison
-    def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a @ b.mT
 from esssm.model import ESSSM
+from esssm.ops.gemm import matmul_nt
 from esssm.spectral import fast_fft_size
 
 
@@ -93,6 +88,7 @@ def bench_budget(layer, model, x, k: int, args, device) -> list[dict]:
     """Layer (with its work and bound), naive yardstick and model rows at budget k."""
     batch, length, d = x.shape
     ref = matmul_reference(batch, length, k, d, device, args)
+    naive = reference_twin(layer)
     rows = []
     for mode in args.modes:
         flops = work_flops(batch, length, k, d, mode == "training")
@@ -104,7 +100,7 @@ def bench_budget(layer, model, x, k: int, args, device) -> list[dict]:
                             fft_share_of_work=flops["fft"] / sum(flops.values()), **ref,
                             achieved_gflops=achieved, fraction_of_bound=achieved / ref["best_gemm_gflops"]))
         if k in args.naive_budgets:
-            m = time_call(layer, lambda u: naive_forward(layer, u, k), x, mode, device, args)
+            m = time_call(naive, lambda u: naive(u, budget=k), x, mode, device, args)
             rows += [row("naive", mode, length, k, batch, m)] if m else []
         if model is not None:
             m = time_call(model, lambda u: model(u, budget=k), x, mode, device, args)

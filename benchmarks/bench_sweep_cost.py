@@ -95,7 +95,7 @@ def main() -> None:
              for k in args.eval_budgets.split(",")}
     train_a, train_b = line(train)
     eval_a, eval_b = line(evals)
-    k_mean = mean_budget(task, 10_000, epoch=task.hparams.budget_warmup_epochs)
+    k_mean = mean_budget(task, 10_000, epoch=task.sampler.warmup_epochs)
     train_epoch = args.train_size * (train_a + train_b * k_mean)
     sweep = args.val_size * sum(eval_a + eval_b * k for k in range(1, k_max))
     result = {

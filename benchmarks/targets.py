@@ -19,8 +19,7 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.bench_baselines import build_models
-from benchmarks.naive import naive_forward
-from benchmarks.timing import add_common_args, finish, start, sync, time_once, workload
+from benchmarks.timing import add_common_args, finish, reference_twin, start, sync, time_once, workload
 from esssm.layer import ESSSMLayer
 
 
@@ -53,8 +52,9 @@ def budget_and_training(args, device) -> list[dict]:
             for k in (k_max // 4, k_max)}
     scaling = judge(f"inference k={k_max // 4} / k={k_max}, L={length}",
                     interleaved(runs, device, args.rounds), f"k{k_max // 4}", f"k{k_max}", 0.35, "below")
+    naive = reference_twin(layer)
     runs = {"layer": workload(lambda u: layer(u), x, layer, "training", args.amp),
-            "naive": workload(lambda u: naive_forward(layer, u), x, layer, "training", args.amp)}
+            "naive": workload(naive, x, naive, "training", args.amp)}
     training = judge(f"training speedup over naive, k={k_max}, L={length}",
                      interleaved(runs, device, max(3, args.rounds // 3)), "naive", "layer", 1.5, "above")
     return [scaling, training]

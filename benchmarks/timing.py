@@ -9,18 +9,20 @@ every byte the call touched, torch's or not.
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import json
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 
+from esssm import timing
 from esssm.files import atomic_write_text
+from esssm.layer import ESSSMLayer
 
 
 @dataclass
@@ -32,6 +34,14 @@ class Measurement:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def reference_twin(layer: ESSSMLayer) -> ESSSMLayer:
+    """The naive yardstick: a copy of `layer` (same weights and filters) that mixes its channels
+    with the plain reference of the formula (`fast=False`, every convolution materialised)."""
+    twin = copy.deepcopy(layer)
+    twin.fast = False
+    return twin
 
 
 def inference_call(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], object]:
@@ -82,16 +92,7 @@ def sync(device: torch.device) -> None:
 
 def time_once(fn: Callable[[], object], device: torch.device) -> float:
     """One call in milliseconds: CUDA events on GPU (device time), perf_counter on CPU."""
-    if device.type == "cuda":
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        return start.elapsed_time(stop)
-    begin = time.perf_counter()
-    fn()
-    return (time.perf_counter() - begin) * 1e3
+    return timing.time_once(fn, device, device_time=True)
 
 
 def measure(

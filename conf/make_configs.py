@@ -31,17 +31,16 @@ SWEEP = {"val_budgets": "all", "test_budgets": "all", "every_n_epochs": VAL_SWEE
 # 6% then cosine to 0.1x, clip 1.0, EMA 0.999, budget dropout (2 warm-up epochs, every 8th step
 # full, the paper's grid 2..32). The same optimiser recipe is used for every model of a task so
 # the comparison is fair.
-FULL_RECIPE = {"lr": 2e-4, "ema_decay": 0.999, "budget": {"budget_warmup_epochs": 2}, "sweep": SWEEP}
+FULL_RECIPE = {"lr": 2e-4, "ema_decay": 0.999, "budget": {"warmup_epochs": 2}, "sweep": SWEEP}
 # The authors' byte LM counts its warm-up in updates: 2 "epochs" of 4000 updates = 8,000 optimizer
 # steps at full budget, then budget dropout; it validates at their budgets {32, 24, ..., 2}.
-LM_RECIPE = {**FULL_RECIPE, "budget": {"budget_warmup_steps": 8000},
+LM_RECIPE = {**FULL_RECIPE, "budget": {"warmup_steps": 8000},
              "sweep": {**SWEEP, "val_budgets": sorted(PAPER_EVAL_BUDGETS)}}
 # The quick profile trains for minutes: a larger step, a shorter EMA, one warm-up epoch, and
 # budget 1 in the grid because the quick tables report every k from 1. Validation sweeps every k
 # on the same schedule; reproduce.sh's test sweep covers every k.
 QUICK_RECIPE = {"lr": 2e-3, "ema_decay": 0.99, "sweep": SWEEP,
-                "budget": {"budget_warmup_epochs": 1, "budget_grid": [1, 2, 3, 4, 6, 8, 12, 16],
-                           "budget_k_min": 1}}
+                "budget": {"warmup_epochs": 1, "grid": [1, 2, 3, 4, 6, 8, 12, 16], "k_min": 1}}
 
 TASKS = {
     "listops": {"data": "datamodules.ListOpsDataModule", "args": {"max_len": 2000}, "seq_len": 2000,
@@ -89,8 +88,8 @@ def spectral_models(size: dict, seq_len: int) -> dict[str, tuple[dict, dict]]:
         "esssm_sum": (esssm(gate=False, normalize=False), {}),
         "esssm_nogate": (esssm(gate=False), {}),
         "esssm_norms": (esssm(rms_rescale=False), {}),
-        "esssm_nodropout": (esssm(), {"budget_dropout": False}),
-        "fixed": ({"class_path": "baselines.FixedSpectralSSM", "init_args": base}, {"budget_dropout": False}),
+        "esssm_nodropout": (esssm(), {"budget": None}),
+        "fixed": ({"class_path": "baselines.FixedSpectralSSM", "init_args": base}, {"budget": None}),
     }
 
 
@@ -119,7 +118,7 @@ def matched(class_path: str, args: dict, multiple: int, target: int, data: dict)
 
 def config(task: dict, run_name: str, backbone: dict, overrides: dict) -> dict:
     recipe = task.get("recipe", FULL_RECIPE)
-    budget = {**recipe["budget"], "budget_full_every": 8}
+    budget = {"budget": {**recipe["budget"], "full_every": 8}}  # esssm.budget.BudgetSampler's arguments
     return {
         "seed_everything": 0,
         "trainer": {
@@ -150,7 +149,7 @@ def config(task: dict, run_name: str, backbone: dict, overrides: dict) -> dict:
 
 def data_facts(task: dict) -> dict:
     """num_classes / vocab_size / input_dim of the task, read from its datamodule (no data needed)."""
-    from esssm.commands import instantiate_datamodule
+    from esssm.loading import instantiate_datamodule
 
     dm = instantiate_datamodule({"class_path": task["data"], "init_args": task["args"]})
     return {"num_classes": dm.num_classes, "vocab_size": dm.vocab_size, "input_dim": dm.input_dim}

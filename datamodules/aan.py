@@ -13,7 +13,6 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from datamodules.base import (
-    BYTE_VOCAB_SIZE,
     LRA_RELEASE_ROOT,
     LRA_RELEASE_URL,
     LRAReleaseDataModule,
@@ -25,6 +24,7 @@ from datamodules.base import (
     parse_label,
     require_nonempty,
 )
+from esssm.batch import BYTE_VOCAB_SIZE
 
 FILE_SPLITS = {"train": "train", "val": "eval", "test": "test"}  # datamodule split -> file name part
 COLUMNS = ("label", "id1", "id2", "text1", "text2")

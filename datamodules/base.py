@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import numpy as np
@@ -27,11 +27,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from esssm.files import atomic_write_bytes
 
+if TYPE_CHECKING:
+    import datasets
+
 DATA_ENV_VAR = "ESSSM_DATA"
 LRA_RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
 LRA_RELEASE_ROOT = "lra_release/lra_release"  # the archive folder LRA's own dataset_setup.sh reads tasks from
 SPLITS = ("train", "val", "test")
-BYTE_VOCAB_SIZE = 257  # pad id 0, then byte values 0..255 as ids 1..256
 
 
 class DataFolderError(FileNotFoundError):
@@ -138,22 +140,41 @@ def bytes_to_array(data: bytes, max_len: int) -> np.ndarray:
     return np.frombuffer(data[:max_len], dtype=np.uint8).copy()
 
 
-def download_lra_files(data_dir: Path, folder: str, names: Sequence[str], url: str = LRA_RELEASE_URL) -> None:
-    """Stream the LRA release archive; write its ``<LRA_RELEASE_ROOT>/<folder>/<name>`` files into data_dir.
-
-    The archive is several GB (it holds every LRA task); streaming keeps only the files
-    this task needs on disk.
-    """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    wanted = {f"{LRA_RELEASE_ROOT}/{folder}/{name}": name for name in names}
+def lra_archive_files(url: str = LRA_RELEASE_URL) -> Iterator[tuple[str, IO[bytes]]]:
+    """(path without a leading "./", readable file) for every file of the streamed LRA release
+    archive. It is several GB (every LRA task): streaming keeps on disk only what the caller writes."""
     with urllib.request.urlopen(url) as stream, tarfile.open(fileobj=stream, mode="r|gz") as archive:
         for member in archive:
-            name = wanted.pop(member.name.removeprefix("./"), None)
-            if name is not None and member.isfile():
-                atomic_write_bytes(data_dir / name, archive.extractfile(member).read())
-            if not wanted:
-                return
+            if member.isfile():
+                yield member.name.removeprefix("./"), archive.extractfile(member)
+
+
+def download_lra_files(data_dir: Path, folder: str, names: Sequence[str], url: str = LRA_RELEASE_URL) -> None:
+    """Write the LRA release archive's ``<LRA_RELEASE_ROOT>/<folder>/<name>`` files into data_dir."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    wanted = {f"{LRA_RELEASE_ROOT}/{folder}/{name}": name for name in names}
+    for path, file in lra_archive_files(url):
+        name = wanted.pop(path, None)
+        if name is not None:
+            atomic_write_bytes(data_dir / name, file.read())
+        if not wanted:
+            return
     raise DataFolderError(f"The archive {url} has no member {', '.join(sorted(wanted))}.")
+
+
+def load_hf_cache(name: str) -> datasets.DatasetDict | None:
+    """The cached Hugging Face DatasetDict `name` when HF_HUB_OFFLINE is set, else None.
+
+    Offline mode is required so that setup can never start a download.
+    """
+    import datasets
+
+    if not datasets.config.HF_HUB_OFFLINE:
+        return None
+    try:
+        return datasets.load_dataset(name)
+    except (ConnectionError, FileNotFoundError, ValueError):
+        return None
 
 
 class TokenDataset(Dataset):

@@ -19,10 +19,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from datamodules.base import SPLITS, DataFolderError, TaskDataModule
-from datamodules.imdb import load_hf_cache
+from datamodules.base import SPLITS, DataFolderError, TaskDataModule, load_hf_cache
+from esssm.batch import BYTE_VOCAB_SIZE
 
-BYTE_VOCAB_SIZE = 257  # id 0 pads / marks "no target"; byte b has id b + 1
 HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 
 

@@ -14,15 +14,16 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from datamodules.base import (
-    BYTE_VOCAB_SIZE,
     TaskDataModule,
     TokenDataset,
     bytes_to_array,
     check_labels,
     first_folder_with,
+    load_hf_cache,
     require_nonempty,
     seeded_split,
 )
+from esssm.batch import BYTE_VOCAB_SIZE
 
 if TYPE_CHECKING:
     import datasets
@@ -53,21 +54,6 @@ def hf_split_to_dataset(split: datasets.Dataset, max_len: int, source: str) -> T
         for row, text in enumerate(split["text"])
     ]
     return TokenDataset({"x": sequences}, check_labels(split["label"], len(LABELS), source), id_offset=1)
-
-
-def load_hf_cache(name: str = HF_NAME) -> datasets.DatasetDict | None:
-    """The cached HF DatasetDict `name` when HF_HUB_OFFLINE is set, else None.
-
-    Offline mode is required so that setup can never start a download.
-    """
-    import datasets
-
-    if not datasets.config.HF_HUB_OFFLINE:
-        return None
-    try:
-        return datasets.load_dataset(name)
-    except (ConnectionError, FileNotFoundError, ValueError):
-        return None
 
 
 class IMDBDataModule(TaskDataModule):
@@ -143,7 +129,7 @@ class IMDBDataModule(TaskDataModule):
     def _read_hf_splits(self) -> datasets.DatasetDict | None:
         folder = self._hf_folder()
         if folder is None:
-            return load_hf_cache()
+            return load_hf_cache(HF_NAME)
         import datasets
 
         return datasets.load_from_disk(str(folder))

@@ -104,7 +104,7 @@ def write_speech_commands(folder: Path, count: int, seed: int = 0) -> Path:
 
 def write_pathfinder(folder: Path, count: int, seed: int = 0) -> Path:
     """pathfinder32/curv_contour_length_14 (metadata + PNGs) from the project's generator."""
-    from datamodules.pathfinder import generate_dataset, lra_style
+    from datamodules.pathfinder_generator import generate_dataset, lra_style
 
     difficulty = "curv_contour_length_14"
     generate_dataset(folder, difficulty, 3 * count, seed, lra_style(32, difficulty))

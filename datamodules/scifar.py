@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.base import BYTE_VOCAB_SIZE, MalformedDataError, TaskDataModule, check_labels, seeded_split
+from datamodules.base import MalformedDataError, TaskDataModule, check_labels, seeded_split
+from esssm.batch import BYTE_VOCAB_SIZE
 
 BATCH_FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{number}" for number in range(1, 6))

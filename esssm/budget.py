@@ -23,10 +23,12 @@ class BudgetSampler:
     resumed run continues the exact sequence.
     """
 
+    DEFAULT_K_MIN = 2
+
     def __init__(
         self,
         k_max: int,
-        k_min: int = 2,
+        k_min: int = DEFAULT_K_MIN,
         grid: Sequence[int] | None = PAPER_GRID,
         warmup_epochs: int | None = None,
         full_every: int = 8,

@@ -24,12 +24,12 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from esssm.batch import DATA_FIELDS
 from esssm.callbacks import BudgetSweep
 from esssm.checkpoints import read_checkpoint, save_checked
 from esssm.files import remove_with_sidecar
 from esssm.lit import SequenceTask
 
-DATA_LINKS = ("num_classes", "vocab_size", "input_dim", "task")
 LOCK_FILE = "fit.lock"
 FIT_OUTPUTS = ("checkpoints", "config.yaml", "hparams.yaml", "events.out.tfevents.*")  # what a fit writes
 # Lightning's own predict needs a predict_dataloader, which the task datamodules do not have.
@@ -68,7 +68,7 @@ class ESSSMCLI(LightningCLI):
         return {name: args for name, args in LightningCLI.subcommands().items() if name in SUBCOMMANDS}
 
     def add_arguments_to_parser(self, parser) -> None:
-        for name in DATA_LINKS:
+        for name in DATA_FIELDS:
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
         parser.add_argument(
             "--overwrite", type=bool, default=False,

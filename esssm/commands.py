@@ -1,113 +1,25 @@
-"""`esssm` tools that work on a trained checkpoint: sweep, export, plan, cascade, generate."""
+"""`esssm` tools that work on a trained checkpoint: sweep, export, plan, cascade, generate.
+
+Argument parsing only: each tool parses its options, checks them before any work, and calls
+the library (esssm.loading, esssm.sweep, esssm.deploy, esssm.generate).
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import pickle
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import lightning as L
 import torch
-import yaml
-from lightning.pytorch.loggers import Logger
 
 from esssm import deploy
 from esssm.budget import sweep_budgets
-from esssm.callbacks import BudgetSweep, write_curve
-from esssm.checkpoints import read_checkpoint, require_finite_weights
-from esssm.files import atomic_write_bytes, file_sha256
+from esssm.files import atomic_write_bytes
 from esssm.lit import SequenceTask
-from esssm.model import count_parameters
-
-
-def load_task(ckpt: str | Path, map_location: str = "cpu") -> SequenceTask:
-    """The trained task from a checkpoint; the backbone is rebuilt from its stored spec.
-
-    The file is checked first (sha256 sidecar, truncation; errors name it). `task.source`
-    records which file it came from: checkpoint name, sha256, epoch and global step.
-    """
-    path = Path(ckpt)
-    checkpoint = read_checkpoint(path, map_location)
-    task = SequenceTask.load_from_checkpoint(path, map_location=map_location, weights_only=False)
-    task.source = {
-        "checkpoint": path.name, "sha256": file_sha256(path),
-        "epoch": checkpoint.get("epoch"), "step": checkpoint.get("global_step"),
-    }
-    return task
-
-
-def load_datamodule(config: str | Path, overrides: dict[str, Any] | None = None) -> L.LightningDataModule:
-    """Instantiate the `data:` section of a YAML config (a full fit config works), with overrides
-    of its init_args (e.g. data_dir, batch_size)."""
-    path = Path(config)
-    if not path.is_file():
-        raise FileNotFoundError(f"data config {path} does not exist (see conf/<task>/*.yaml)")
-    raw = yaml.safe_load(path.read_text()) or {}
-    spec = raw.get("data", raw)
-    if not isinstance(spec, dict) or "class_path" not in spec:
-        raise ValueError(f"{path} has no 'data: {{class_path: ..., init_args: ...}}' section")
-    return instantiate_datamodule({**spec, "init_args": {**spec.get("init_args", {}), **(overrides or {})}})
-
-
-def instantiate_datamodule(spec: dict[str, Any]) -> L.LightningDataModule:
-    """A datamodule from {"class_path", "init_args"}, type-checked as LightningCLI would."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser()
-    parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
-    return parser.instantiate(parser.parse_object({"data": spec})).data
-
-
-def run_sweep(
-    task: SequenceTask,
-    datamodule: L.LightningDataModule,
-    budgets: list[int] | str | None = None,
-    split: str = "test",
-    accelerator: str = "auto",
-    output_dir: str | Path | None = None,
-    logger: Logger | bool = False,
-) -> list[dict[str, Any]]:
-    """Evaluate a trained task (from `load_task`) at every budget on one split; rows of budget,
-    acc, loss, params. Raises FloatingPointError on a non-finite loss.
-
-    With `output_dir`, the curve goes to `output_dir/<checkpoint stem>.budget_curve_{split}.csv`
-    with the checkpoint's name, sha256, epoch and step on every row (so it never replaces the
-    curve training wrote, and `esssm plan` can tell which checkpoint it belongs to). With a
-    TensorBoard `logger` the sweep is logged into that run too (the test curve as a series over k).
-    """
-    sweep = BudgetSweep(val_budgets=budgets, test_budgets=budgets, every_n_epochs=1, curve_file=None)
-    trainer = L.Trainer(
-        default_root_dir=output_dir,
-        accelerator=accelerator,
-        devices=1,
-        logger=logger,
-        callbacks=[sweep],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    run = trainer.test if split == "test" else trainer.validate
-    run(task, datamodule=datamodule, verbose=False)
-    rows = sweep.last_results["test" if split == "test" else "val"]
-    if output_dir is not None:
-        path = Path(output_dir) / deploy.curve_name(task.source["checkpoint"], split)
-        write_curve(path, rows, **task.source)
-    return rows
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width budget table: budget, accuracy (%), loss, active parameters, examples."""
-    lines = [f"{'budget':>6}  {'acc %':>7}  {'loss':>7}  {'active params':>13}  {'examples':>8}"]
-    lines += [
-        f"{r['budget']!s:>6}  {100 * r['acc']:7.2f}  {r['loss']:7.4f}  {r['active_params']:13,d}  {r['count']:8d}"
-        for r in rows
-    ]
-    return "\n".join(lines)
+from esssm.loading import load_datamodule, load_eval_model, load_language_model, load_task
+from esssm.sweep import format_table, run_sweep
 
 
 # --------------------------------------------------------------------------- argument types
@@ -201,112 +113,6 @@ def sweep_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- deployment
 
 
-def _deploy_source(ckpt: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """The evaluation weights (EMA when enabled) of a checkpoint, their `model_config` and the
-    checkpoint's `source` record; a model with NaN/inf weights is refused."""
-    task = load_task(ckpt)
-    require_finite_weights(task.eval_model.state_dict(), f"checkpoint {ckpt}")
-    return task.eval_model.eval(), deploy.model_config(task.hparams), task.source
-
-
-def _seq_len(config: dict[str, Any], requested: int | None) -> int:
-    """--seq-len, or the backbone's own seq_len (the longest input it was built for)."""
-    built = config["backbone"].get("init_args", {}).get("seq_len")
-    if requested is None and built is None:
-        raise ValueError("the backbone records no seq_len: pass --seq-len")
-    return requested if requested is not None else built
-
-
-def _mb(n_bytes: int) -> str:
-    return f"{n_bytes / 2**20:.2f} MB"
-
-
-def _check_agreement(name: str, got: Any, expected: Any, tol: float = 1e-5) -> float:
-    diff = float((got - expected).abs().max())
-    if not diff <= tol:
-        raise RuntimeError(f"{name} disagrees with the full model: max |diff| {diff:.3g} > {tol:g}")
-    return diff
-
-
-def export_model(
-    ckpt: str,
-    budget: int,
-    out: str,
-    batch: int = 1,
-    seq_len: int | None = None,
-    torchscript: bool = False,
-    onnx: bool = False,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Write the model of `ckpt` truncated to `budget` to `out` (plus optional TorchScript/ONNX
-    files beside it), check each against the full model at `budget`, return the report.
-
-    Existing targets are refused unless `overwrite`; each file is checked (finite weights,
-    agreement with the full model) before it is renamed into place, so a failed export never
-    replaces a good file.
-    """
-    kinds = [(kind, suffix, write) for kind, enabled, suffix, write in (
-        ("torchscript", torchscript, ".torchscript.pt", deploy.export_torchscript),
-        ("onnx", onnx, ".onnx", deploy.export_onnx),
-    ) if enabled]
-    check_targets([out, *(str(Path(out).with_suffix(suffix)) for _, suffix, _ in kinds)], overwrite)
-    full, config, _ = _deploy_source(ckpt)
-    small, small_config = deploy.truncate(full, config, budget)
-    example = deploy.synthetic_batch(config, batch, _seq_len(config, seq_len))
-    with torch.no_grad():
-        expected = deploy.batch_logits(full, example, budget)
-        report = {
-            "out": out, "budget": budget, "k_max": full.k_max,
-            "full_bytes": deploy.state_bytes(full), "ckpt_bytes": Path(ckpt).stat().st_size,
-            "params": count_parameters(small), "full_params": count_parameters(full),
-            "shape": tuple(example[next(iter(example))].shape),
-        }
-
-        def check_export(tmp: str) -> None:
-            got = deploy.batch_logits(deploy.load_exported(tmp), example)
-            report["diff"] = _check_agreement("export", got, expected)
-
-        report["bytes"] = deploy.save_exported(small, small_config, out, check=check_export)
-        for kind, suffix, write in kinds:
-            path = str(Path(out).with_suffix(suffix))
-            report[kind] = {"path": path}
-
-            def check_script(tmp: str, entry: dict = report[kind]) -> None:
-                got = deploy.load_torchscript(tmp)(*deploy.model_inputs(small, example))
-                entry["diff"] = _check_agreement("torchscript", got, expected)
-
-            report[kind]["bytes"] = write(small, example, path, check_script if kind == "torchscript" else None)
-    return report
-
-
-def check_targets(paths: list[str], overwrite: bool) -> None:
-    """Before any work: refuse existing output files (unless `overwrite`) and unwritable folders."""
-    for path in map(Path, paths):
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists: choose another --out, or pass --overwrite to replace it")
-        folder = next(p for p in path.absolute().parents if p.exists())
-        if not folder.is_dir():
-            raise NotADirectoryError(f"cannot write {path}: {folder} is a file, not a folder")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(f"cannot write {path}: folder {folder} is not writable")
-
-
-def format_export(report: dict[str, Any]) -> str:
-    budget = report["budget"]
-    lines = [
-        f"exported budget k={budget} of k_max={report['k_max']} -> {report['out']}",
-        f"  parameters: {report['full_params']:,d} -> {report['params']:,d}",
-        f"  file size:  {_mb(report['full_bytes'])} (model weights at k_max) -> {_mb(report['bytes'])}"
-        f"; training checkpoint {_mb(report['ckpt_bytes'])}",
-        f"  max |logits - full model at k={budget}|: {report['diff']:.2e} on a synthetic {report['shape']} batch",
-    ]
-    for kind in ("torchscript", "onnx"):
-        if kind in report:
-            extra = f", max |diff| {report[kind]['diff']:.2e}" if "diff" in report[kind] else ""
-            lines.append(f"  {kind}: {report[kind]['path']} ({_mb(report[kind]['bytes'])}{extra})")
-    return "\n".join(lines)
-
-
 def _ckpt_parser(tool: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"esssm {tool}", description=description)
     parser.add_argument("--ckpt", required=True, help="checkpoint written by `lightning fit`")
@@ -324,15 +130,17 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="output file, e.g. model_k8.pt")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--torchscript", action="store_true", help="also write OUT.torchscript.pt (traced)")
-    parser.add_argument("--onnx", action="store_true", help="also try OUT.onnx (see the README: unsupported)")
     parser.add_argument("--batch", type=positive_int, default=1, help="example batch size for the checks and the trace")
     parser.add_argument("--seq-len", type=positive_int, help="example length (default: the model's seq_len); "
                         "TorchScript graphs are specialised to it")
     args = parser.parse_args(argv)
-    report = export_model(
-        args.ckpt, args.budget, args.out, args.batch, args.seq_len, args.torchscript, args.onnx, args.overwrite
-    )
-    print(format_export(report))
+    deploy.check_targets([args.out, *([deploy.torchscript_path(args.out)] if args.torchscript else [])],
+                         args.overwrite)  # before any work
+    full, config, _ = load_eval_model(args.ckpt)
+    example = deploy.synthetic_batch(config, args.batch, deploy.example_seq_len(config, args.seq_len))
+    report = deploy.export_checked(full, config, args.budget, args.out, example, args.torchscript)
+    report["ckpt_bytes"] = Path(args.ckpt).stat().st_size
+    print(deploy.format_export(report))
     return 0
 
 
@@ -348,13 +156,13 @@ def plan_main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed rounds over all budgets (median)")
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds first")
     args = parser.parse_args(argv)
-    model, config, source = _deploy_source(args.ckpt)
+    model, config, source = load_eval_model(args.ckpt)
     deploy.elastic_k_max(model)
     curve_path = deploy.curve_for(args.ckpt, source, args.curve)
     curve = deploy.read_curve(curve_path)
     if not curve:
         raise ValueError(f"{curve_path} has no per-budget rows (a model without a spectral budget?)")
-    seq_len = _seq_len(config, args.seq_len)
+    seq_len = deploy.example_seq_len(config, args.seq_len)
     example = deploy.synthetic_batch(config, args.batch, seq_len)
     budgets = [p.budget for p in curve]
     latencies = deploy.measure_latencies(model, example, budgets, args.device, args.repeats, args.warmup)
@@ -382,7 +190,7 @@ def cascade_main(argv: list[str]) -> int:
                         help="choose thresholds on val; report the chosen one on test")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    model, _, _ = _deploy_source(args.ckpt)
+    model, _, _ = load_eval_model(args.ckpt)
     k_max = deploy.elastic_k_max(model)
     stages = range(1, k_max + 1) if args.budgets == "all" else args.budgets
     budgets = sorted({min(k, k_max) for k in stages})
@@ -397,25 +205,6 @@ def cascade_main(argv: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------- generation
-
-
-def load_language_model(path: str | Path) -> torch.nn.Module:
-    """The model of an `esssm export` file, or the evaluation (EMA) weights of a training
-    checkpoint; both in eval mode."""
-    if _is_export(Path(path)):
-        return deploy.load_exported(path)
-    return _deploy_source(str(path))[0]
-
-
-def _is_export(path: Path) -> bool:
-    """Whether `path` holds an `esssm export` payload (memory-mapped peek, no full read)."""
-    if not path.is_file():
-        return False
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, pickle.UnpicklingError):
-        return False
-    return isinstance(payload, dict) and payload.get("format") == deploy.EXPORT_FORMAT
 
 
 def generate_main(argv: list[str]) -> int:

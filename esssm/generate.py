@@ -38,11 +38,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from esssm.layer import ESSSMLayer, MixPlan, _convolve_chunk, check_budget
+from esssm.batch import PAD
+from esssm.layer import ESSSMLayer, check_budget
 from esssm.model import LanguageModel
+from esssm.ops.mixing import MixPlan, convolve_chunk
 from esssm.spectral import fast_fft_size, fft_dtype, filter_spectra, padded_rfft
 
-PAD_ID = 0
 METHODS = ("futurefill", "naive")
 Budget = int | None | Callable[[int], int]
 
@@ -111,7 +112,7 @@ def sample_next(
     if temperature < 0 or (top_k is not None and top_k < 1):
         raise ValueError(f"temperature must be >= 0 and top_k >= 1, got {temperature}, {top_k}")
     logits = logits.float().clone()
-    logits[:, PAD_ID] = -math.inf
+    logits[:, PAD] = -math.inf
     if temperature == 0:
         return logits.argmax(-1)
     if top_k is not None and top_k < logits.shape[-1]:
@@ -266,7 +267,7 @@ class FutureFillMixer(nn.Module):
         for first in range(0, k, plan.chunk):
             last = min(k, first + plan.chunk)
             part = inputs.new_empty(inputs.shape[0], last - first, inputs.shape[2], length)
-            _convolve_chunk(u_hat, spectra[first:last], None, plan, part, None)
+            convolve_chunk(u_hat, spectra[first:last], None, plan, part, None)
             self.cache[:, first:last, :, offset : offset + length] += part
 
     def _shifted_spectra(self, shift: int, nfft: int) -> torch.Tensor:

@@ -13,13 +13,13 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torchmetrics.classification import MulticlassAccuracy
 
-from esssm.budget import PAPER_GRID, BudgetSampler
+from esssm.batch import PAD, model_inputs
+from esssm.budget import BudgetSampler
 from esssm.metrics import ExactAccuracy
 from esssm.model import build_module, build_task_model, module_spec
 
 Batch = dict[str, torch.Tensor]
 TASKS = ("classification", "retrieval", "lm")
-PAD = 0  # token id 0 pads sequences; as an LM target it marks positions without a next byte
 
 
 class SequenceTask(L.LightningModule):
@@ -28,9 +28,9 @@ class SequenceTask(L.LightningModule):
 
     The backbone is any `esssm.model.SequenceBackbone` (ES-SSM or a baseline). num_classes,
     vocab_size/input_dim and task come from the datamodule (the CLI links them). Elastic
-    backbones (k_max set) train under budget dropout unless `budget_dropout` is False: one
-    budget per optimizer step, a pure function of (seed, global step), so every DDP rank and
-    accumulation micro-batch agrees and a resumed run continues the same sequence.
+    backbones (k_max set) train under budget dropout unless `budget` is None: one budget per
+    optimizer step, a pure function of (seed, global step), so every DDP rank and accumulation
+    micro-batch agrees and a resumed run continues the same sequence.
 
     Args:
         backbone: the sequence model, e.g. `esssm.model.ESSSM` or `baselines.Transformer`.
@@ -41,12 +41,11 @@ class SequenceTask(L.LightningModule):
         ema_warmup: decay min(ema_decay, (1 + n) / (10 + n)) over the first updates (False: the
             authors' constant decay from step 0; see docs/fidelity.md).
         label_smoothing: for classification losses.
-        budget_dropout: draw a budget per step (False: always k_max, the fixed-budget ablation).
-        budget_grid, budget_k_min, budget_bias: the budgets drawn (see esssm.budget.BudgetSampler).
-        budget_warmup_epochs, budget_warmup_steps: full budget during a warm-up given in epochs
-            (LRA) or in optimizer steps (one-epoch corpora), one or the other; both None: 2 epochs.
-        budget_full_every: full budget on every n-th optimizer step.
-        budget_seed: seed of the budget sequence.
+        budget: budget dropout, as keyword arguments of `esssm.budget.BudgetSampler` other than
+            k_max (grid, k_min, warmup_epochs or warmup_steps, full_every, bias, seed); absent
+            keys take its defaults, the authors' recipe. None: always k_max (the fixed-budget
+            model and the no-dropout ablation). In a config: `budget: {warmup_epochs: 1}`,
+            `--model.budget.seed 3`, or `budget: null`.
         embed_dropout, embed_std, lm_head_bias: the input encoder and LM head (defaults: the
             authors' dropout 0.1, N(0, 0.02^2) embeddings, tied LM head without bias; see
             `esssm.model.build_task_model` and docs/fidelity.md).
@@ -70,14 +69,7 @@ class SequenceTask(L.LightningModule):
         min_lr_ratio: float = 0.1,
         ema_decay: float | None = 0.999,
         label_smoothing: float = 0.0,
-        budget_dropout: bool = True,
-        budget_grid: list[int] | None = list(PAPER_GRID),
-        budget_k_min: int = 2,
-        budget_warmup_epochs: int | None = None,
-        budget_full_every: int = 8,
-        budget_bias: float = 0.6,
-        budget_seed: int = 0,
-        budget_warmup_steps: int | None = None,
+        budget: dict[str, Any] | None = {},  # noqa: B006 (copied, never changed)
         embed_dropout: float = 0.1,
         embed_std: float | None = 0.02,
         lm_head_bias: bool = False,
@@ -113,20 +105,14 @@ class SequenceTask(L.LightningModule):
         return ema
 
     def _make_sampler(self) -> BudgetSampler | None:
-        hp = self.hparams
+        """The budget sampler of an elastic backbone; with `budget` None it always gives k_max."""
         if self.k_max is None:
             return None
-        return BudgetSampler(
-            self.k_max,
-            k_min=min(hp.budget_k_min, self.k_max),
-            grid=hp.budget_grid,
-            warmup_epochs=hp.budget_warmup_epochs,
-            warmup_steps=hp.budget_warmup_steps,
-            full_every=hp.budget_full_every,
-            bias=hp.budget_bias,
-            seed=hp.budget_seed,
-            enabled=hp.budget_dropout,
-        )
+        budget = self.hparams.budget
+        if budget is None:
+            return BudgetSampler(self.k_max, enabled=False)
+        k_min = min(budget.get("k_min", BudgetSampler.DEFAULT_K_MIN), self.k_max)
+        return BudgetSampler(self.k_max, **{**budget, "k_min": k_min})
 
     @property
     def k_max(self) -> int | None:
@@ -142,10 +128,7 @@ class SequenceTask(L.LightningModule):
 
     def forward(self, batch: Batch, budget: int | None = None, model: nn.Module | None = None):
         """Logits (B, num_classes), or (B, L, vocab) for "lm", of a batch at `budget` (None = full)."""
-        model = model or self.model
-        if self.hparams.task == "retrieval":
-            return model(batch["x1"], batch["x2"], batch.get("mask1"), batch.get("mask2"), budget)
-        return model(batch["x"], batch.get("mask"), budget)
+        return (model or self.model)(*model_inputs(batch), budget=budget)
 
     def evaluate(self, batch: Batch, budget: int | None) -> torch.Tensor:
         """Evaluation logits with the eval weights; used by validation and the sweep."""
@@ -306,6 +289,27 @@ class SequenceTask(L.LightningModule):
         schedule = warmup_cosine(total, round(hp.warmup_ratio * total), hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+LEGACY_BUDGET_ARGS = {
+    "budget_grid": "grid", "budget_k_min": "k_min", "budget_warmup_epochs": "warmup_epochs",
+    "budget_warmup_steps": "warmup_steps", "budget_full_every": "full_every", "budget_bias": "bias",
+    "budget_seed": "seed",
+}
+
+
+def upgrade_hparams(hparams: dict[str, Any]) -> bool:
+    """Fold the flat budget arguments of checkpoints written before `budget` existed
+    (`budget_dropout` and the names of LEGACY_BUDGET_ARGS) into `budget`, in place.
+
+    Returns whether there were any. `esssm.loading.load_task` applies it before rebuilding a task.
+    """
+    legacy = {name: hparams.pop(name) for name in [*LEGACY_BUDGET_ARGS, "budget_dropout"] if name in hparams}
+    if not legacy:
+        return False
+    dropout = legacy.pop("budget_dropout", True)
+    hparams["budget"] = {LEGACY_BUDGET_ARGS[name]: value for name, value in legacy.items()} if dropout else None
+    return True
 
 
 def check_seq_len(data_seq_len: int | None, backbone: nn.Module) -> None:

@@ -17,7 +17,7 @@ import functools
 import importlib
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -84,6 +84,27 @@ class ResidualBlock(nn.Module):
         return x
 
 
+Backbone = TypeVar("Backbone", bound=type)
+
+
+def records_init_args(cls: Backbone) -> Backbone:
+    """Class decorator: an instance of `cls` keeps its constructor's arguments (defaults filled
+    in) as `init_args`, the form `module_spec` stores in checkpoints. Only the class actually
+    built records, so a decorated subclass of a decorated class records its own arguments."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def recording_init(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if type(self) is cls:
+            bound = inspect.signature(init).bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            self.init_args = dict(list(bound.arguments.items())[1:])
+
+    cls.__init__ = recording_init
+    return cls
+
+
 class SequenceBackbone(nn.Module):
     """A stack of pre-norm residual blocks around any mixer, then a final LayerNorm.
 
@@ -92,26 +113,13 @@ class SequenceBackbone(nn.Module):
     Stochastic depth rises linearly from 0 at the first layer to `drop_path` at the last;
     `dropout` acts inside the FFN, `mixer_dropout` (default 0, as the authors) on the mixer output.
 
-    Every subclass records the arguments it was built with in `init_args`, so a checkpoint can
-    rebuild its backbone from `module_spec(backbone)` with no config file at hand.
+    Every concrete backbone class is decorated with `records_init_args`, so it keeps the
+    arguments it was built with in `init_args` and a checkpoint can rebuild it from
+    `module_spec(backbone)` with no config file at hand.
     """
 
     k_max: int | None = None
     init_args: dict[str, Any]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        init = cls.__init__
-
-        @functools.wraps(init)
-        def recording_init(self: nn.Module, *args: Any, **kw: Any) -> None:
-            init(self, *args, **kw)
-            if type(self) is cls:  # the outermost constructor records the user's arguments
-                bound = inspect.signature(init).bind(self, *args, **kw)
-                bound.apply_defaults()
-                self.init_args = {k: v for k, v in list(bound.arguments.items())[1:]}
-
-        cls.__init__ = recording_init  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -146,6 +154,7 @@ class SequenceBackbone(nn.Module):
         return self.norm(x)
 
 
+@records_init_args
 class ESSSM(SequenceBackbone):
     """The ES-SSM backbone: ESSSMLayer mixers; one model, evaluated at any budget k <= k_max."""
 
@@ -166,9 +175,12 @@ class ESSSM(SequenceBackbone):
         init_filters: bool = True,
         mixer_dropout: float = 0.0,
         mix_init_std: float = 1e-3,
+        fast: bool = True,
     ) -> None:
-        """checkpoint: recompute the spectral convolutions in backward instead of storing
-        (B, k, D, L) per layer (long sequences). init_filters=False: filters left NaN, to be
+        """fast=False: the layers mix channels with the plain reference of the formula instead
+        of the kernel (esssm.ops; same function, more memory). checkpoint: recompute the spectral
+        convolutions in backward instead of storing (B, k, D, L) per layer (long sequences).
+        init_filters=False: filters left NaN, to be
         filled by load_state_dict (see ESSSMLayer). mixer_dropout: Dropout on the mixer branch
         (0 = the authors' block; earlier versions of this project used `dropout` there).
         mix_init_std: std of the mixing matrices M_j at init (the authors: 1e-3)."""
@@ -176,7 +188,7 @@ class ESSSM(SequenceBackbone):
         def mixer(_: int) -> ESSSMLayer:
             return ESSSMLayer(
                 d_model, seq_len, k_max, gate, rms_rescale, normalize, channel_chunk=channel_chunk,
-                checkpoint=checkpoint, init_filters=init_filters, mix_init_std=mix_init_std,
+                checkpoint=checkpoint, init_filters=init_filters, mix_init_std=mix_init_std, fast=fast,
             )
 
         super().__init__(mixer, d_model, n_layers, ffn_mult, dropout, drop_path, mixer_dropout)
@@ -336,6 +348,8 @@ def build_task_model(
 def module_spec(module: SequenceBackbone) -> dict[str, Any]:
     """{"class_path", "init_args"} of a backbone: the form configs and checkpoints store."""
     cls = type(module)
+    if "init_args" not in vars(module):
+        raise TypeError(f"{cls.__qualname__} records no init_args: decorate the class with @records_init_args")
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(module.init_args)}
 
 

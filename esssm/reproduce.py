@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from esssm.files import atomic_write_text
 from esssm.progress import ProgressBoard
@@ -97,7 +98,7 @@ def data_overrides(run: Run, profile: str) -> dict[str, Any]:
 
 def data_problem(run: Run, overrides: dict[str, Any]) -> str | None:
     """None when the run's data folder is usable, else the datamodule's own explanation."""
-    from esssm.commands import load_datamodule
+    from esssm.loading import load_datamodule
 
     try:
         datamodule = load_datamodule(run.config, overrides)
@@ -111,6 +112,13 @@ def data_problem(run: Run, overrides: dict[str, Any]) -> str | None:
 # ----------------------------------------------------------------------------- training
 
 
+def budget_seed(config: Path, seed: int) -> list[str]:
+    """The seed of the budget sequence, for a config that trains under budget dropout (setting a
+    key of a null `budget` would turn budget dropout on)."""
+    model = (yaml.safe_load(Path(config).read_text()) or {}).get("model", {})
+    return [] if "budget" in model and model["budget"] is None else [f"--model.budget.seed={seed}"]
+
+
 def fit_command(run: Run, overrides: dict[str, Any], devices: int, extra: list[str]) -> list[str]:
     command = [
         sys.executable, "-m", "esssm", "fit", "--config", str(run.config),
@@ -118,7 +126,8 @@ def fit_command(run: Run, overrides: dict[str, Any], devices: int, extra: list[s
         f"--trainer.logger.init_args.name={run.task}/{run.model}",
         f"--trainer.logger.init_args.version={run.version}",
         f"--trainer.devices={devices}",
-        f"--seed_everything={run.seed}", f"--data.init_args.seed={run.seed}", f"--model.budget_seed={run.seed}",
+        f"--seed_everything={run.seed}", f"--data.init_args.seed={run.seed}",
+        *budget_seed(run.config, run.seed),
         "--trainer.callbacks+=esssm.progress.ProgressFile", f"--trainer.callbacks.path={run.progress}",
         *(f"--data.init_args.{key}={value}" for key, value in overrides.items()),
     ]
@@ -201,8 +210,9 @@ def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | Non
     sweep is also logged to the run's TensorBoard folder (test/acc_vs_k: step = k)."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from esssm.commands import load_datamodule, load_task, run_sweep
+    from esssm.loading import load_datamodule, load_task
     from esssm.model import count_parameters
+    from esssm.sweep import run_sweep
     from esssm.timing import median_latency_ms
 
     ckpt = best_checkpoint(run)

@@ -121,7 +121,7 @@ class SmokeProbe(L.Callback):
 
 def config_facts(config: Path) -> dict[str, Any]:
     """Batch, accumulation, epochs, k_max and sequence length (the datamodule's) a config trains with."""
-    from esssm.commands import load_datamodule
+    from esssm.loading import load_datamodule
 
     raw = yaml.safe_load(config.read_text())
     data = raw["data"]["init_args"]

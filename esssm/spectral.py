@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -249,30 +248,3 @@ def convolve_block(u_hat: torch.Tensor, spectra: torch.Tensor, nfft: int) -> tor
     convolution, untouched by wrap-around.
     """
     return torch.fft.irfft(u_hat * spectra, n=nfft, dim=-1)
-
-
-def signal_blocks(
-    batch: int, channels: int, features: int, rows: int
-) -> Iterator[tuple[slice, slice, slice]]:
-    """Cut the (batch, channels, features) grid of signals into blocks of at most max(rows, 1) signals.
-
-    Each block (b, c, d) is contiguous in a (B, C, D, L) tensor, so a block's FFT buffers stay
-    in cache (CPU) or amount to a few large kernels (GPU): below `features` rows a block is a
-    feature range of one (sample, channel); below `channels * features` a channel range of
-    one sample; otherwise a range of whole samples.
-    """
-    rows = max(rows, 1)
-    if rows < features:
-        for b in range(batch):
-            for c in range(channels):
-                for d in range(0, features, rows):
-                    yield slice(b, b + 1), slice(c, c + 1), slice(d, d + rows)
-    elif rows < channels * features:
-        step = rows // features
-        for b in range(batch):
-            for c in range(0, channels, step):
-                yield slice(b, b + 1), slice(c, c + step), slice(None)
-    else:
-        step = rows // (channels * features)
-        for b in range(0, batch, step):
-            yield slice(b, b + step), slice(None), slice(None)

@@ -20,7 +20,7 @@ def write_config(tmp_path):
         "model": {
             "backbone": {"class_path": "esssm.model.ESSSM",
                          "init_args": {"d_model": 16, "n_layers": 1, "seq_len": 24, "k_max": 4}},
-            "lr": 0.003, "ema_decay": 0.9, "budget_warmup_epochs": 0,
+            "lr": 0.003, "ema_decay": 0.9, "budget": {"warmup_epochs": 0},
         },
         "data": {"class_path": "toy_data.ToyDataModule", "init_args": {"train_size": 64, "val_size": 21}},
         "sweep": {"val_budgets": "all", "every_n_epochs": 1},

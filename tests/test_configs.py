@@ -11,7 +11,7 @@ from baselines.stu import signed_filter_bank
 from esssm.budget import BudgetSampler
 from esssm.cli import main
 from esssm.layer import ESSSMLayer
-from esssm.commands import load_datamodule
+from esssm.loading import load_datamodule
 from esssm.model import SequenceClassifier, build_module, count_parameters
 from esssm.reproduce import QUICK_LISTOPS
 from esssm.smoke import PG19_TRAIN_BYTES, TRAIN_EXAMPLES
@@ -44,7 +44,7 @@ def test_elastic_plain_sum_has_unit_weights_and_budget_dropout(path):
     model = yaml.safe_load(path.read_text())["model"]
     assert model["backbone"]["init_args"]["gate"] is False
     assert model["backbone"]["init_args"]["normalize"] is False
-    assert model.get("budget_dropout", True) is True
+    assert model.get("budget", {}) is not None
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONF)))
@@ -117,7 +117,7 @@ def training_examples(path: Path) -> int:
     return PG19_TRAIN_BYTES // data["seq_len"] if task == "lm" else TRAIN_EXAMPLES[task]
 
 
-ELASTIC = [p for p in CONFIGS if yaml.safe_load(p.read_text())["model"].get("budget_dropout", True)
+ELASTIC = [p for p in CONFIGS if yaml.safe_load(p.read_text())["model"].get("budget", {}) is not None
            and "k_max" in yaml.safe_load(p.read_text())["model"]["backbone"]["init_args"]]
 
 
@@ -126,9 +126,9 @@ def test_budget_dropout_starts_well_before_training_ends(path):
     """The sampler the config builds draws budgets below k_max by half-way through training."""
     config = yaml.safe_load(path.read_text())
     model, trainer = config["model"], config["trainer"]
+    budget = model.get("budget", {})
     sampler = BudgetSampler(model["backbone"]["init_args"]["k_max"],
-                            warmup_epochs=model.get("budget_warmup_epochs"),
-                            warmup_steps=model.get("budget_warmup_steps"))
+                            warmup_epochs=budget.get("warmup_epochs"), warmup_steps=budget.get("warmup_steps"))
     batches = math.ceil(training_examples(path) / config["data"]["init_args"]["batch_size"])
     steps_per_epoch = math.ceil(batches / trainer.get("accumulate_grad_batches", 1))
     total = trainer["max_epochs"] * steps_per_epoch
@@ -143,6 +143,6 @@ def test_lm_config_is_the_authors_shape():
     data, trainer, model = config["data"]["init_args"], config["trainer"], config["model"]
     assert data["seq_len"] == model["backbone"]["init_args"]["seq_len"] == 4096
     assert data["seq_len"] * data["batch_size"] * trainer["accumulate_grad_batches"] == 65_536
-    assert model["budget_warmup_steps"] == 8000 and "budget_warmup_epochs" not in model
+    assert model["budget"]["warmup_steps"] == 8000 and "warmup_epochs" not in model["budget"]
     assert sorted(config["sweep"]["val_budgets"]) == [2, 3, 4, 6, 8, 12, 16, 24, 32]
     assert config["sweep"]["test_budgets"] == "all"

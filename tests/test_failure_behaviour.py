@@ -16,7 +16,8 @@ import torch
 from esssm import deploy
 from esssm.checkpoints import CheckpointError, save_checked
 from esssm.cli import AtomicCheckpointIO, RunFolderError, lightning_main, main
-from esssm.commands import TOOLS, load_task
+from esssm.commands import TOOLS
+from esssm.loading import load_task
 from esssm.files import ChecksumError, sidecar_path, verify_checksum
 from test_cli import write_config
 
@@ -273,12 +274,12 @@ def test_failed_export_check_keeps_the_good_export(run, tmp_path, monkeypatch):
     before = out.read_bytes()
     with pytest.raises(FileExistsError, match=f"{out} already exists.*--overwrite"):
         main(["export", "--ckpt", str(run["last"]), "--budget", "3", "--out", str(out)])
-    from esssm import commands
+    from esssm.deploy import export
 
     def disagree(name, got, expected, tol=1e-5):
         raise RuntimeError(f"{name} disagrees with the full model")
 
-    monkeypatch.setattr(commands, "_check_agreement", disagree)
+    monkeypatch.setattr(export, "check_agreement", disagree)
     with pytest.raises(RuntimeError, match="disagrees"):
         main(["export", "--ckpt", str(run["last"]), "--budget", "3", "--out", str(out), "--overwrite"])
     assert out.read_bytes() == before and deploy.load_exported(out).k_max == 2

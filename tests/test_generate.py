@@ -12,7 +12,7 @@ from baselines import Transformer
 from benchmarks.bench_generate import transformer_generate, transformer_logits
 from datamodules import ByteLMDataModule
 from esssm.cli import main
-from esssm.commands import load_language_model
+from esssm.loading import load_language_model
 from esssm.generate import (
     FutureFillMixer,
     budget_forward,
@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
                             test_fraction=0.2)
     backbone = ESSSM(d_model=32, n_layers=2, seq_len=SEQ_LEN, k_max=K_MAX, dropout=0.0, drop_path=0.0)
     task = SequenceTask(backbone, num_classes=257, vocab_size=257, task="lm", lr=5e-3, ema_decay=0.9,
-                        budget_warmup_epochs=0, budget_grid=None, budget_k_min=1)
+                        budget={"warmup_epochs": 0, "grid": None, "k_min": 1})
     trainer = L.Trainer(
         default_root_dir=root, accelerator="cpu", devices=1, max_epochs=5, logger=False,
         limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False,

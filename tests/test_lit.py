@@ -8,7 +8,7 @@ import torch
 
 from esssm.budget import BudgetSampler, curve_summary, sweep_budgets
 from esssm.callbacks import BudgetSweep
-from esssm.lit import SequenceTask, parameter_groups, warmup_cosine
+from esssm.lit import SequenceTask, parameter_groups, upgrade_hparams, warmup_cosine
 from esssm.metrics import ExactAccuracy
 from esssm.model import ESSSM
 from toy_data import ToyDataModule
@@ -26,7 +26,7 @@ class BudgetSpy(L.Callback):
 
 def make_task(**kw) -> SequenceTask:
     backbone = ESSSM(d_model=32, n_layers=2, seq_len=24, k_max=8, dropout=0.0, drop_path=0.0)
-    args = dict(num_classes=3, vocab_size=8, lr=3e-3, ema_decay=None, budget_warmup_epochs=0)
+    args = dict(num_classes=3, vocab_size=8, lr=3e-3, ema_decay=None, budget={"warmup_epochs": 0})
     return SequenceTask(backbone, **{**args, **kw})
 
 
@@ -58,23 +58,24 @@ def test_training_learns_and_sweep_logs_every_budget(tmp_path):
 
 
 def test_budget_per_step_is_the_sampler_draw_and_shared_by_accumulation(tmp_path):
-    task = make_task(budget_full_every=3)
+    task = make_task(budget={"warmup_epochs": 0, "full_every": 3})
     spy = BudgetSpy()
     trainer(tmp_path, max_steps=6, accumulate_grad_batches=2, callbacks=[spy]).fit(task, ToyDataModule())
     seen = spy.seen
-    sampler = BudgetSampler(8, grid=task.hparams.budget_grid, full_every=3, warmup_epochs=0)
+    sampler = BudgetSampler(8, grid=task.sampler.grid, full_every=3, warmup_epochs=0)
     assert len(seen) == 12 and [s for s, _ in seen] == [s // 2 for s in range(12)]
     assert all(k == sampler.sample(step) for step, k in seen)
     assert len({k for _, k in seen}) > 1
 
 
 def test_baseline_without_budget_trains_and_sweeps_once(tmp_path):
-    from esssm.model import SequenceBackbone
+    from esssm.model import SequenceBackbone, records_init_args
 
     class MeanMixer(torch.nn.Module):
         def forward(self, x, mask=None, budget=None):
             return torch.cumsum(x, 1) / torch.arange(1, x.shape[1] + 1).view(1, -1, 1)
 
+    @records_init_args
     class Cumulative(SequenceBackbone):
         def __init__(self, d_model: int = 16):
             super().__init__(lambda i: MeanMixer(), d_model, 1)
@@ -97,7 +98,7 @@ def test_resume_restores_step_budget_sequence_and_ema(tmp_path):
     resumed = trainer(tmp_path / "b", max_steps=20, callbacks=[spy])
     resumed.fit(resumed_task, ToyDataModule(), ckpt_path=ckpt)
     assert resumed.global_step == 20 and spy.seen[0][0] == 10
-    expected = BudgetSampler(8, grid=resumed_task.hparams.budget_grid, warmup_epochs=0)
+    expected = BudgetSampler(8, grid=resumed_task.sampler.grid, warmup_epochs=0)
     assert [k for _, k in spy.seen] == [expected.sample(s, resumed_task.current_epoch) for s, _ in spy.seen]
     assert int(resumed_task.ema.n_averaged) == 20
     state = torch.load(ckpt, weights_only=False)["state_dict"]
@@ -163,3 +164,17 @@ def test_budget_curve_figure_places_baselines_beside_the_curves():
     star = by_params.lines[-1]  # and as one point at its parameter count
     assert list(star.get_xdata()) == [350] and list(star.get_ydata()) == [0.5]
     assert [t.get_text() for t in by_params.get_legend().get_texts()] == ["esssm", "transformer"]
+
+
+def test_flat_budget_hyperparameters_of_earlier_checkpoints_fold_into_budget():
+    hparams = {"lr": 1.0, "budget_dropout": True, "budget_grid": [2, 8], "budget_k_min": 2,
+               "budget_warmup_epochs": 1, "budget_full_every": 4, "budget_seed": 3}
+    assert upgrade_hparams(hparams)
+    assert hparams == {"lr": 1.0, "budget": {"grid": [2, 8], "k_min": 2, "warmup_epochs": 1, "full_every": 4,
+                                             "seed": 3}}
+    task = make_task(budget=hparams["budget"])
+    assert task.sampler.grid == [2, 8] and task.sampler.sample(0, 0) == 8
+    fixed = {"budget_dropout": False, "budget_grid": [2, 8]}
+    assert upgrade_hparams(fixed) and fixed == {"budget": None}
+    assert not upgrade_hparams(fixed)
+    assert make_task(budget=None).sampler.sample(5, 3) == 8

@@ -84,7 +84,7 @@ def test_tiny_lm_learns_and_sweep_reports_bits_per_byte(tmp_path):
     dm = ByteLMDataModule(data_dir=str(text_folder(tmp_path)), seq_len=64, batch_size=8,
                           val_fraction=0.2, test_fraction=0.2)
     task = SequenceTask(ESSSM(d_model=32, n_layers=2, seq_len=64, k_max=4, dropout=0.0), num_classes=257,
-                        vocab_size=257, task="lm", lr=3e-3, ema_decay=None, budget_warmup_epochs=0)
+                        vocab_size=257, task="lm", lr=3e-3, ema_decay=None, budget={"warmup_epochs": 0})
     trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[BudgetSweep([1, 2, 4])], default_root_dir=tmp_path)

@@ -20,7 +20,7 @@ def test_fit_writes_a_progress_record(tmp_path):
     path = tmp_path / "progress.json"
     L.seed_everything(0)
     task = SequenceTask(ESSSM(d_model=16, n_layers=1, seq_len=24, k_max=4), num_classes=3, vocab_size=8,
-                        budget_warmup_epochs=0)
+                        budget={"warmup_epochs": 0})
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, callbacks=[ProgressFile(str(path))])
     trainer.fit(task, datamodule=ToyDataModule(train_size=32, val_size=21))

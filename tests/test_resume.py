@@ -38,8 +38,8 @@ def train(datamodule, epochs: int, root: Path, every_n_steps: int | None = None,
     L.seed_everything(0)
     backbone = ESSSM(d_model=16, n_layers=2, seq_len=datamodule.seq_len, k_max=4, dropout=0.1, drop_path=0.2)
     task = SequenceTask(backbone, num_classes=datamodule.num_classes, vocab_size=datamodule.vocab_size,
-                        task=datamodule.task, lr=3e-3, ema_decay=0.9, budget_warmup_epochs=0,
-                        budget_grid=None, budget_k_min=1)
+                        task=datamodule.task, lr=3e-3, ema_decay=0.9,
+                        budget={"warmup_epochs": 0, "grid": None, "k_min": 1})
     callbacks = [ModelCheckpoint(dirpath=root, filename="{step}", every_n_train_steps=every_n_steps,
                                  save_top_k=-1)] if every_n_steps else []
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,

@@ -37,7 +37,7 @@ def train_runs(root: Path) -> dict[str, Path]:
         L.seed_everything(0)
         backbone = ESSSM(d_model=16, n_layers=1, seq_len=24, k_max=K_MAX)
         task = SequenceTask(backbone, num_classes=3, vocab_size=8, lr=3e-3, ema_decay=0.9,
-                            budget_dropout=dropout, budget_warmup_epochs=0, budget_grid=None, budget_k_min=1)
+                            budget={"warmup_epochs": 0, "grid": None, "k_min": 1} if dropout else None)
         logger = TensorBoardLogger(root, name=name, version="seed0", default_hp_metric=False)
         trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=logger, enable_progress_bar=False,
                             enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=1,

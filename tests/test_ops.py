@@ -1,24 +1,27 @@
-"""The fast layer against the naive yardstick of the benchmarks: outputs and gradients agree."""
-
-import sys
-from pathlib import Path
+"""The spectral-mixing kernel (esssm.ops.mixing) against its plain reference
+(esssm.ops.reference, the layer with fast=False): outputs and gradients agree."""
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
-from benchmarks.naive import naive_forward  # noqa: E402
-from esssm.layer import ESSSMLayer, linear  # noqa: E402
+from esssm.layer import ESSSMLayer
+from esssm.ops import gemm, mixing
+from esssm.ops.gemm import linear
+from test_layer import make_layer as make_small_layer
 
 
 def make_layer(**kw) -> ESSSMLayer:
-    torch.manual_seed(0)
-    layer = ESSSMLayer(16, 64, 8, mix_init_std=0.3, **kw)
-    if layer.gate:
-        with torch.no_grad():  # a non-trivial gate: softmax weights that differ per channel
-            layer.gate_out.weight.normal_(0, 1.0)
-            layer.gate_out.bias.normal_(0, 1.0)
-    return layer
+    """A layer (D=16, L=64, k_max=8) with a non-trivial gate."""
+    return make_small_layer(16, 64, 8, **kw)
+
+
+def naive_forward(layer: ESSSMLayer, u: torch.Tensor, budget: int) -> torch.Tensor:
+    """The layer's output, same parameters, through the reference mixing (fast=False)."""
+    layer.fast = False
+    try:
+        return layer(u, budget=budget)
+    finally:
+        layer.fast = True
 
 
 @pytest.mark.parametrize("k", [1, 3, 8])
@@ -54,13 +57,11 @@ def test_inference_matches_naive_at_every_budget_and_length():
 
 def test_small_fft_blocks_give_the_same_result(monkeypatch):
     """Blocks cut inside one channel's features (the CPU cache path) change nothing."""
-    import esssm.layer as layer_module
-
     layer = make_layer()
     u = torch.randn(2, 64, 16, requires_grad=True)
     expected = naive_forward(layer, u, 5)
-    monkeypatch.setattr(layer_module, "_CPU_BLOCK_BYTES", 8 * 128 * 5)  # 5 signals per block
-    monkeypatch.setattr(layer_module, "_CPU_CHUNK_BYTES", 4 * 2 * 16 * 64 * 2)  # 2 channels
+    monkeypatch.setattr(mixing, "_CPU_BLOCK_BYTES", 8 * 128 * 5)  # 5 signals per block
+    monkeypatch.setattr(mixing, "_CPU_CHUNK_BYTES", 4 * 2 * 16 * 64 * 2)  # 2 channels
     out = layer(u, budget=5)
     assert torch.allclose(out, expected, atol=1e-5)
     (grad_fast,) = torch.autograd.grad(out.sum(), u)
@@ -92,18 +93,18 @@ def test_cuda_layer_matches_naive(checkpoint):
     assert torch.allclose(grad_fast, grad_slow, atol=1e-4, rtol=1e-4)
 
 
-def test_plain_matmul_path_matches_naive(monkeypatch):
+def test_plain_matmul_path_matches_naive():
     """The bmm path (GPUs, dtypes oneDNN does not take, a torch without the op) agrees too."""
-    import esssm.layer as layer_module
-
-    monkeypatch.setitem(layer_module._ONEDNN, "ok", False)
     layer = make_layer()
     u = torch.randn(2, 64, 16, requires_grad=True)
-    out, expected = layer(u, budget=4), naive_forward(layer, u, 4)
-    assert torch.allclose(out, expected, atol=1e-5)
-    (grad_fast,) = torch.autograd.grad(out.square().sum(), u)
-    (grad_slow,) = torch.autograd.grad(expected.square().sum(), u)
-    assert torch.allclose(grad_fast, grad_slow, atol=1e-4)
+    with gemm.onednn(False):
+        assert not gemm.onednn_enabled()
+        out, expected = layer(u, budget=4), naive_forward(layer, u, 4)
+        assert torch.allclose(out, expected, atol=1e-5)
+        (grad_fast,) = torch.autograd.grad(out.square().sum(), u)
+        (grad_slow,) = torch.autograd.grad(expected.square().sum(), u)
+        assert torch.allclose(grad_fast, grad_slow, atol=1e-4)
+    assert gemm.onednn_enabled() == gemm.onednn_available()
 
 
 def test_linear_matches_torch_linear_with_gradients():
@@ -117,3 +118,25 @@ def test_linear_matches_torch_linear_with_gradients():
     assert torch.allclose(ours, ref, atol=1e-5)
     for a, b in zip(grads, ref_grads):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_fast_flag_is_a_backbone_setting_and_changes_nothing():
+    from esssm.model import ESSSM
+
+    torch.manual_seed(0)
+    fast = ESSSM(16, 2, 32, 4).eval()
+    slow = ESSSM(16, 2, 32, 4, fast=False).eval()
+    slow.load_state_dict(fast.state_dict())
+    assert all(not m.fast for m in slow.modules() if isinstance(m, ESSSMLayer))
+    x = torch.randn(2, 32, 16)
+    with torch.no_grad():
+        for k in (1, 4):
+            assert torch.allclose(slow(x, budget=k), fast(x, budget=k), atol=1e-5)
+
+
+def test_spectra_cache_follows_device_and_dtype_moves():
+    layer = make_layer()
+    u = torch.randn(1, 64, 16)
+    out = layer(u)
+    double = layer.double()(u.double())  # new phi tensor: new cache entry, float64 spectra
+    assert double.dtype == torch.float64 and torch.allclose(double.float(), out, atol=1e-5)

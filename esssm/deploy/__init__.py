@@ -1,0 +1,48 @@
+"""Budgeted deployment of a trained model, in plain torch (no Lightning).
+
+- `export`: a standalone file holding channels 1..k only, checked against the full model;
+  a TorchScript copy;
+- `plan`: the most accurate budget meeting a latency target on this machine;
+- `cascade`: anytime inference, escalating low-confidence inputs to larger budgets;
+- `model`: the task's model rebuilt from a config, and synthetic example batches.
+
+The command-line glue (`esssm export | plan | cascade`) is in esssm/commands.py.
+"""
+
+from esssm.deploy.cascade import CascadeResult, cascade_predict, cascade_sweep, evaluate_policy, format_cascade
+from esssm.deploy.export import (
+    EXPORT_FORMAT,
+    check_targets,
+    example_seq_len,
+    export_checked,
+    export_torchscript,
+    format_export,
+    load_exported,
+    load_torchscript,
+    reference_copy,
+    save_exported,
+    state_bytes,
+    torchscript_path,
+    truncate,
+    truncated_state_dict,
+)
+from esssm.deploy.model import batch_logits, build_model, elastic_k_max, model_config, synthetic_batch, to_device
+from esssm.deploy.plan import (
+    CurvePoint,
+    PlanRow,
+    curve_for,
+    curve_name,
+    format_plan,
+    measure_latencies,
+    plan_budget,
+    read_curve,
+)
+
+__all__ = [
+    "EXPORT_FORMAT", "CascadeResult", "CurvePoint", "PlanRow", "batch_logits", "build_model", "cascade_predict",
+    "cascade_sweep", "check_targets", "curve_for", "curve_name", "elastic_k_max", "evaluate_policy",
+    "example_seq_len", "export_checked", "export_torchscript", "format_cascade", "format_export", "format_plan",
+    "load_exported", "load_torchscript", "measure_latencies", "model_config", "plan_budget", "read_curve",
+    "reference_copy", "save_exported", "state_bytes", "synthetic_batch", "to_device", "torchscript_path", "truncate",
+    "truncated_state_dict",
+]

@@ -1,0 +1,166 @@
+"""Plan: the most accurate budget whose measured latency meets a target, from a recorded
+budget-accuracy curve of the same checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from esssm.batch import Batch
+from esssm.deploy.model import batch_logits, to_device
+from esssm.timing import time_once
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    budget: int
+    acc: float
+    active_params: int
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    budget: int
+    acc: float
+    latency_ms: float
+    active_params: int
+    meets: bool
+
+
+def _curve_rows(path: str | Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"budget", "acc", "active_params"} - set(rows[0] if rows else {})
+    if missing:
+        raise ValueError(f"{path} is not a budget curve: columns {sorted(missing)} missing (or no rows)")
+    return rows
+
+
+def read_curve(path: str | Path) -> list[CurvePoint]:
+    """Budget-accuracy points from a BudgetSweep CSV (budget, acc, active_params, ...).
+
+    A "full" row (a model without a budget) is skipped; a budget listed twice keeps its last row.
+    A non-finite accuracy is refused with the file and line.
+    """
+    points = {}
+    for line, r in enumerate(_curve_rows(path), start=2):
+        if r["budget"].isdigit():
+            acc = float(r["acc"])
+            if not 0.0 <= acc <= 1.0:
+                raise ValueError(f"{path}:{line}: accuracy {r['acc']!r} at budget {r['budget']} is not in [0, 1]")
+            points[int(r["budget"])] = CurvePoint(int(r["budget"]), acc, int(r["active_params"]))
+    return [points[k] for k in sorted(points)]
+
+
+def curve_name(ckpt: str | Path, split: str) -> str:
+    """The file name `esssm sweep` gives the curve of one checkpoint: <stem>.budget_curve_<split>.csv."""
+    return f"{Path(ckpt).stem}.budget_curve_{split}.csv"
+
+
+def curve_problem(path: str | Path, source: Mapping[str, Any]) -> str | None:
+    """Why the curve at `path` was not measured on the checkpoint `source` describes (its
+    global step, and its sha256 where the curve records one), or None when it was."""
+    row = _curve_rows(path)[0]
+    if "step" not in row:
+        return f"{path} records no training step, so it cannot be matched to a checkpoint"
+    if row["step"] != str(source["step"]):
+        return f"{path} was measured at training step {row['step']}, the checkpoint is at step {source['step']}"
+    if row.get("sha256") and row["sha256"] != source["sha256"]:
+        return f"{path} was measured on another file ({row.get('checkpoint')}, sha256 {row['sha256'][:12]}...)"
+    return None
+
+
+def curve_for(ckpt: str | Path, source: Mapping[str, Any], curve: str | Path | None = None) -> Path:
+    """The budget curve measured on this checkpoint: `curve` if given, else, beside it, the one
+    `esssm sweep` wrote for it or the one training wrote at its step; validation before test
+    (choosing a budget on the test split would leak it). A curve of another checkpoint is refused."""
+    folder = Path(ckpt).parent
+    candidates = [Path(curve)] if curve else [
+        folder / name for split in ("val", "test") for name in (curve_name(ckpt, split), f"budget_curve_{split}.csv")
+    ]
+    problems = []
+    for path in candidates:
+        if path.is_file():
+            problem = curve_problem(path, source)
+            if problem is None:
+                return path
+            problems.append(problem)
+    found = "; ".join(problems) if problems else f"no budget curve beside {ckpt}"
+    raise FileNotFoundError(
+        f"no budget curve of {ckpt} ({found}). Measure one with `esssm sweep --ckpt {ckpt} "
+        f"--data-config <fit config> --split val` (it writes {folder / curve_name(ckpt, 'val')})"
+    )
+
+
+def measure_latencies(
+    model: nn.Module,
+    example: Batch,
+    budgets: Sequence[int],
+    device: str | torch.device = "cpu",
+    rounds: int = 5,
+    warmup: int = 1,
+    timer: Callable[[Callable[[], object], str | torch.device], float] = time_once,
+) -> dict[int, float]:
+    """Median milliseconds of one forward pass of `example` per budget.
+
+    Budgets are timed in interleaved rounds (every budget once per round) after `warmup`
+    untimed rounds, so a burst of load from other processes hits all budgets alike instead of
+    skewing whichever budget was being timed. `timer(fn, device) -> ms` is injectable.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    model = model.to(device).eval()
+    example = to_device(example, device)
+    times: dict[int, list[float]] = {k: [] for k in budgets}
+    with torch.inference_mode():
+        for r in range(warmup + rounds):
+            for k in budgets:
+                ms = timer(lambda k=k: batch_logits(model, example, k), device)
+                if r >= warmup:
+                    times[k].append(ms)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def plan_budget(
+    curve: Sequence[CurvePoint], latencies: Mapping[int, float], target_ms: float
+) -> tuple[PlanRow | None, list[PlanRow]]:
+    """The most accurate budget whose latency meets `target_ms` (ties: the faster one), or None,
+    and the table behind the choice (budgets with both an accuracy and a latency)."""
+    rows = [
+        PlanRow(p.budget, p.acc, latencies[p.budget], p.active_params, latencies[p.budget] <= target_ms)
+        for p in curve
+        if p.budget in latencies
+    ]
+    feasible = [r for r in rows if r.meets]
+    best = max(feasible, key=lambda r: (r.acc, -r.latency_ms)) if feasible else None
+    return best, rows
+
+
+def format_plan(rows: Sequence[PlanRow], best: PlanRow | None, target_ms: float) -> str:
+    """The plan table, the chosen row marked, and the verdict."""
+    lines = [f"{'budget':>6}  {'acc %':>7}  {'latency ms':>10}  {'active params':>13}  meets {target_ms:g} ms"]
+    for r in rows:
+        mark = "  <- best" if r is best else ""
+        lines.append(
+            f"{r.budget:>6}  {100 * r.acc:7.2f}  {r.latency_ms:10.2f}  {r.active_params:13,d}  "
+            f"{'yes' if r.meets else 'no':>5}{mark}"
+        )
+    if best is None:
+        fastest = min(rows, key=lambda r: r.latency_ms)
+        lines.append(
+            f"no budget meets {target_ms:g} ms: the fastest, k={fastest.budget}, takes "
+            f"{fastest.latency_ms:.2f} ms here; raise the target, lower --batch/--seq-len, or use a GPU"
+        )
+    else:
+        lines.append(
+            f"best budget: k={best.budget} ({100 * best.acc:.2f}% at {best.latency_ms:.2f} ms, "
+            f"{best.active_params:,d} active parameters)"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""Trained runs as objects: the task of a checkpoint, its evaluation model, an exported model,
+and the datamodule of a config. Used by the `esssm` tools, ./reproduce.sh and the smoke checks."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+
+from esssm.checkpoints import read_checkpoint, require_finite_weights
+from esssm.deploy.export import EXPORT_FORMAT, load_exported
+from esssm.deploy.model import model_config
+from esssm.files import file_sha256
+from esssm.lit import SequenceTask, upgrade_hparams
+
+
+def load_task(ckpt: str | Path, map_location: str = "cpu") -> SequenceTask:
+    """The trained task from a checkpoint; the backbone is rebuilt from its stored spec.
+
+    The file is checked first (sha256 sidecar, truncation; errors name it). `task.source`
+    records which file it came from: checkpoint name, sha256, epoch and global step.
+    Checkpoints written before the `budget` setting existed are upgraded in memory first.
+    """
+    path = Path(ckpt)
+    checkpoint = read_checkpoint(path, map_location)
+    source: Path | io.BytesIO = path
+    if upgrade_hparams(checkpoint.get("hyper_parameters", {})):
+        source = io.BytesIO()
+        torch.save(checkpoint, source)
+        source.seek(0)
+    task = SequenceTask.load_from_checkpoint(source, map_location=map_location, weights_only=False)
+    task.source = {
+        "checkpoint": path.name, "sha256": file_sha256(path),
+        "epoch": checkpoint.get("epoch"), "step": checkpoint.get("global_step"),
+    }
+    return task
+
+
+def load_eval_model(ckpt: str | Path) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+    """The evaluation weights (EMA when enabled) of a checkpoint, their `model_config` and the
+    checkpoint's `source` record; a model with NaN/inf weights is refused."""
+    task = load_task(ckpt)
+    require_finite_weights(task.eval_model.state_dict(), f"checkpoint {ckpt}")
+    return task.eval_model.eval(), model_config(task.hparams), task.source
+
+
+def load_language_model(path: str | Path) -> torch.nn.Module:
+    """The model of an `esssm export` file, or the evaluation (EMA) weights of a training
+    checkpoint; both in eval mode."""
+    if _is_export(Path(path)):
+        return load_exported(path)
+    return load_eval_model(path)[0]
+
+
+def _is_export(path: Path) -> bool:
+    """Whether `path` holds an `esssm export` payload (memory-mapped peek, no full read)."""
+    if not path.is_file():
+        return False
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, pickle.UnpicklingError):
+        return False
+    return isinstance(payload, dict) and payload.get("format") == EXPORT_FORMAT
+
+
+def load_datamodule(config: str | Path, overrides: dict[str, Any] | None = None) -> L.LightningDataModule:
+    """Instantiate the `data:` section of a YAML config (a full fit config works), with overrides
+    of its init_args (e.g. data_dir, batch_size)."""
+    path = Path(config)
+    if not path.is_file():
+        raise FileNotFoundError(f"data config {path} does not exist (see conf/<task>/*.yaml)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    spec = raw.get("data", raw)
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise ValueError(f"{path} has no 'data: {{class_path: ..., init_args: ...}}' section")
+    return instantiate_datamodule({**spec, "init_args": {**spec.get("init_args", {}), **(overrides or {})}})
+
+
+def instantiate_datamodule(spec: dict[str, Any]) -> L.LightningDataModule:
+    """A datamodule from {"class_path", "init_args"}, type-checked as LightningCLI would."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
+    return parser.instantiate(parser.parse_object({"data": spec})).data
