@@ -31,6 +31,10 @@ def _clear_spectra(layer: ESSSMLayer, incompatible_keys: object) -> None:
     layer._spectra.clear()
 
 
+# Total weight of the active channels: 1 (the method) or k (the plain sum's gain, an ablation).
+WEIGHT_SUMS = ("one", "k")
+
+
 class ESSSMLayer(nn.Module):
     """ES-SSM sequence mixer (docs/design.md section 1), input and output (B, L, D).
 
@@ -59,6 +63,7 @@ class ESSSMLayer(nn.Module):
         normalize: bool = True,
         gate_bias_init: float = -2.0,
         mix_init_std: float = 1e-3,
+        weight_sum: str = "one",
         channel_chunk: int | None = None,
         eps: float = 1e-6,
         filter_cache_dir: str | None = None,
@@ -76,6 +81,10 @@ class ESSSMLayer(nn.Module):
         super().__init__()
         if d_model < 2:
             raise ValueError(f"d_model must be >= 2, got {d_model}")
+        if weight_sum not in WEIGHT_SUMS:
+            raise ValueError(f"weight_sum must be one of {WEIGHT_SUMS}, got {weight_sum!r}")
+        if weight_sum == "k" and not normalize:
+            raise ValueError("weight_sum='k' rescales normalised weights; with normalize=False they are 1 already")
         if gate and not normalize:
             raise ValueError(
                 "normalize=False (unit channel weights) needs gate=False: the gate is a softmax "
@@ -83,6 +92,7 @@ class ESSSMLayer(nn.Module):
             )
         self.d_model, self.seq_len, self.k_max = d_model, seq_len, k_max
         self.gate, self.rms_rescale, self.normalize, self.eps = gate, rms_rescale, normalize, eps
+        self.weight_sum = weight_sum
         self.channel_chunk, self.checkpoint, self.fast = channel_chunk, checkpoint, fast
         # Persistent: a trained model never depends on recomputing the near-null-space filters.
         self.register_buffer("sigma", torch.full((k_max,), math.nan))
@@ -110,15 +120,18 @@ class ESSSMLayer(nn.Module):
 
     def channel_weights(self, u: torch.Tensor, k: int) -> torch.Tensor:
         """alpha (B, L, k): masked-softmax gate over the active prefix; rows sum to 1 at any k
-        (without the gate: 1/k each, or 1 each when not normalised)."""
+        (without the gate: 1/k each, or 1 each when not normalised), or to k with
+        weight_sum="k", the plain sum's total weight."""
         if not self.gate:
-            return u.new_full((*u.shape[:2], k), 1.0 / k if self.normalize else 1.0)
-        hidden = F.gelu(linear(u, self.gate_in.weight, self.gate_in.bias))
-        logits = linear(hidden, self.gate_out.weight[:k], self.gate_out.bias[:k])
-        if self.rms_rescale:
-            norm = logits.norm(dim=-1, keepdim=True).clamp_min(self.eps)
-            logits = logits * (math.sqrt(k) / norm)
-        return logits.softmax(dim=-1)
+            alpha = u.new_full((*u.shape[:2], k), 1.0 / k if self.normalize else 1.0)
+        else:
+            hidden = F.gelu(linear(u, self.gate_in.weight, self.gate_in.bias))
+            logits = linear(hidden, self.gate_out.weight[:k], self.gate_out.bias[:k])
+            if self.rms_rescale:
+                norm = logits.norm(dim=-1, keepdim=True).clamp_min(self.eps)
+                logits = logits * (math.sqrt(k) / norm)
+            alpha = logits.softmax(dim=-1)
+        return alpha * k if self.weight_sum == "k" else alpha
 
     def mixing_weights(self, u: torch.Tensor, k: int) -> torch.Tensor:
         """alpha_j(t) sigma_j^(1/4), (B, L, k): the weight of channel j's term at time t (one

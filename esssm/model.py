@@ -175,6 +175,7 @@ class ESSSM(SequenceBackbone):
         init_filters: bool = True,
         mixer_dropout: float = 0.0,
         mix_init_std: float = 1e-3,
+        weight_sum: str = "one",
         fast: bool = True,
     ) -> None:
         """fast=False: the layers mix channels with the plain reference of the formula instead
@@ -183,12 +184,15 @@ class ESSSM(SequenceBackbone):
         init_filters=False: filters left NaN, to be
         filled by load_state_dict (see ESSSMLayer). mixer_dropout: Dropout on the mixer branch
         (0 = the authors' block; earlier versions of this project used `dropout` there).
-        mix_init_std: std of the mixing matrices M_j at init (the authors: 1e-3)."""
+        mix_init_std: std of the mixing matrices M_j at init (the authors: 1e-3). weight_sum:
+        "one" (the method: the active channels' weights sum to 1) or "k" (scaled to sum to k, the
+        plain sum's total weight; an ablation of the spectral path's gain)."""
 
         def mixer(_: int) -> ESSSMLayer:
             return ESSSMLayer(
                 d_model, seq_len, k_max, gate, rms_rescale, normalize, channel_chunk=channel_chunk,
-                checkpoint=checkpoint, init_filters=init_filters, mix_init_std=mix_init_std, fast=fast,
+                checkpoint=checkpoint, init_filters=init_filters, mix_init_std=mix_init_std,
+                weight_sum=weight_sum, fast=fast,
             )
 
         super().__init__(mixer, d_model, n_layers, ffn_mult, dropout, drop_path, mixer_dropout)

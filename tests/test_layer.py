@@ -23,6 +23,8 @@ def reference_layer(layer: ESSSMLayer, u: torch.Tensor, k: int) -> torch.Tensor:
         alpha = torch.softmax(s, dim=-1)
     else:
         alpha = torch.full((batch, length, k), 1.0 / k if layer.normalize else 1.0, dtype=torch.float64)
+    if layer.weight_sum == "k":
+        alpha = alpha * k
     t = torch.arange(length)
     lag = t[:, None] - t[None, :]
     y = u @ p["skip.weight"].T
@@ -47,7 +49,8 @@ def make_layer(d=8, seq_len=32, k_max=6, **kw) -> ESSSMLayer:
 @pytest.mark.parametrize("k", [1, 3, 6])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"gate": False}, {"gate": False, "normalize": False}, {"rms_rescale": False}, {"channel_chunk": 4}],
+    [{}, {"gate": False}, {"gate": False, "normalize": False}, {"rms_rescale": False}, {"channel_chunk": 4},
+     {"weight_sum": "k"}],
 )
 def test_layer_matches_float64_formula(k, options):
     layer = make_layer(**options)
@@ -84,6 +87,21 @@ def test_unnormalised_layer_is_the_plain_spectral_sum():
         assert torch.equal(layer.channel_weights(u, k), torch.ones(2, 10, k))
     with pytest.raises(ValueError, match="normalize=False .* needs gate=False"):
         ESSSMLayer(8, 32, 6, gate=True, normalize=False)
+
+
+def test_weights_scaled_to_k_give_the_plain_sum_gain():
+    """weight_sum="k" (an ablation): the active weights sum to k; without the gate that is the
+    plain spectral sum exactly."""
+    gated = make_layer(weight_sum="k")
+    u = torch.randn(2, 10, 8)
+    for k in (1, 4, 6):
+        assert torch.allclose(gated.channel_weights(u, k).sum(-1), torch.full((2, 10), float(k)), atol=1e-5)
+    scaled, plain = make_layer(gate=False, weight_sum="k"), make_layer(gate=False, normalize=False)
+    assert torch.allclose(scaled(u, budget=4), plain(u, budget=4))
+    with pytest.raises(ValueError, match="weight_sum must be one of"):
+        ESSSMLayer(8, 32, 6, weight_sum="two")
+    with pytest.raises(ValueError, match="with normalize=False they are 1 already"):
+        ESSSMLayer(8, 32, 6, gate=False, normalize=False, weight_sum="k")
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
