@@ -66,12 +66,6 @@ def elastic_summary(result: dict[str, Any]) -> dict[str, Any]:
     return curve_summary([r["budget"] for r in rows], [r["acc"] for r in rows])
 
 
-def seed_stats(seeds: list[dict[str, Any]], key: str) -> tuple[float | None, float | None]:
-    """Mean and std over seeds of one `elastic_summary` entry (None where undefined)."""
-    values = [elastic_summary(s)[key] for s in seeds]
-    return (None, None) if None in values else mean_std(values)
-
-
 def row_at(result: dict[str, Any], budget: Any) -> dict[str, Any] | None:
     return next((r for r in result["rows"] if r["budget"] == budget), None)
 
