@@ -66,14 +66,10 @@ def bench_length(length: int, args, device: torch.device) -> list[dict]:
     batch = args.batch or max(1, args.tokens // length)
     d = args.d_model
     torch.manual_seed(0)
-    options = {"checkpoint": True} if args.checkpoint else {}  # older layers lack the flag
-    layer = ESSSMLayer(d, length, args.k_max, **options).to(device)
+    layer = ESSSMLayer(d, length, args.k_max, checkpoint=args.checkpoint).to(device)
     model = None
     if args.model_layers:
-        model = ESSSM(d, args.model_layers, length, args.k_max).to(device).eval()
-        for module in model.modules():
-            if isinstance(module, ESSSMLayer):
-                module.checkpoint = args.checkpoint
+        model = ESSSM(d, args.model_layers, length, args.k_max, checkpoint=args.checkpoint).to(device).eval()
     x = torch.randn(batch, length, d, device=device)
     rows = []
     for k in args.budgets:
