@@ -146,3 +146,14 @@ def test_lm_config_is_the_authors_shape():
     assert model["budget"]["warmup_steps"] == 8000 and "warmup_epochs" not in model["budget"]
     assert sorted(config["sweep"]["val_budgets"]) == [2, 3, 4, 6, 8, 12, 16, 24, 32]
     assert config["sweep"]["test_budgets"] == "all"
+
+
+@pytest.mark.parametrize("task, micro, per_update", [("retrieval", 8, 16), ("speech", 2, 16)])
+def test_long_tasks_train_16_examples_per_update_in_micro_batches(task, micro, per_update):
+    """Every model of Retrieval and Speech updates on 16 examples, fed in micro-batches small
+    enough for one 80 GB GPU (16 at once would need 90-270 GB; docs/results.md)."""
+    for path in sorted((CONF / task).glob("*.yaml")):
+        config = yaml.safe_load(path.read_text())
+        batch = config["data"]["init_args"]["batch_size"]
+        assert batch == micro, path
+        assert batch * config["trainer"]["accumulate_grad_batches"] == per_update, path
