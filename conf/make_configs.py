@@ -47,9 +47,9 @@ TASKS = {
                 "batch": 32, "epochs": 40},
     "text": {"data": "datamodules.IMDBDataModule", "args": {"max_len": 4096}, "seq_len": 4096,
              "batch": 16, "epochs": 32},
-    # Retrieval and Speech keep 16 examples per update in micro-batches: at 16 x 4000 pairs or
-    # 16 x 16000 samples one float32 step needs about 90 GB and 130-270 GB (the CPU smoke's peak
-    # memory per example, docs/results.md), more than one 80 GB GPU holds.
+    # Retrieval and Speech keep 16 examples per update, in micro-batches: 16 at once is 128k or
+    # 256k tokens per step, and float32 training at 65k tokens already takes 26 GB (ES-SSM) to
+    # 52 GB (Mamba-2) on an H100 (docs/benchmarks.md), so one 80 GB GPU would not hold it.
     "retrieval": {"data": "datamodules.AANDataModule", "args": {"max_len": 4000}, "seq_len": 4000,
                   "batch": 8, "trainer": {"accumulate_grad_batches": 2}, "epochs": 20},
     "scifar": {"data": "datamodules.SCIFARDataModule", "args": {"mode": "gray"}, "seq_len": 1024,

@@ -151,7 +151,7 @@ def test_lm_config_is_the_authors_shape():
 @pytest.mark.parametrize("task, micro, per_update", [("retrieval", 8, 16), ("speech", 2, 16)])
 def test_long_tasks_train_16_examples_per_update_in_micro_batches(task, micro, per_update):
     """Every model of Retrieval and Speech updates on 16 examples, fed in micro-batches small
-    enough for one 80 GB GPU (16 at once would need 90-270 GB; docs/results.md)."""
+    enough for one 80 GB GPU (16 at once is 128k or 256k tokens; conf/make_configs.py)."""
     for path in sorted((CONF / task).glob("*.yaml")):
         config = yaml.safe_load(path.read_text())
         batch = config["data"]["init_args"]["batch_size"]
