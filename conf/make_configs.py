@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT.parent))
 from baselines.sizing import match_width  # noqa: E402
 from esssm.budget import PAPER_EVAL_BUDGETS  # noqa: E402
 from esssm.callbacks import VAL_SWEEP_EVERY_N_EPOCHS  # noqa: E402
-from esssm.model import SequenceClassifier, build_module, count_parameters  # noqa: E402
+from esssm.model import build_module, build_task_model, count_parameters  # noqa: E402
 
 # Every truncation level is swept: at test always, at validation every 10 epochs (a sweep of all
 # k costs about one training epoch at the sCIFAR size; docs/design.md) and at the last epoch.
@@ -110,12 +110,13 @@ def baseline_builders(n_layers: int, seq_len: int, causal: bool = False) -> dict
 
 
 def whole_model_params(backbone: dict, data: dict) -> int:
-    return count_parameters(SequenceClassifier(build_module(backbone), **data))
+    """Parameters of the task's whole model (its head included: Retrieval's MLP grows with width)."""
+    return count_parameters(build_task_model(backbone=build_module(backbone), **data))
 
 
 def matched(class_path: str, args: dict, multiple: int, target: int, data: dict) -> dict:
     spec = lambda d: {"class_path": class_path, "init_args": {"d_model": d, **args}}  # noqa: E731
-    width = match_width(lambda d: SequenceClassifier(build_module(spec(d)), **data), target, multiple)
+    width = match_width(lambda d: build_task_model(backbone=build_module(spec(d)), **data), target, multiple)
     return spec(width)
 
 
@@ -151,11 +152,12 @@ def config(task: dict, run_name: str, backbone: dict, overrides: dict) -> dict:
 
 
 def data_facts(task: dict) -> dict:
-    """num_classes / vocab_size / input_dim of the task, read from its datamodule (no data needed)."""
+    """build_task_model's task, num_classes, vocab_size and input_dim, from the datamodule (no data needed)."""
     from esssm.loading import instantiate_datamodule
 
     dm = instantiate_datamodule({"class_path": task["data"], "init_args": task["args"]})
-    return {"num_classes": dm.num_classes, "vocab_size": dm.vocab_size, "input_dim": dm.input_dim}
+    return {"task": dm.task, "num_classes": dm.num_classes, "vocab_size": dm.vocab_size,
+            "input_dim": dm.input_dim}
 
 
 def write(path: Path, cfg: dict, header: str) -> None:

@@ -12,7 +12,7 @@ from esssm.budget import BudgetSampler
 from esssm.cli import main
 from esssm.layer import ESSSMLayer
 from esssm.loading import load_datamodule
-from esssm.model import SequenceClassifier, build_module, count_parameters
+from esssm.model import build_module, build_task_model, count_parameters
 from esssm.reproduce import QUICK_LISTOPS
 from esssm.smoke import PG19_TRAIN_BYTES, TRAIN_EXAMPLES
 from esssm.spectral import filter_scale, spectral_filters
@@ -61,8 +61,8 @@ def whole_model_params(path: Path) -> int:
     config = yaml.safe_load(path.read_text())
     data = load_datamodule(path)  # reads no files: the facts are known at construction
     with torch.device("meta"):  # count without allocating ~20M parameters per config
-        model = SequenceClassifier(
-            build_module(config["model"]["backbone"]), data.num_classes, data.vocab_size, data.input_dim
+        model = build_task_model(
+            data.task, build_module(config["model"]["backbone"]), data.num_classes, data.vocab_size, data.input_dim
         )
     return count_parameters(model)
 
