@@ -43,6 +43,10 @@ def main(skip: int, out: str) -> None:
     finite = all(bool(torch.isfinite(p).all()) for p in task.parameters())
     outcome = {"error": error, "step": trainer.global_step, "finite": finite}
     Path(f"{out}.{trainer.global_rank}.json").write_text(json.dumps(outcome))
+    # Lightning leaves the gloo group up after a failed fit; torn down at interpreter exit, its
+    # threads sometimes abort the process ("terminate called without an active exception").
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
