@@ -127,17 +127,27 @@ def export_main(argv: list[str]) -> int:
         "(load it with esssm.deploy.load_exported; no Lightning, no data needed).",
     )
     parser.add_argument("--budget", type=positive_int, required=True, help="spectral budget k to keep")
-    parser.add_argument("--out", required=True, help="output file, e.g. model_k8.pt")
+    parser.add_argument("--out", required=True, help="output file, e.g. model_k8.pt (or model_k8.onnx)")
+    parser.add_argument("--format", choices=["torch", "onnx"], default="torch",
+                        help="torch: a PyTorch file for esssm.deploy.load_exported; onnx: an ONNX graph with dynamic "
+                        "batch and length (<= seq_len), checked in onnxruntime (esssm.deploy.load_onnx)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--torchscript", action="store_true", help="also write OUT.torchscript.pt (traced)")
-    parser.add_argument("--batch", type=positive_int, default=1, help="example batch size for the checks and the trace")
+    parser.add_argument("--torchscript", action="store_true", help="also write OUT.torchscript.pt (traced; --format torch)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="example batch size for the checks and the trace "
+                        "(ONNX: checked at this size and one more)")
     parser.add_argument("--seq-len", type=positive_int, help="example length (default: the model's seq_len); "
-                        "TorchScript graphs are specialised to it")
+                        "TorchScript graphs are specialised to it (ONNX: checked at it and about half)")
     args = parser.parse_args(argv)
+    if args.torchscript and args.format != "torch":
+        parser.error("--torchscript comes with --format torch; an ONNX export is one file")
     deploy.check_targets([args.out, *([deploy.torchscript_path(args.out)] if args.torchscript else [])],
                          args.overwrite)  # before any work
     full, config, _ = load_eval_model(args.ckpt)
-    example = deploy.synthetic_batch(config, args.batch, deploy.example_seq_len(config, args.seq_len))
+    seq_len = deploy.example_seq_len(config, args.seq_len)
+    if args.format == "onnx":
+        print(deploy.format_onnx_export(deploy.export_onnx_checked(full, config, args.budget, args.out, args.batch, seq_len)))
+        return 0
+    example = deploy.synthetic_batch(config, args.batch, seq_len)
     report = deploy.export_checked(full, config, args.budget, args.out, example, args.torchscript)
     report["ckpt_bytes"] = Path(args.ckpt).stat().st_size
     print(deploy.format_export(report))
@@ -148,7 +158,9 @@ def plan_main(argv: list[str]) -> int:
     """Best budget for a latency target on this machine, from the checkpoint's own budget curve."""
     parser = _ckpt_parser("plan", "Best budget for a latency target on this machine.")
     parser.add_argument("--latency-ms", type=positive_float, required=True, help="latency target per batch")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--runtime", choices=sorted(deploy.RUNTIMES), default="torch",
+                        help="what runs the model: torch, or onnxruntime (each budget exported to ONNX; CPU)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torch)")
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size of the timed forward pass")
     parser.add_argument("--seq-len", type=positive_int, help="input length (default: the model's seq_len)")
     parser.add_argument("--curve", help="budget-accuracy CSV measured on this checkpoint (default: the one "
@@ -165,9 +177,10 @@ def plan_main(argv: list[str]) -> int:
     seq_len = deploy.example_seq_len(config, args.seq_len)
     example = deploy.synthetic_batch(config, args.batch, seq_len)
     budgets = [p.budget for p in curve]
-    latencies = deploy.measure_latencies(model, example, budgets, args.device, args.repeats, args.warmup)
+    forwards = deploy.budget_forwards(args.runtime, model, config, example, budgets, args.device)
+    latencies = deploy.measure_latencies(forwards, args.device, args.repeats, args.warmup)
     best, rows = deploy.plan_budget(curve, latencies, args.latency_ms)
-    print(f"curve: {curve_path}; latency: batch {args.batch} x length {seq_len} on {args.device}")
+    print(f"curve: {curve_path}; latency: batch {args.batch} x length {seq_len} on {args.device} ({args.runtime})")
     print(deploy.format_plan(rows, best, args.latency_ms))
     return 0 if best is not None else 1
 

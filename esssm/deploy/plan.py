@@ -4,6 +4,7 @@ budget-accuracy curve of the same checkpoint."""
 from __future__ import annotations
 
 import csv
+import functools
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from torch import nn
 
 from esssm.batch import Batch
 from esssm.deploy.model import batch_logits, to_device
+from esssm.deploy.onnx import onnx_forwards
 from esssm.timing import time_once
 
 
@@ -99,16 +101,47 @@ def curve_for(ckpt: str | Path, source: Mapping[str, Any], curve: str | Path | N
     )
 
 
+Forward = Callable[[], object]
+# A runtime: (model, config, example, budgets, device) -> one call running `example` per budget.
+Runtime = Callable[[nn.Module, Mapping[str, Any], Batch, Sequence[int], str | torch.device], dict[int, Forward]]
+
+
+def torch_forwards(
+    model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int], device: str | torch.device
+) -> dict[int, Forward]:
+    """The PyTorch model itself at each budget on `device` (inference mode)."""
+    model = model.to(device).eval()
+    example = to_device(example, device)
+
+    def forward(budget: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return batch_logits(model, example, budget)
+
+    return {k: functools.partial(forward, k) for k in budgets}
+
+
+# What `esssm plan --runtime` times: each entry builds the per-budget calls of one runtime.
+RUNTIMES: dict[str, Runtime] = {"torch": torch_forwards, "onnxruntime": onnx_forwards}
+
+
+def budget_forwards(
+    runtime: str, model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int],
+    device: str | torch.device = "cpu",
+) -> dict[int, Forward]:
+    """One call running `example` at each budget in `runtime` (a key of RUNTIMES)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {sorted(RUNTIMES)}, got {runtime!r}")
+    return RUNTIMES[runtime](model, config, example, budgets, device)
+
+
 def measure_latencies(
-    model: nn.Module,
-    example: Batch,
-    budgets: Sequence[int],
+    forwards: Mapping[int, Forward],
     device: str | torch.device = "cpu",
     rounds: int = 5,
     warmup: int = 1,
-    timer: Callable[[Callable[[], object], str | torch.device], float] = time_once,
+    timer: Callable[[Forward, str | torch.device], float] = time_once,
 ) -> dict[int, float]:
-    """Median milliseconds of one forward pass of `example` per budget.
+    """Median milliseconds of each budget's call (from `budget_forwards`).
 
     Budgets are timed in interleaved rounds (every budget once per round) after `warmup`
     untimed rounds, so a burst of load from other processes hits all budgets alike instead of
@@ -116,15 +149,12 @@ def measure_latencies(
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    model = model.to(device).eval()
-    example = to_device(example, device)
-    times: dict[int, list[float]] = {k: [] for k in budgets}
-    with torch.inference_mode():
-        for r in range(warmup + rounds):
-            for k in budgets:
-                ms = timer(lambda k=k: batch_logits(model, example, k), device)
-                if r >= warmup:
-                    times[k].append(ms)
+    times: dict[int, list[float]] = {k: [] for k in forwards}
+    for r in range(warmup + rounds):
+        for k, forward in forwards.items():
+            ms = timer(forward, device)
+            if r >= warmup:
+                times[k].append(ms)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
