@@ -36,7 +36,6 @@ from esssm.deploy.export import truncate
 from esssm.deploy.model import batch_logits, synthetic_batch
 from esssm.files import atomic_write, verify_checksum
 from esssm.layer import ESSSMLayer, check_budget
-from esssm.ops import gemm
 from esssm.spectral import filter_spectra
 
 # Largest relative error (max |onnx - torch| / max |torch|) an export may show on its check batches.
@@ -129,7 +128,7 @@ def _write_graph(model: nn.Module, config: Mapping[str, Any], path: str) -> None
     # The second document one step shorter: torch.export gives equal example sizes one symbol.
     inputs = tuple(example[name][:, : seq_len - 1 if name.endswith("2") else seq_len] for name in names)
     graph = _NamedInputs(onnx_copy(model), names).eval()
-    with gemm.onednn(False), torch.no_grad(), warnings.catch_warnings():  # oneDNN's op has no ONNX form
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "# The axis name", UserWarning)  # shared axes (batch) keep one name
         program = torch.onnx.export(
             graph, inputs, dynamo=True, input_names=list(names), output_names=[OUTPUT_NAME],
