@@ -1,0 +1,141 @@
+"""The ONNX export of a truncated ES-SSM model in onnxruntime against the same model in PyTorch.
+
+    python -m benchmarks.bench_onnx --threads 1 --json onnx_cpu_1t.json   # the docs/benchmarks.md table
+    python -m benchmarks.bench_onnx --lengths 256 --budgets 1,8 --toeplitz-max-len 256   # smoke run
+
+Model: one ES-SSM block (d_model 256, k_max 32, byte-sized vocabulary, classification head) built
+for seq_len = L, truncated to each budget k and exported with `esssm.deploy.export_onnx`; batch 1
+at the full length. Per (L, k), timed in interleaved rounds (median):
+
+- torch: the model at budget k in PyTorch (the fast kernel);
+- torch, export form: `onnx_copy` of the truncated model in PyTorch (what the graph computes);
+- onnxruntime: the exported file (FFT convolution by the ONNX DFT op at a power-of-two size);
+- onnxruntime, Toeplitz: the real-arithmetic alternative, each convolution a matmul against a
+  precomputed (L, k L) matrix of filter taps (no DFT at all; O(k L^2) per feature, and the file
+  holds k L^2 floats, so only up to --toeplitz-max-len).
+
+The relative errors (max |onnx - torch| / max |torch|) of both ONNX forms are reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+from benchmarks.timing import machine_info, parse_ints
+from esssm import deploy
+from esssm.deploy import onnx as deploy_onnx
+from esssm.files import atomic_write_text
+from esssm.model import ESSSM, module_spec
+from esssm.timing import time_once
+
+
+class ToeplitzMixer(deploy_onnx.OnnxMixer):
+    """OnnxMixer with each causal convolution a matmul against the filter taps, no DFT."""
+
+    def __init__(self, layer) -> None:
+        super().__init__(layer)
+        n = layer.seq_len
+        lag = torch.arange(n)[None, :] - torch.arange(n)[:, None]  # t - s
+        taps = layer.phi.t()[:, lag.clamp_min(0)] * (lag >= 0)  # (k, L_s, L_t): phi_j[t - s], causal
+        self.register_buffer("taps", taps.permute(1, 0, 2).contiguous(), persistent=False)  # (L_s, k, L_t)
+
+    def convolve(self, u: torch.Tensor, k: int) -> torch.Tensor:
+        length = u.shape[1]
+        taps = self.taps[:length, :k, :length].reshape(length, k * length)
+        conv = u.transpose(1, 2) @ taps  # (B, D, k*L)
+        return conv.unflatten(-1, (k, length)).transpose(1, 2)  # (B, k, D, L)
+
+
+def model_and_config(length: int, d_model: int, k_max: int) -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(0)
+    backbone = ESSSM(d_model=d_model, n_layers=1, seq_len=length, k_max=k_max, dropout=0.0, drop_path=0.0)
+    config = {"backbone": module_spec(backbone), "num_classes": 10, "vocab_size": 257, "input_dim": None,
+              "task": "classification"}
+    return deploy.build_model(config).eval(), config
+
+
+def exported(model, config, budget: int, folder: str, toeplitz: bool) -> deploy_onnx.OnnxModel:
+    path = Path(folder) / f"k{budget}{'_toeplitz' if toeplitz else ''}.onnx"
+    mixer = ToeplitzMixer if toeplitz else deploy_onnx.OnnxMixer
+    with mock.patch.object(deploy_onnx, "OnnxMixer", mixer):
+        deploy.export_onnx(*deploy.truncate(model, config, budget), path)
+    return deploy.load_onnx(path, threads=torch.get_num_threads())
+
+
+def measure(length: int, budget: int, args, folder: str) -> dict:
+    model, config = model_and_config(length, args.d_model, args.k_max)
+    batch = deploy.synthetic_batch(config, 1, length)
+    with torch.no_grad():
+        expected = deploy.batch_logits(model, batch, budget)
+    export_form = deploy_onnx.onnx_copy(deploy.truncate(model, config, budget)[0])
+    calls = {
+        "torch": lambda: deploy.batch_logits(model, batch, budget),
+        "torch_export_form": lambda: deploy.batch_logits(export_form, batch),
+    }
+    row = {"length": length, "budget": budget}
+    for name, toeplitz in (("onnxruntime", False), ("onnxruntime_toeplitz", True)):
+        if toeplitz and length > args.toeplitz_max_len:
+            continue
+        onnx_model = exported(model, config, budget, folder, toeplitz)
+        feeds = onnx_model.feeds(batch)
+        row[f"{name}_rel_error"] = deploy_onnx.relative_error(onnx_model(batch), expected)
+        calls[name] = lambda m=onnx_model, f=feeds: m.session.run(None, f)
+    times = {name: [] for name in calls}
+    with torch.inference_mode():
+        for r in range(args.warmup + args.repeats):
+            for name, call in calls.items():
+                ms = time_once(call)
+                if r >= args.warmup:
+                    times[name].append(ms)
+    row.update({f"{name}_ms": statistics.median(t) for name, t in times.items()})
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    columns = [("torch_ms", "torch ms"), ("torch_export_form_ms", "torch, export form ms"),
+               ("onnxruntime_ms", "onnxruntime ms"), ("onnxruntime_rel_error", "rel. error"),
+               ("onnxruntime_toeplitz_ms", "onnxruntime Toeplitz ms"),
+               ("onnxruntime_toeplitz_rel_error", "Toeplitz rel. error")]
+    lines = ["| L | k | " + " | ".join(title for _, title in columns) + " |", "|---" * (2 + len(columns)) + "|"]
+    for r in rows:
+        cells = [f"{r[key]:.3g}" if key in r else "" for key, _ in columns]
+        lines.append(f"| {r['length']} | {r['budget']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=parse_ints, default=[1024, 4096])
+    parser.add_argument("--budgets", type=parse_ints, default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--k-max", type=int, default=32)
+    parser.add_argument("--toeplitz-max-len", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--json", help="write the rows here (under docs/benchmarks_data/ unless a path)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for length in args.lengths:
+            for budget in args.budgets:
+                rows.append(measure(length, budget, args, folder))
+                print(json.dumps(rows[-1]), flush=True)
+    print(table(rows))
+    if args.json:
+        path = Path(args.json) if os.sep in args.json else Path("docs/benchmarks_data") / args.json
+        info = {**machine_info(torch.device("cpu")), "loadavg_end": os.getloadavg(), "args": vars(args)}
+        atomic_write_text(path, json.dumps({"machine": info, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
