@@ -9,12 +9,14 @@ at the full length. Per (L, k), timed in interleaved rounds (median):
 
 - torch: the model at budget k in PyTorch (the fast kernel);
 - torch, export form: `onnx_copy` of the truncated model in PyTorch (what the graph computes);
-- onnxruntime: the exported file (FFT convolution by the ONNX DFT op at a power-of-two size);
-- onnxruntime, Toeplitz: the real-arithmetic alternative, each convolution a matmul against a
-  precomputed (L, k L) matrix of filter taps (no DFT at all; O(k L^2) per feature, and the file
-  holds k L^2 floats, so only up to --toeplitz-max-len).
+- onnxruntime: the exported file (convolutions by `MatmulConvolution`, a two-stage DFT as real
+  matmuls);
+- onnxruntime, DFT op: the same graph with torch.fft.rfft/irfft, which the exporter lowers to the
+  ONNX DFT op (complex products in real arithmetic);
+- onnxruntime, Toeplitz: each convolution a matmul against the (L, k L) matrix of filter taps (no
+  DFT; O(k L^2) per feature, and the file holds k L^2 floats, so only up to --toeplitz-max-len).
 
-The relative errors (max |onnx - torch| / max |torch|) of both ONNX forms are reported too.
+The relative errors (max |onnx - torch| / max |torch|) of the ONNX forms are reported too.
 """
 
 from __future__ import annotations
@@ -28,30 +30,50 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from torch import nn
 
 from benchmarks.timing import machine_info, parse_ints
 from esssm import deploy
 from esssm.deploy import onnx as deploy_onnx
 from esssm.files import atomic_write_text
 from esssm.model import ESSSM, module_spec
+from esssm.spectral import filter_spectra
 from esssm.timing import time_once
 
 
-class ToeplitzMixer(deploy_onnx.OnnxMixer):
-    """OnnxMixer with each causal convolution a matmul against the filter taps, no DFT."""
+class DftOpConvolution(nn.Module):
+    """`MatmulConvolution`'s job by rfft/irfft: the ONNX DFT op in the exported graph."""
 
-    def __init__(self, layer) -> None:
-        super().__init__(layer)
-        n = layer.seq_len
+    def __init__(self, phi: torch.Tensor, nfft: int) -> None:
+        super().__init__()
+        self.nfft = nfft
+        self.register_buffer("spectra", torch.view_as_real(filter_spectra(phi, nfft)).contiguous(), persistent=False)
+
+    def forward(self, u: torch.Tensor, k: int) -> torch.Tensor:
+        u_hat = torch.view_as_real(torch.fft.rfft(u.transpose(1, 2), n=self.nfft, dim=-1)).unsqueeze(1)
+        u_re, u_im = u_hat[..., 0], u_hat[..., 1]  # (B, 1, D, F)
+        s_re, s_im = self.spectra[:k, None, :, 0], self.spectra[:k, None, :, 1]  # (k, 1, F)
+        product = torch.stack([u_re * s_re - u_im * s_im, u_re * s_im + u_im * s_re], dim=-1)
+        return torch.fft.irfft(torch.view_as_complex(product), n=self.nfft, dim=-1)[..., : u.shape[1]]
+
+
+class ToeplitzConvolution(nn.Module):
+    """`MatmulConvolution`'s job as u (B, D, L) @ taps (L, k L), taps[s, j L + t] = phi_j[t - s]."""
+
+    def __init__(self, phi: torch.Tensor, nfft: int) -> None:
+        super().__init__()
+        n = phi.shape[0]
         lag = torch.arange(n)[None, :] - torch.arange(n)[:, None]  # t - s
-        taps = layer.phi.t()[:, lag.clamp_min(0)] * (lag >= 0)  # (k, L_s, L_t): phi_j[t - s], causal
+        taps = phi.t()[:, lag.clamp_min(0)] * (lag >= 0)  # (k, L_s, L_t), causal
         self.register_buffer("taps", taps.permute(1, 0, 2).contiguous(), persistent=False)  # (L_s, k, L_t)
 
-    def convolve(self, u: torch.Tensor, k: int) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, k: int) -> torch.Tensor:
         length = u.shape[1]
-        taps = self.taps[:length, :k, :length].reshape(length, k * length)
-        conv = u.transpose(1, 2) @ taps  # (B, D, k*L)
+        conv = u.transpose(1, 2) @ self.taps[:length, :k, :length].reshape(length, k * length)  # (B, D, k*L)
         return conv.unflatten(-1, (k, length)).transpose(1, 2)  # (B, k, D, L)
+
+
+FORMS = {"onnxruntime": None, "onnxruntime_dft_op": DftOpConvolution, "onnxruntime_toeplitz": ToeplitzConvolution}
 
 
 def model_and_config(length: int, d_model: int, k_max: int) -> tuple[torch.nn.Module, dict]:
@@ -62,10 +84,10 @@ def model_and_config(length: int, d_model: int, k_max: int) -> tuple[torch.nn.Mo
     return deploy.build_model(config).eval(), config
 
 
-def exported(model, config, budget: int, folder: str, toeplitz: bool) -> deploy_onnx.OnnxModel:
-    path = Path(folder) / f"k{budget}{'_toeplitz' if toeplitz else ''}.onnx"
-    mixer = ToeplitzMixer if toeplitz else deploy_onnx.OnnxMixer
-    with mock.patch.object(deploy_onnx, "OnnxMixer", mixer):
+def exported(model, config, budget: int, folder: str, form: str) -> deploy_onnx.OnnxModel:
+    """The budget's ONNX file in an onnxruntime session, its convolutions by `form`."""
+    path = Path(folder) / f"k{budget}_{form}.onnx"
+    with mock.patch.object(deploy_onnx, "MatmulConvolution", FORMS[form] or deploy_onnx.MatmulConvolution):
         deploy.export_onnx(*deploy.truncate(model, config, budget), path)
     return deploy.load_onnx(path, threads=torch.get_num_threads())
 
@@ -81,13 +103,12 @@ def measure(length: int, budget: int, args, folder: str) -> dict:
         "torch_export_form": lambda: deploy.batch_logits(export_form, batch),
     }
     row = {"length": length, "budget": budget}
-    for name, toeplitz in (("onnxruntime", False), ("onnxruntime_toeplitz", True)):
-        if toeplitz and length > args.toeplitz_max_len:
+    for form in FORMS:
+        if form == "onnxruntime_toeplitz" and length > args.toeplitz_max_len:
             continue
-        onnx_model = exported(model, config, budget, folder, toeplitz)
-        feeds = onnx_model.feeds(batch)
-        row[f"{name}_rel_error"] = deploy_onnx.relative_error(onnx_model(batch), expected)
-        calls[name] = lambda m=onnx_model, f=feeds: m.session.run(None, f)
+        onnx_model = exported(model, config, budget, folder, form)
+        row[f"{form}_rel_error"] = deploy_onnx.relative_error(onnx_model(batch), expected)
+        calls[form] = lambda m=onnx_model, feeds=onnx_model.feeds(batch): m.session.run(None, feeds)
     times = {name: [] for name in calls}
     with torch.inference_mode():
         for r in range(args.warmup + args.repeats):
@@ -102,8 +123,8 @@ def measure(length: int, budget: int, args, folder: str) -> dict:
 def table(rows: list[dict]) -> str:
     columns = [("torch_ms", "torch ms"), ("torch_export_form_ms", "torch, export form ms"),
                ("onnxruntime_ms", "onnxruntime ms"), ("onnxruntime_rel_error", "rel. error"),
-               ("onnxruntime_toeplitz_ms", "onnxruntime Toeplitz ms"),
-               ("onnxruntime_toeplitz_rel_error", "Toeplitz rel. error")]
+               ("onnxruntime_dft_op_ms", "DFT op ms"), ("onnxruntime_dft_op_rel_error", "DFT op rel. error"),
+               ("onnxruntime_toeplitz_ms", "Toeplitz ms"), ("onnxruntime_toeplitz_rel_error", "Toeplitz rel. error")]
     lines = ["| L | k | " + " | ".join(title for _, title in columns) + " |", "|---" * (2 + len(columns)) + "|"]
     for r in rows:
         cells = [f"{r[key]:.3g}" if key in r else "" for key, _ in columns]

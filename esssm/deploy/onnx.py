@@ -1,14 +1,13 @@
 """ONNX export: a truncated model as one ONNX file, run in onnxruntime and checked against PyTorch.
 
-torch.onnx's exporter (torch.export underneath) lowers rfft/irfft to the ONNX DFT op, with a
-complex number as a trailing axis of 2, but few other ops on complex tensors; onnxruntime's DFT
-is accurate and fast only at power-of-two sizes. So the graph mixes channels with `OnnxMixer`,
-the reference formula of each ES-SSM layer written for the exporter: one power-of-two FFT size
-n >= 2 seq_len - 1 per layer, so the filter spectra are constants (real and imaginary parts) and
-every input length 1..seq_len convolves without wrap-around; complex products in real
-arithmetic; one GEMM over the k*D convolutions. Only slicing depends on the length, so batch
-size and length are dynamic. docs/benchmarks.md measures this form against onnxruntime's
-alternatives and PyTorch.
+torch.onnx's exporter (torch.export underneath) handles complex tensors in few ops, and
+onnxruntime runs its DFT op several times slower than matrix products of the same job
+(docs/benchmarks.md). So the graph mixes channels with `OnnxMixer`, the reference formula of
+each ES-SSM layer written for the exporter: the causal convolutions by `MatmulConvolution` (a
+two-stage DFT as real matmuls, esssm/deploy/dft.py) at one power-of-two FFT size
+n >= 2 seq_len - 1 per layer, so its matrices and the filter spectra are constants and every
+length 1..seq_len convolves without wrap-around; then one GEMM over the k*D convolutions. Only
+slicing and padding depend on the length, so batch size and length are dynamic.
 
 The file holds the model at its full budget (export a `truncate`d model) with inputs named as the
 batch keys (x, mask; retrieval x1, mask1, x2, mask2) and output `logits`; its config is in the
@@ -32,16 +31,18 @@ import torch
 from torch import nn
 
 from esssm.batch import Batch
+from esssm.checkpoints import require_finite_weights
+from esssm.deploy.dft import MatmulConvolution
 from esssm.deploy.export import truncate
 from esssm.deploy.model import batch_logits, synthetic_batch
 from esssm.files import atomic_write, verify_checksum
 from esssm.layer import ESSSMLayer, check_budget
-from esssm.spectral import filter_spectra
 
 # Largest relative error (max |onnx - torch| / max |torch|) an export may show on its check batches.
 RELATIVE_TOLERANCE = 1e-4
 OUTPUT_NAME = "logits"
 CONFIG_KEY = "esssm.config"  # metadata entry holding the model config (JSON)
+ONNX_FILE_LIMIT = 2**31  # protobuf's limit on one serialised ONNX model, in bytes
 
 
 def _require(module: str) -> ModuleType:
@@ -53,22 +54,18 @@ def _require(module: str) -> ModuleType:
 
 
 def power_of_two_fft_size(seq_len: int) -> int:
-    """Smallest power of two >= 2 seq_len - 1: linear convolutions of any length <= seq_len."""
-    return 1 << (2 * seq_len - 2).bit_length()
+    """Smallest power of two >= max(4, 2 seq_len - 1): linear convolutions of any length <= seq_len."""
+    return max(4, 1 << (2 * seq_len - 2).bit_length())
 
 
 class OnnxMixer(nn.Module):
-    """An ESSSMLayer's forward as the exporter and onnxruntime handle it, (B, L, D) -> (B, L, D).
-
-    The same function as the layer at every budget (the layer's own parameters; its filter
-    spectra at the fixed power-of-two FFT size, stored as a (k_max, n/2 + 1, 2) buffer).
-    """
+    """An ESSSMLayer's forward as the exporter and onnxruntime handle it, (B, L, D) -> (B, L, D):
+    the same function at every budget, from the layer's own parameters and filters."""
 
     def __init__(self, layer: ESSSMLayer) -> None:
         super().__init__()
-        self.layer, self.nfft = layer, power_of_two_fft_size(layer.seq_len)
-        spectra = filter_spectra(layer.phi.to(torch.float32), self.nfft)
-        self.register_buffer("spectra", torch.view_as_real(spectra).contiguous(), persistent=False)
+        self.layer = layer
+        self.convolve = MatmulConvolution(layer.phi, power_of_two_fft_size(layer.seq_len))
 
     def forward(self, u: torch.Tensor, mask: torch.Tensor | None = None, budget: int | None = None) -> torch.Tensor:
         layer = self.layer
@@ -76,14 +73,6 @@ class OnnxMixer(nn.Module):
         weights = layer.mixing_weights(u, k).transpose(1, 2).unsqueeze(2)  # (B, k, 1, L)
         weighted = (self.convolve(u, k) * weights).flatten(1, 2)  # (B, k*D, L)
         return layer.skip(u) + weighted.transpose(1, 2) @ layer.mix[:k].flatten(0, 1)  # (B, L, k*D) @ (k*D, D)
-
-    def convolve(self, u: torch.Tensor, k: int) -> torch.Tensor:
-        """(B, L, D) -> (B, k, D, L): y[b, j, d, t] = sum_{s <= t} phi_j[t - s] u[b, s, d]."""
-        u_hat = torch.view_as_real(torch.fft.rfft(u.transpose(1, 2), n=self.nfft, dim=-1)).unsqueeze(1)
-        u_re, u_im = u_hat[..., 0], u_hat[..., 1]  # (B, 1, D, F)
-        s_re, s_im = self.spectra[:k, None, :, 0], self.spectra[:k, None, :, 1]  # (k, 1, F)
-        product = torch.stack([u_re * s_re - u_im * s_im, u_re * s_im + u_im * s_re], dim=-1)
-        return torch.fft.irfft(torch.view_as_complex(product), n=self.nfft, dim=-1)[..., : u.shape[1]]
 
 
 def onnx_copy(model: nn.Module) -> nn.Module:
@@ -142,7 +131,17 @@ def export_onnx(
     model: nn.Module, config: Mapping[str, Any], path: str | Path, check: Callable[[str], Any] | None = None
 ) -> int:
     """Write `model` (a `truncate`d model and its config) to `path` as ONNX, atomically with a
-    sha256 sidecar, after `check(tmp)`; returns the size in bytes."""
+    sha256 sidecar, after `check(tmp)`; returns the size in bytes. Non-finite weights are
+    refused, and so are models beyond one file's 2 GB protobuf limit (the exporter would move
+    their weights to a second file, outside the atomic write and the checksum)."""
+    state = model.state_dict()
+    require_finite_weights(state, f"refusing to write {path}")
+    weight_bytes = sum(t.numel() * t.element_size() for t in state.values())
+    if weight_bytes >= ONNX_FILE_LIMIT:
+        raise ValueError(
+            f"refusing to write {path}: {weight_bytes / 2**30:.2f} GiB of weights do not fit in one ONNX file "
+            f"(limit 2 GB); export a smaller budget, or use --format torch"
+        )
     return atomic_write(path, lambda tmp: _write_graph(model, config, tmp), check=check, checksum=True)
 
 
