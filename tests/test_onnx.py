@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from esssm import deploy
+from esssm.checkpoints import CheckpointError
 from esssm.cli import main
 from esssm.deploy import onnx as deploy_onnx
+from esssm.deploy.dft import MatmulConvolution
 from esssm.files import ChecksumError, sidecar_path
 from esssm.model import ESSSM, module_spec
+from esssm.spectral import causal_fft_conv, fast_fft_size, filter_spectra
 from test_deploy import trained  # noqa: F401  (the tiny trained checkpoint and its budget curve)
 
 pytest.importorskip("onnxruntime")
@@ -138,3 +141,25 @@ def test_onnxruntime_runtime_refuses_a_gpu_and_unknown_runtimes(trained):
         deploy.budget_forwards("onnxruntime", model, config, example, [1], "cuda")
     with pytest.raises(ValueError, match="runtime must be one of"):
         deploy.budget_forwards("tvm", model, config, example, [1])
+
+
+@pytest.mark.parametrize("seq_len", [1, 3, 20, 100])
+def test_matmul_convolution_is_the_causal_fft_convolution_at_every_length(seq_len):
+    torch.manual_seed(0)
+    phi = torch.randn(seq_len, 5)
+    conv = MatmulConvolution(phi, deploy_onnx.power_of_two_fft_size(seq_len))
+    for length in sorted({seq_len, seq_len // 2 + 1}):
+        u = torch.randn(2, length, 4)
+        nfft = fast_fft_size(2 * length - 1)
+        expected = causal_fft_conv(u, filter_spectra(phi[:length, :3], nfft), nfft)
+        assert torch.allclose(conv(u, 3), expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_non_finite_weights_are_never_exported(tmp_path):
+    model, config = tiny_model("classification")
+    small, small_config = deploy.truncate(model, config, 2)
+    with torch.no_grad():
+        small.head.bias[0] = float("nan")
+    with pytest.raises(CheckpointError, match="non-finite weights"):
+        deploy.export_onnx(small, small_config, tmp_path / "nan.onnx")
+    assert not list(tmp_path.iterdir())
