@@ -103,6 +103,21 @@ def test_inductor_compile_equals_eager_at_every_shape(name):
     check_inductor(name, (L, L // 2), (1, 4, None))
 
 
+def test_one_graph_serves_every_length():
+    """Traced passes use one FFT size for every length, so after Dynamo's first recompile (which
+    makes the length dynamic) a new length compiles nothing (batches padded to their longest)."""
+    model = classifier("esssm").eval()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    counters = torch._dynamo.utils.counters["stats"]
+    with torch.no_grad():
+        for length in (L, 40):
+            compiled(*inputs(2, length), budget=3)
+        graphs = counters["unique_graphs"]
+        for length in (33, 17, L - 1, 2):
+            assert_close(compiled(*inputs(2, length), budget=3), model(*inputs(2, length), budget=3))
+    assert counters["unique_graphs"] == graphs
+
+
 @pytest.mark.parametrize("name", ["esssm", "esssm_reference", "arstu"])
 def test_torch_export_at_a_fixed_budget(name):
     model = classifier(name).eval()
