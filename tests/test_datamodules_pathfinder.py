@@ -212,6 +212,21 @@ def test_bad_images_and_settings_are_clear_errors(tmp_path: Path) -> None:
         loaded(tmp_path)
 
 
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_png_is_named_with_what_to_do(tmp_path: Path, damage: str) -> None:
+    write_pathfinder(tmp_path)
+    image = tmp_path / "pathfinder32" / HARD / "imgs" / "0" / "sample_0.png"
+    data = bytearray(image.read_bytes())
+    if damage == "truncate":
+        del data[len(data) // 2 :]
+    else:
+        data[60:70] = bytes(10)  # inside the compressed pixel data
+    image.write_bytes(bytes(data))
+    module = loaded(tmp_path, val_fraction=0.5, test_fraction=0.45)
+    with pytest.raises(MalformedDataError, match=f"{image} cannot be read .*regenerate the data set"):
+        all_items(module, "train") + all_items(module, "val") + all_items(module, "test")
+
+
 def test_download_streams_only_the_difficulty_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     release = write_pathfinder(tmp_path / "release")
     write_pathfinder(release, difficulty="curv_baseline")
