@@ -100,7 +100,10 @@ def read_metadata(folder: Path) -> tuple[list[str], np.ndarray]:
             if len(fields) < 4:
                 raise malformed(path, line, f"expected at least 4 columns ({METADATA_COLUMNS}); got {len(fields)}")
             label = parse_label(fields[3], NUM_CLASSES, path, line)
-            relative = f"{fields[0].decode()}/{fields[1].decode()}"
+            try:
+                relative = f"{fields[0].decode()}/{fields[1].decode()}"
+            except UnicodeDecodeError:
+                raise malformed(path, line, "the image folder or file name is not UTF-8 text") from None
             try:
                 empty = os.stat(folder / relative).st_size == 0
             except FileNotFoundError:

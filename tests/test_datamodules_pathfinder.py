@@ -185,12 +185,13 @@ def test_missing_folder_error_names_files_and_both_ways_to_get_them(tmp_path: Pa
         ("imgs/0 sample_0.png 0 2", MalformedDataError, "outside 0..1"),
         ("imgs/0 sample_0.png 0 yes", MalformedDataError, "is not a number"),
         ("imgs/0 sample_99.png 0 1", DataFolderError, "sample_99.png does not exist"),
+        ("imgs/\xe9 sample_0.png 0 1", MalformedDataError, "not UTF-8 text"),  # written as latin-1
     ],
 )
 def test_bad_metadata_row_names_file_and_line(tmp_path: Path, row: str, error: type, problem: str) -> None:
     write_pathfinder(tmp_path)
     path = tmp_path / "pathfinder32" / HARD / "metadata" / "2.npy"
-    path.write_text(path.read_text() + row + "\n")
+    path.write_bytes(path.read_bytes() + row.encode("latin-1") + b"\n")
     with pytest.raises(error, match=f"{path}:{FOLDERS[2] + 1}: .*{problem}"):
         loaded(tmp_path)
 
