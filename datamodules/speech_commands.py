@@ -2,9 +2,9 @@
 
 Layout: one folder per word of 16 kHz mono WAV files; validation_list.txt and
 testing_list.txt name the held-out files ("word/file.wav"), every other file of a word
-folder is training data; _background_noise_ is ignored. A listed clip of a word read that does
-not exist is an error naming the list file and line (it would silently join no split). WAV files are read with
-soundfile (torchaudio.load needs torchcodec).
+folder is training data; _background_noise_ is ignored. A listed clip that does not exist
+is an error naming the list file and line (it would silently join no split). WAV files are
+read with soundfile (torchaudio.load needs torchcodec).
 """
 
 from __future__ import annotations

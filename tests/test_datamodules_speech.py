@@ -155,7 +155,7 @@ def test_damaged_wave_is_named(tmp_path: Path) -> None:
     root = write_speech_commands(tmp_path / "sc")
     clip = root / "yes" / "aa_nohash_0.wav"
     clip.write_bytes(clip.read_bytes()[:30])  # cut inside the header
-    with pytest.raises(MalformedDataError, match="aa_nohash_0.wav is not a readable WAV file .*download the data set again"):
+    with pytest.raises(MalformedDataError, match="aa_nohash_0.wav is not a readable WAV file .*data set again"):
         loaded_module(root)
     with pytest.raises(MalformedDataError, match="aa_nohash_0.wav is not a readable WAV file"):
         loaded_module(root, subset="sc10", split="s4")  # the S4 split reads every clip's length
