@@ -173,6 +173,8 @@ def _cache_entry_problem(
     """What is wrong with a cache entry (sigma (K,), phi (L, K)), or None when it can be used."""
     if sigma.shape != (k_max,) or phi.shape != (seq_len, k_max):
         return f"holds sigma {sigma.shape} and phi {phi.shape}, expected ({k_max},) and ({seq_len}, {k_max})"
+    if sigma.dtype != np.float64 or phi.dtype != np.float64:
+        return f"holds sigma {sigma.dtype} and phi {phi.dtype}, expected float64"
     if digest != _digest(sigma, phi):
         return "fails its checksum"
     problem = eigenpair_problem(sigma, phi)

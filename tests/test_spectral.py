@@ -127,17 +127,18 @@ WRONG_FILTERS = [
     ("not in descending order", lambda sigma, phi: (sigma[::-1].copy(), phi[:, ::-1].copy())),
     ("not the top 8", _second_to_ninth),
     ("NaN or infinite", lambda sigma, phi: (np.full_like(sigma, np.nan), phi)),
+    ("expected float64", lambda sigma, phi: (sigma.astype(str), phi)),
 ]
 
 
 @pytest.mark.parametrize(
-    "problem,make", WRONG_FILTERS, ids=["random", "scaled", "doubled", "reversed", "shifted", "nan"]
+    "problem,make", WRONG_FILTERS, ids=["random", "scaled", "doubled", "reversed", "shifted", "nan", "text"]
 )
 def test_cache_with_wrong_filters_and_a_matching_digest_is_recomputed(tmp_path, problem, make):
     sigma, phi = compute_spectral_filters(128, 8)
     path = tmp_path / f"hankel_v{spectral._CACHE_VERSION}_L128_K8.npz"
     _write_entry(path, *make(sigma, phi))
-    with pytest.warns(UserWarning, match=f"{path} holds wrong filters: .*{problem}"):
+    with pytest.warns(UserWarning, match=f"{path} holds .*{problem}"):
         loaded = spectral_filters(128, 8, cache_dir=tmp_path)
     assert np.array_equal(loaded[0], sigma) and np.array_equal(loaded[1], phi)
     with np.load(path) as f:  # rewritten with the right filters
