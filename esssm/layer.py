@@ -104,6 +104,8 @@ class ESSSMLayer(nn.Module):
             nn.init.constant_(self.gate_out.bias, gate_bias_init)
         self.mix = nn.Parameter(torch.randn(k_max, d_model, d_model) * mix_init_std)
         self.skip = nn.Linear(d_model, d_model, bias=False)
+        # The FFT size of traced passes of symbolic length (see `spectra`); >= 2 seq_len - 1.
+        self.fft_size_any_length = fast_fft_size(2 * seq_len - 1)
 
     def extra_repr(self) -> str:
         return (
@@ -132,15 +134,23 @@ class ESSSMLayer(nn.Module):
         return self.channel_weights(u, k) * filter_scale(self.sigma[:k])
 
     def spectra(self, length: int, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
-        """Spectra (k, F) of the active filters cut to `length` taps, and their FFT size.
+        """Spectra (k, F) of the active filters, and their FFT size, for inputs of `length`.
 
-        Cut, because taps beyond the input length would wrap around into the kept outputs.
-        Computed on every pass rather than cached: k transforms against the k*D*B of the
-        convolutions (a 1/(D*B) share), and nothing outside the module's tensors, so the pass
-        traces (torch.compile, torch.export) and always follows the current `phi`.
+        Eager: the smallest fast FFT size for the length, and the filters cut to `length` taps,
+        since longer taps would wrap around into the kept outputs. Traced (torch.compile,
+        torch.export): `fft_size_any_length` and the whole filters, for every length. L <= seq_len
+        samples convolved with seq_len taps fit in 2 seq_len - 1, so the graph depends on the
+        length only through slices, and one graph serves every length (dynamic shapes) instead of
+        one compilation per length. Computed on every pass rather than cached: k transforms
+        against the k*D*B of the convolutions (a 1/(D*B) share), and nothing outside the module's
+        tensors, so the pass traces and always follows the current `phi`.
         """
-        nfft = fast_fft_size(2 * length - 1)
-        return filter_spectra(self.phi[:length, :k].to(dtype), nfft), nfft
+        if torch.compiler.is_compiling():
+            nfft, taps = self.fft_size_any_length, self.seq_len
+        else:
+            taps = int(length)  # torch.jit.trace gives sizes as tensors
+            nfft = fast_fft_size(2 * taps - 1)
+        return filter_spectra(self.phi[:taps, :k].to(dtype), nfft), nfft
 
     def forward(
         self, u: torch.Tensor, budget: int | None = None, mask: torch.Tensor | None = None
@@ -149,7 +159,7 @@ class ESSSMLayer(nn.Module):
         right-padding that follows a sequence never reaches its valid positions."""
         k = check_budget(budget, self.k_max)
         self._check_input(u)
-        spectra, nfft = self.spectra(int(u.shape[1]), k, fft_dtype(u.dtype))  # int: a size under tracing
+        spectra, nfft = self.spectra(u.shape[1], k, fft_dtype(u.dtype))
         weights = self.mixing_weights(u, k)
         if not self.fast:
             return self.skip(u) + reference_mixing(u, weights, self.mix[:k], spectra, nfft)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from baselines.stu import ARSTU, FixedSpectralSSM
+from esssm.batch import PAD
 from esssm.model import ESSSM, SequenceClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,6 +104,21 @@ def test_inductor_compile_equals_eager_at_every_shape(name):
     check_inductor(name, (L, L // 2), (1, 4, None))
 
 
+def test_one_graph_serves_every_length():
+    """Traced passes use one FFT size for every length, so after Dynamo's first recompile (which
+    makes the length dynamic) a new length compiles nothing (batches padded to their longest)."""
+    model = classifier("esssm").eval()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    counters = torch._dynamo.utils.counters["stats"]
+    with torch.no_grad():
+        for length in (L, 40):
+            compiled(*inputs(2, length), budget=3)
+        graphs = counters["unique_graphs"]
+        for length in (33, 17, L - 1, 2):
+            assert_close(compiled(*inputs(2, length), budget=3), model(*inputs(2, length), budget=3))
+    assert counters["unique_graphs"] == graphs
+
+
 @pytest.mark.parametrize("name", ["esssm", "esssm_reference", "arstu"])
 def test_torch_export_at_a_fixed_budget(name):
     model = classifier(name).eval()
@@ -119,3 +135,39 @@ def test_torch_export_at_a_fixed_budget(name):
     exported = torch.export.export(AtBudget(), inputs())
     with torch.no_grad():
         assert_close(exported.module()(*inputs()), model(*inputs(), budget=k))
+
+
+def test_lightning_trains_compiled_like_eager(tmp_path):
+    """SequenceTask(compile=True), the `model.compile: true` config switch: a few optimizer steps
+    under budget dropout end with the weights of the same steps in eager mode, and the
+    checkpointed state dict has the eager model's keys."""
+    import lightning as L
+
+    from esssm.lit import SequenceTask
+    from toy_data import ToyDataModule
+
+    def fit(compile: bool) -> SequenceTask:
+        L.seed_everything(0)
+        backbone = ESSSM(d_model=16, n_layers=1, seq_len=24, k_max=4, dropout=0.0, drop_path=0.0)
+        task = SequenceTask(
+            backbone, num_classes=3, vocab_size=8, lr=3e-3, budget={"warmup_epochs": 0}, embed_dropout=0.0,
+            compile=compile,
+        )
+        trainer = L.Trainer(
+            default_root_dir=tmp_path, accelerator="cpu", max_steps=3, logger=False, limit_val_batches=0,
+            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        )
+        trainer.fit(task, ToyDataModule())
+        return task
+
+    eager, compiled = fit(False), fit(True)
+    assert compiled.model._compiled_call_impl is not None
+    assert eager.state_dict().keys() == compiled.state_dict().keys()
+    for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        if name.endswith("encoder.proj.weight"):
+            # The PAD token's row: seen only at padded positions, its true gradient is 0 and the
+            # FFT round-off it gets instead (~1e-10) differs between the two runs; AdamW scales
+            # any nonzero gradient up to a fraction of lr per step.
+            a, b = a[PAD + 1 :], b[PAD + 1 :]
+        if a.is_floating_point():
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
