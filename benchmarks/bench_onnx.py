@@ -5,7 +5,9 @@
 
 Model: one ES-SSM block (d_model 256, k_max 32, byte-sized vocabulary, classification head) built
 for seq_len = L, truncated to each budget k and exported with `esssm.deploy.export_onnx`; batch 1
-at the full length. Per (L, k), timed in interleaved rounds (median):
+at the full length. Per (L, k), timed in interleaved rounds: the median CPU time of the process
+per call (`*_ms`; with one thread, what a call takes on a core of its own however loaded the
+machine is) and the median wall time (`*_wall_ms`), of:
 
 - torch: the model at budget k in PyTorch (the fast kernel);
 - torch, export form: `onnx_copy` of the truncated model in PyTorch (what the graph computes);
@@ -26,6 +28,7 @@ import json
 import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -109,14 +112,17 @@ def measure(length: int, budget: int, args, folder: str) -> dict:
         onnx_model = exported(model, config, budget, folder, form)
         row[f"{form}_rel_error"] = deploy_onnx.relative_error(onnx_model(batch), expected)
         calls[form] = lambda m=onnx_model, feeds=onnx_model.feeds(batch): m.session.run(None, feeds)
-    times = {name: [] for name in calls}
+    wall, cpu = {name: [] for name in calls}, {name: [] for name in calls}
     with torch.inference_mode():
         for r in range(args.warmup + args.repeats):
             for name, call in calls.items():
+                start = time.process_time()
                 ms = time_once(call)
                 if r >= args.warmup:
-                    times[name].append(ms)
-    row.update({f"{name}_ms": statistics.median(t) for name, t in times.items()})
+                    wall[name].append(ms)
+                    cpu[name].append((time.process_time() - start) * 1000.0)
+    row.update({f"{name}_ms": statistics.median(t) for name, t in cpu.items()})
+    row.update({f"{name}_wall_ms": statistics.median(t) for name, t in wall.items()})
     return row
 
 
@@ -145,6 +151,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the rows here (under docs/benchmarks_data/ unless a path)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    info = machine_info(torch.device("cpu"))
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for length in args.lengths:
@@ -154,7 +161,7 @@ def main() -> None:
     print(table(rows))
     if args.json:
         path = Path(args.json) if os.sep in args.json else Path("docs/benchmarks_data") / args.json
-        info = {**machine_info(torch.device("cpu")), "loadavg_end": os.getloadavg(), "args": vars(args)}
+        info.update(loadavg_end=os.getloadavg(), args=vars(args))
         atomic_write_text(path, json.dumps({"machine": info, "rows": rows}, indent=1))
 
 
