@@ -16,7 +16,9 @@ machine is) and the median wall time (`*_wall_ms`), of:
 - onnxruntime, DFT op: the same graph with torch.fft.rfft/irfft, which the exporter lowers to the
   ONNX DFT op (complex products in real arithmetic);
 - onnxruntime, Toeplitz: each convolution a matmul against the (L, k L) matrix of filter taps (no
-  DFT; O(k L^2) per feature, and the file holds k L^2 floats, so only up to --toeplitz-max-len).
+  DFT; O(k L^2) per feature, and the file holds k L^2 floats, so only up to --toeplitz-max-len);
+- onnxruntime, elastic: one file of the whole model (k_max) with k as its `budget` input
+  (`esssm export --format onnx --elastic`), run at k.
 
 The relative errors (max |onnx - torch| / max |torch|) of the ONNX forms are reported too.
 """
@@ -95,8 +97,8 @@ def exported(model, config, budget: int, folder: str, form: str) -> deploy_onnx.
     return deploy.load_onnx(path, threads=torch.get_num_threads())
 
 
-def measure(length: int, budget: int, args, folder: str) -> dict:
-    model, config = model_and_config(length, args.d_model, args.k_max)
+def measure(model, config, elastic: deploy_onnx.OnnxModel, budget: int, args, folder: str) -> dict:
+    length = config["backbone"]["init_args"]["seq_len"]
     batch = deploy.synthetic_batch(config, 1, length)
     with torch.no_grad():
         expected = deploy.batch_logits(model, batch, budget)
@@ -112,6 +114,8 @@ def measure(length: int, budget: int, args, folder: str) -> dict:
         onnx_model = exported(model, config, budget, folder, form)
         row[f"{form}_rel_error"] = deploy_onnx.relative_error(onnx_model(batch), expected)
         calls[form] = lambda m=onnx_model, feeds=onnx_model.feeds(batch): m.session.run(None, feeds)
+    row["onnxruntime_elastic_rel_error"] = deploy_onnx.relative_error(elastic(batch, budget), expected)
+    calls["onnxruntime_elastic"] = lambda feeds=elastic.feeds(batch, budget): elastic.session.run(None, feeds)
     wall, cpu = {name: [] for name in calls}, {name: [] for name in calls}
     with torch.inference_mode():
         for r in range(args.warmup + args.repeats):
@@ -130,7 +134,8 @@ def table(rows: list[dict]) -> str:
     columns = [("torch_ms", "torch ms"), ("torch_export_form_ms", "torch, export form ms"),
                ("onnxruntime_ms", "onnxruntime ms"), ("onnxruntime_rel_error", "rel. error"),
                ("onnxruntime_dft_op_ms", "DFT op ms"), ("onnxruntime_dft_op_rel_error", "DFT op rel. error"),
-               ("onnxruntime_toeplitz_ms", "Toeplitz ms"), ("onnxruntime_toeplitz_rel_error", "Toeplitz rel. error")]
+               ("onnxruntime_toeplitz_ms", "Toeplitz ms"), ("onnxruntime_toeplitz_rel_error", "Toeplitz rel. error"),
+               ("onnxruntime_elastic_ms", "elastic ms"), ("onnxruntime_elastic_rel_error", "elastic rel. error")]
     lines = ["| L | k | " + " | ".join(title for _, title in columns) + " |", "|---" * (2 + len(columns)) + "|"]
     for r in rows:
         cells = [f"{r[key]:.3g}" if key in r else "" for key, _ in columns]
@@ -155,8 +160,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for length in args.lengths:
+            model, config = model_and_config(length, args.d_model, args.k_max)
+            path = Path(folder) / f"L{length}_elastic.onnx"
+            deploy.export_onnx(model, config, path, elastic=True)
+            elastic = deploy.load_onnx(path, threads=args.threads)
             for budget in args.budgets:
-                rows.append(measure(length, budget, args, folder))
+                rows.append(measure(model, config, elastic, budget, args, folder))
                 print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
     if args.json:

@@ -126,7 +126,10 @@ def export_main(argv: list[str]) -> int:
         "Write a standalone model holding only spectral channels 1..k "
         "(load it with esssm.deploy.load_exported; no Lightning, no data needed).",
     )
-    parser.add_argument("--budget", type=positive_int, required=True, help="spectral budget k to keep")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget", type=positive_int, help="spectral budget k to keep")
+    budget.add_argument("--elastic", action="store_true", help="with --format onnx: one file serving every budget, "
+                        "k an int64 scalar input `budget` (the cost follows k)")
     parser.add_argument("--out", required=True, help="output file, e.g. model_k8.pt (or model_k8.onnx)")
     parser.add_argument("--format", choices=["torch", "onnx"], default="torch",
                         help="torch: a PyTorch file for esssm.deploy.load_exported; onnx: an ONNX graph with dynamic "
@@ -140,6 +143,9 @@ def export_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.torchscript and args.format != "torch":
         parser.error("--torchscript comes with --format torch; an ONNX export is one file")
+    if args.elastic and args.format != "onnx":
+        parser.error("--elastic comes with --format onnx (a --format torch file serves every budget up to its "
+                     "--budget already: load_exported(...)(x, budget=k))")
     deploy.check_targets([args.out, *([deploy.torchscript_path(args.out)] if args.torchscript else [])],
                          args.overwrite)  # before any work
     full, config, _ = load_eval_model(args.ckpt)

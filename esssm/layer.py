@@ -14,10 +14,15 @@ from esssm.ops.reference import reference_mixing
 from esssm.spectral import fast_fft_size, fft_dtype, filter_scale, filter_spectra, spectral_filters
 
 
-def check_budget(budget: int | None, k_max: int) -> int:
-    """Resolve a runtime budget: None means k_max; anything outside [1, k_max] is an error."""
+def check_budget(budget: int | torch.SymInt | None, k_max: int) -> int | torch.SymInt:
+    """Resolve a runtime budget: None means k_max; anything outside [1, k_max] is an error. A
+    budget traced as a graph input (a SymInt: the elastic ONNX export) is constrained to [1, k_max]."""
     if budget is None:
         return k_max
+    if isinstance(budget, torch.SymInt):
+        torch._check(budget >= 1, lambda: f"budget must be in [1, {k_max}]")
+        torch._check(budget <= k_max, lambda: f"budget must be in [1, {k_max}]")
+        return budget
     if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= k_max:
         raise ValueError(
             f"budget must be an int in [1, {k_max}] (or None for the full k_max={k_max}), "
@@ -124,7 +129,7 @@ class ESSSMLayer(nn.Module):
             logits = linear(hidden, self.gate_out.weight[:k], self.gate_out.bias[:k])
             if self.rms_rescale:
                 norm = logits.norm(dim=-1, keepdim=True).clamp_min(self.eps)
-                logits = logits * (math.sqrt(k) / norm)
+                logits = logits * (k**0.5 / norm)  # not math.sqrt: it has no ONNX form for a traced k
             alpha = logits.softmax(dim=-1)
         return alpha * k if self.weight_sum == "k" else alpha
 

@@ -9,9 +9,10 @@ n >= 2 seq_len - 1 per layer, so its matrices and the filter spectra are constan
 length 1..seq_len convolves without wrap-around; then one GEMM over the k*D convolutions. Only
 slicing and padding depend on the length, so batch size and length are dynamic.
 
-The file holds the model at its full budget (export a `truncate`d model) with inputs named as the
-batch keys (x, mask; retrieval x1, mask1, x2, mask2) and output `logits`; its config is in the
-metadata. onnx, onnxscript and onnxruntime are the optional `deploy` extra, imported on use.
+The file holds the model at its full budget (export a `truncate`d model), or with elastic=True at
+every budget, k then an int64 scalar input `budget` (the layers slice their first k channels at
+run time, so the cost follows k). Inputs are named as the batch keys (x, mask; retrieval x1,
+mask1, x2, mask2), the output `logits`; the model config is in the metadata. onnx, onnxscript and onnxruntime are the optional `deploy` extra, imported on use.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from esssm.layer import ESSSMLayer, check_budget
 RELATIVE_TOLERANCE = 1e-4
 OUTPUT_NAME = "logits"
 CONFIG_KEY = "esssm.config"  # metadata entry holding the model config (JSON)
+BUDGET_INPUT = "budget"  # the elastic file's budget k, an int64 scalar
 ONNX_FILE_LIMIT = 2**31  # protobuf's limit on one serialised ONNX model, in bytes
 
 
@@ -91,14 +93,16 @@ def input_names(config: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 class _NamedInputs(nn.Module):
-    """`model` called with the batch keys as positional inputs, in `input_names` order."""
+    """`model` called with the batch keys as positional inputs, in `input_names` order, then
+    with `elastic` the budget as a 0-d integer tensor (traced as a SymInt: sizes follow it)."""
 
-    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, names: Sequence[str], elastic: bool) -> None:
         super().__init__()
-        self.model, self.names = model, tuple(names)
+        self.model, self.names, self.elastic = model, tuple(names), elastic
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return batch_logits(self.model, dict(zip(self.names, inputs)))
+        budget = inputs[-1].item() if self.elastic else None
+        return batch_logits(self.model, dict(zip(self.names, inputs)), budget)
 
 
 def _dynamic_shapes(names: Sequence[str], seq_len: int) -> tuple[dict[int, Any], ...]:
@@ -108,30 +112,36 @@ def _dynamic_shapes(names: Sequence[str], seq_len: int) -> tuple[dict[int, Any],
     return tuple({0: batch, 1: lengths[name[-1] if name[-1].isdigit() else ""]} for name in names)
 
 
-def _write_graph(model: nn.Module, config: Mapping[str, Any], path: str) -> None:
-    """Export `model` (at its full budget) to `path` as one self-contained ONNX file."""
+def _write_graph(model: nn.Module, config: Mapping[str, Any], path: str, elastic: bool) -> None:
+    """Export `model` (at its full budget, or with `elastic` at the budget input) to `path` as
+    one self-contained ONNX file."""
     _require("onnxscript")
     seq_len = config["backbone"]["init_args"]["seq_len"]
     names = input_names(config)
     example = synthetic_batch(config, 2, seq_len)  # batch > 1: a size-1 example would fix the dimension
     # The second document one step shorter: torch.export gives equal example sizes one symbol.
     inputs = tuple(example[name][:, : seq_len - 1 if name.endswith("2") else seq_len] for name in names)
-    graph = _NamedInputs(onnx_copy(model), names).eval()
+    shapes = _dynamic_shapes(names, seq_len)
+    if elastic:
+        names, inputs, shapes = (*names, BUDGET_INPUT), (*inputs, torch.tensor(model.k_max)), (*shapes, None)
+    graph = _NamedInputs(onnx_copy(model), names, elastic).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "# The axis name", UserWarning)  # shared axes (batch) keep one name
         program = torch.onnx.export(
             graph, inputs, dynamo=True, input_names=list(names), output_names=[OUTPUT_NAME],
-            dynamic_shapes=(_dynamic_shapes(names, seq_len),), verbose=False,
+            dynamic_shapes=(shapes,), verbose=False,
         )
     program.model.metadata_props[CONFIG_KEY] = json.dumps(config)
     program.save(path, external_data=False)
 
 
 def export_onnx(
-    model: nn.Module, config: Mapping[str, Any], path: str | Path, check: Callable[[str], Any] | None = None
+    model: nn.Module, config: Mapping[str, Any], path: str | Path, check: Callable[[str], Any] | None = None,
+    elastic: bool = False,
 ) -> int:
-    """Write `model` (a `truncate`d model and its config) to `path` as ONNX, atomically with a
-    sha256 sidecar, after `check(tmp)`; returns the size in bytes. Non-finite weights are
+    """Write `model` (a `truncate`d model and its config; with `elastic` any model, serving every
+    budget) to `path` as ONNX, atomically with a sha256 sidecar, after `check(tmp)`; returns the
+    size in bytes. Non-finite weights are
     refused, and so are models beyond one file's 2 GB protobuf limit (the exporter would move
     their weights to a second file, outside the atomic write and the checksum)."""
     state = model.state_dict()
@@ -142,24 +152,28 @@ def export_onnx(
             f"refusing to write {path}: {weight_bytes / 2**30:.2f} GiB of weights do not fit in one ONNX file "
             f"(limit 2 GB); export a smaller budget, or use --format torch"
         )
-    return atomic_write(path, lambda tmp: _write_graph(model, config, tmp), check=check, checksum=True)
+    return atomic_write(path, lambda tmp: _write_graph(model, config, tmp, elastic), check=check, checksum=True)
 
 
 class OnnxModel:
-    """An exported ONNX file in an onnxruntime session: `model(batch)` -> logits as numpy.
+    """An exported ONNX file in an onnxruntime session: `model(batch, budget)` -> logits as numpy.
 
     batch: the project's batch dict (torch tensors or numpy arrays; extra keys such as y are
-    ignored). Inputs longer than the seq_len the filters were built for are refused.
+    ignored). Inputs longer than the seq_len the filters were built for are refused. budget:
+    for an elastic file any k in [1, k_max] (None: k_max); a single-budget file takes None only.
     """
 
     def __init__(self, session: Any, path: Path) -> None:
         self.session, self.path = session, path
         self.config = json.loads(session.get_modelmeta().custom_metadata_map[CONFIG_KEY])
-        self.names = tuple(i.name for i in session.get_inputs())
+        self.names = tuple(i.name for i in session.get_inputs() if i.name != BUDGET_INPUT)
+        self.elastic = len(self.names) < len(session.get_inputs())
         self.seq_len = self.config["backbone"]["init_args"]["seq_len"]
+        self.k_max = self.config["backbone"]["init_args"]["k_max"]
 
-    def feeds(self, batch: Batch) -> dict[str, np.ndarray]:
-        """The session's input arrays of `batch`, checked for missing keys and lengths."""
+    def feeds(self, batch: Batch, budget: int | None = None) -> dict[str, np.ndarray]:
+        """The session's input arrays of `batch` (and the budget), checked for missing keys,
+        lengths and the budget."""
         missing = [name for name in self.names if name not in batch]
         if missing:
             raise ValueError(f"{self.path} needs inputs {list(self.names)}; the batch lacks {missing}")
@@ -169,10 +183,20 @@ class OnnxModel:
             raise ValueError(
                 f"{self.path} takes inputs (batch, length <= seq_len={self.seq_len}), got lengths {too_long}"
             )
+        if self.elastic:
+            try:
+                feeds[BUDGET_INPUT] = np.array(check_budget(budget, self.k_max), dtype=np.int64)
+            except ValueError as error:
+                raise ValueError(f"{self.path}: {error}") from None
+        elif budget is not None:
+            raise ValueError(
+                f"{self.path} holds one budget (k={self.k_max}), got budget={budget!r}: "
+                "pass none, or export every budget with `esssm export --format onnx --elastic`"
+            )
         return feeds
 
-    def __call__(self, batch: Batch) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], self.feeds(batch))[0]
+    def __call__(self, batch: Batch, budget: int | None = None) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], self.feeds(batch, budget))[0]
 
 
 def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
@@ -208,44 +232,49 @@ def check_batches(config: Mapping[str, Any], batch: int, seq_len: int) -> list[B
 
 
 def export_onnx_checked(
-    full: nn.Module, config: Mapping[str, Any], budget: int, out: str, batch: int, seq_len: int
+    full: nn.Module, config: Mapping[str, Any], budget: int | None, out: str, batch: int, seq_len: int
 ) -> dict[str, Any]:
-    """Write `full` truncated to `budget` to `out` as ONNX; return the report.
+    """Write `full` truncated to `budget` to `out` as ONNX, or with budget=None the whole model
+    serving every budget (elastic); return the report.
 
-    Before the file replaces anything it runs in onnxruntime on `check_batches` and is compared
-    with `full` at `budget` in PyTorch; a relative error above RELATIVE_TOLERANCE refuses it.
+    Before the file replaces anything it runs in onnxruntime on `check_batches` (elastic: at
+    budgets 1, 2 and k_max) and is compared with `full` at the same budget in PyTorch; a relative
+    error above RELATIVE_TOLERANCE refuses it.
     """
-    small, small_config = truncate(full, config, budget)
+    if budget is None:
+        model, model_config, budgets = full, config, sorted({1, min(2, full.k_max), full.k_max})
+    else:
+        (model, model_config), budgets = truncate(full, config, budget), [budget]
     examples = check_batches(config, batch, seq_len)
+    first = input_names(config)[0]
     with torch.no_grad():
-        expected = [batch_logits(full, example, budget) for example in examples]
+        expected = {(k, *e[first].shape[:2]): (e, batch_logits(full, e, k)) for k in budgets for e in examples}
     report: dict[str, Any] = {"out": out, "budget": budget, "k_max": full.k_max}
 
     def check(tmp: str) -> None:
         session = load_onnx(tmp)
         report["errors"] = {
-            tuple(e[input_names(config)[0]].shape[:2]): relative_error(session(e), x) for e, x in zip(examples, expected)
+            key: relative_error(session(e, None if budget else key[0]), x) for key, (e, x) in expected.items()
         }
         worst = max(report["errors"].values())
         if not worst <= RELATIVE_TOLERANCE:
             raise RuntimeError(
-                f"ONNX export refused: onnxruntime disagrees with PyTorch at budget k={budget} "
-                f"(relative error {worst:.3g} > {RELATIVE_TOLERANCE:g}; {format_errors(report['errors'])}); "
-                f"{out} was not written"
+                f"ONNX export refused: onnxruntime disagrees with PyTorch (relative error {worst:.3g} > "
+                f"{RELATIVE_TOLERANCE:g}; {format_errors(report['errors'])}); {out} was not written"
             )
 
-    report["bytes"] = export_onnx(small, small_config, out, check)
+    report["bytes"] = export_onnx(model, model_config, out, check, elastic=budget is None)
     return report
 
 
-def format_errors(errors: Mapping[tuple[int, int], float]) -> str:
-    return ", ".join(f"B={b} L={n}: {e:.2e}" for (b, n), e in errors.items())
+def format_errors(errors: Mapping[tuple[int, int, int], float]) -> str:
+    return ", ".join(f"k={k} B={b} L={n}: {e:.2e}" for (k, b, n), e in errors.items())
 
 
 def format_onnx_export(report: Mapping[str, Any]) -> str:
+    what = f"budget k={report['budget']}" if report["budget"] else "every budget (input `budget`)"
     return "\n".join([
-        f"exported budget k={report['budget']} of k_max={report['k_max']} as ONNX -> {report['out']} "
-        f"({report['bytes'] / 2**20:.2f} MB)",
+        f"exported {what} of k_max={report['k_max']} as ONNX -> {report['out']} ({report['bytes'] / 2**20:.2f} MB)",
         f"  relative error, onnxruntime vs PyTorch: {format_errors(report['errors'])} (limit {RELATIVE_TOLERANCE:g})",
     ])
 
