@@ -102,7 +102,7 @@ def test_cli_exports_onnx_with_a_sidecar_and_refuses_a_failing_check(trained, tm
     args = ["export", "--ckpt", ckpt, "--budget", "4", "--format", "onnx", "--out", str(out)]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "relative error, onnxruntime vs PyTorch: B=1 L=13" in text and "B=2 L=24" in text
+    assert "relative error, onnxruntime vs PyTorch: k=4 B=1 L=13" in text and "k=4 B=2 L=24" in text
     assert out.is_file() and sidecar_path(out).is_file()
     batch = deploy.synthetic_batch(trained["config"], 2, 24)
     with torch.no_grad():
@@ -116,6 +116,14 @@ def test_cli_exports_onnx_with_a_sidecar_and_refuses_a_failing_check(trained, tm
     assert out.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
     with pytest.raises(SystemExit):
         main([*args, "--torchscript"])
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt", ckpt, "--elastic", "--out", str(tmp_path / "e.pt")])  # ONNX only
+
+    elastic = tmp_path / "model_all.onnx"
+    monkeypatch.undo()
+    assert main(["export", "--ckpt", ckpt, "--elastic", "--format", "onnx", "--out", str(elastic)]) == 0
+    assert "exported every budget (input `budget`) of k_max=8" in capsys.readouterr().out
+    assert relative_error(deploy.load_onnx(elastic, threads=1)(batch, 4), expected) < 1e-5
 
 
 def test_plan_times_budgets_in_onnxruntime(trained, tmp_path, capsys):
@@ -163,3 +171,28 @@ def test_non_finite_weights_are_never_exported(tmp_path):
     with pytest.raises(CheckpointError, match="non-finite weights"):
         deploy.export_onnx(small, small_config, tmp_path / "nan.onnx")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_elastic_file_serves_every_budget_as_pytorch_does(task, tmp_path):
+    model, config = tiny_model(task)
+    path = tmp_path / "elastic.onnx"
+    deploy.export_onnx(model, config, path, elastic=True)
+    onnx_model = deploy.load_onnx(path, threads=1)
+    assert onnx_model.elastic and onnx_model.names == deploy_onnx.input_names(config)
+    for budget in (1, 2, K_MAX):
+        for batch_size, length in ((1, SEQ_LEN), (3, 5)):
+            batch = deploy.synthetic_batch(config, batch_size, length)
+            with torch.no_grad():
+                expected = deploy.batch_logits(model, batch, budget)
+            assert relative_error(onnx_model(batch, budget), expected) < 1e-5, (budget, batch_size, length)
+    with torch.no_grad():
+        assert relative_error(onnx_model(batch), deploy.batch_logits(model, batch)) < 1e-5  # None: k_max
+    with pytest.raises(ValueError, match=rf"elastic.onnx: budget must be an int in \[1, {K_MAX}\]"):
+        onnx_model(batch, K_MAX + 1)
+
+
+def test_single_budget_file_refuses_a_budget(classifier_file):
+    path, config = classifier_file
+    with pytest.raises(ValueError, match="k2.onnx holds one budget .k=2.*--elastic"):
+        deploy.load_onnx(path, threads=1)(deploy.synthetic_batch(config, 1, 4), 1)
