@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.archives import extract_tar_file
 from datamodules.base import MalformedDataError, TaskDataModule, check_labels, seeded_split
 from esssm.batch import BYTE_VOCAB_SIZE
 
@@ -145,14 +146,18 @@ class SCIFARDataModule(TaskDataModule):
 
     def how_to_get(self) -> str:
         return (
-            f"set download: true (torchvision CIFAR10 into {self.data_dir}), or extract "
+            f"set download: true (torchvision's CIFAR10 archive into {self.data_dir}), or extract "
             f"https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz there (folder {BATCH_FOLDER})."
         )
 
     def _download(self) -> None:
+        """torchvision's CIFAR10 archive (md5-checked, kept beside the data as torchvision does),
+        extracted by datamodules.archives rather than torchvision's extractor."""
         from torchvision.datasets import CIFAR10
+        from torchvision.datasets.utils import download_url
 
-        CIFAR10(root=str(self.data_dir), train=True, download=True)
+        download_url(CIFAR10.url, str(self.data_dir), CIFAR10.filename, CIFAR10.tgz_md5)
+        extract_tar_file(self.data_dir / CIFAR10.filename, self.data_dir)
 
     def _load_splits(self) -> dict[str, Dataset]:
         root = self.data_root()
