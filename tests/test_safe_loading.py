@@ -139,7 +139,8 @@ def test_a_backbone_spec_naming_other_code_is_never_called(run, tmp_path, marker
     checkpoint["hyper_parameters"].pop("_instantiator")  # else Lightning's CLI instantiator checks the type
     checkpoint["hyper_parameters"]["backbone"] = popen_spec(marker)
     bad = save_with_sidecar(checkpoint, tmp_path / "popen.ckpt")
-    with pytest.raises(CheckpointError, match=f"checkpoint {bad} cannot be rebuilt: .*'subprocess.Popen' is not a backbone"):
+    refused = f"checkpoint {bad} cannot be rebuilt: .*'subprocess.Popen' is not a backbone"
+    with pytest.raises(CheckpointError, match=refused):
         main(["export", "--ckpt", str(bad), "--budget", "2", "--out", str(tmp_path / "k2.pt")])
     export = tmp_path / "k2.pt"
     main(["export", "--ckpt", str(run["last"]), "--budget", "2", "--out", str(export)])
