@@ -101,7 +101,10 @@ def read_metadata(folder: Path) -> tuple[list[str], np.ndarray]:
             if len(fields) < 4:
                 raise malformed(path, line, f"expected at least 4 columns ({METADATA_COLUMNS}); got {len(fields)}")
             label = parse_label(fields[3], NUM_CLASSES, path, line)
-            relative = f"{fields[0].decode()}/{fields[1].decode()}"
+            try:
+                relative = f"{fields[0].decode()}/{fields[1].decode()}"
+            except UnicodeDecodeError:
+                raise malformed(path, line, "the image folder or file name is not UTF-8 text") from None
             try:
                 empty = os.stat(folder / relative).st_size == 0
             except FileNotFoundError:
@@ -115,12 +118,19 @@ def read_metadata(folder: Path) -> tuple[list[str], np.ndarray]:
 
 
 def read_png(path: Path, resolution: int) -> np.ndarray:
-    """(resolution^2,) uint8 gray levels of a PNG, row by row."""
+    """(resolution^2,) uint8 gray levels of a PNG, row by row.
+
+    A file that does not decode (not an image, truncated, damaged data) is refused naming it.
+    """
     try:
         with Image.open(path) as image:
             pixels = np.array(image.convert("L"))
-    except UnidentifiedImageError:
-        raise MalformedDataError(f"{path} is not an image file") from None
+    except (OSError, SyntaxError) as error:  # PIL raises SyntaxError for some broken PNG chunks
+        what = "is not an image file" if isinstance(error, UnidentifiedImageError) else f"cannot be read ({error})"
+        raise MalformedDataError(
+            f"{path} {what}: the image is damaged or missing; regenerate the data set "
+            "(python -m datamodules.pathfinder generate) or extract it again from the LRA release"
+        ) from None
     if pixels.shape != (resolution, resolution):
         height, width = pixels.shape[:2]
         raise MalformedDataError(f"{path}: expected {resolution}x{resolution} pixels; got {width}x{height}")

@@ -4,6 +4,8 @@ budget-accuracy curve of the same checkpoint."""
 from __future__ import annotations
 
 import csv
+import io
+import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,28 +36,73 @@ class PlanRow:
     meets: bool
 
 
-def _curve_rows(path: str | Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = {"budget", "acc", "active_params"} - set(rows[0] if rows else {})
+CURVE_COLUMNS = ("budget", "acc", "active_params")
+
+
+def _curve_rows(path: str | Path) -> list[tuple[int, dict[str, str]]]:
+    """(line, column -> text) per row of a budget-curve CSV, every row as wide as its header.
+
+    A file that cannot be one (missing, a folder, not UTF-8 text, no header or no rows, a
+    column missing, a row with more or fewer fields) is refused naming the file (and line).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a budget curve: byte {error.start} is not UTF-8 text") from None
+    except OSError as error:  # OSError(errno, ...) keeps the type: FileNotFoundError, IsADirectoryError
+        raise OSError(error.errno, f"cannot read the budget curve {path}: {error.strerror}") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as error:
+        raise ValueError(f"{path}:{reader.line_num}: not a CSV row ({error})") from None
+    if reader.fieldnames is None or not rows:
+        state = "is empty" if reader.fieldnames is None else "has a header but no rows"
+        expected = f"a header ({', '.join(CURVE_COLUMNS)}, ...) and a row per budget"
+        raise ValueError(f"{path} {state}: a budget curve has {expected}")
+    missing = [column for column in CURVE_COLUMNS if column not in reader.fieldnames]
     if missing:
-        raise ValueError(f"{path} is not a budget curve: columns {sorted(missing)} missing (or no rows)")
+        raise ValueError(
+            f"{path}:1: not a budget curve: the header lacks {', '.join(missing)} "
+            f"(expected {', '.join(CURVE_COLUMNS)}, as `esssm sweep` writes)"
+        )
+    for line, row in rows:
+        if None in row or None in row.values():  # how csv marks extra and missing fields
+            more = "more" if None in row else "fewer"
+            raise ValueError(f"{path}:{line}: {more} fields than the header's {len(reader.fieldnames)}")
     return rows
+
+
+def _whole_number(text: str, least: int, what: str, where: str) -> int:
+    """`text` as an int >= least; ASCII digits only ("²".isdigit() is True, but int() refuses it)."""
+    if not (text.isascii() and text.isdigit()) or int(text) < least:
+        raise ValueError(f"{where}: {what} {text!r} is not a whole number >= {least}")
+    return int(text)
+
+
+def _curve_point(row: dict[str, str], where: str) -> CurvePoint:
+    budget = _whole_number(row["budget"], 1, "budget", where)
+    try:
+        acc = float(row["acc"])
+    except ValueError:
+        acc = math.nan
+    if not 0.0 <= acc <= 1.0:  # NaN fails this too
+        raise ValueError(f"{where}: accuracy {row['acc']!r} at budget {budget} is not a number in [0, 1]")
+    return CurvePoint(budget, acc, _whole_number(row["active_params"], 0, "active_params", where))
 
 
 def read_curve(path: str | Path) -> list[CurvePoint]:
     """Budget-accuracy points from a BudgetSweep CSV (budget, acc, active_params, ...).
 
     A "full" row (a model without a budget) is skipped; a budget listed twice keeps its last row.
-    A non-finite accuracy is refused with the file and line.
+    A budget that is not a whole number >= 1, an accuracy outside [0, 1] (or NaN) and an
+    active_params that is not a whole number are refused with the file and line.
     """
     points = {}
-    for line, r in enumerate(_curve_rows(path), start=2):
-        if r["budget"].isdigit():
-            acc = float(r["acc"])
-            if not 0.0 <= acc <= 1.0:
-                raise ValueError(f"{path}:{line}: accuracy {r['acc']!r} at budget {r['budget']} is not in [0, 1]")
-            points[int(r["budget"])] = CurvePoint(int(r["budget"]), acc, int(r["active_params"]))
+    for line, row in _curve_rows(path):
+        if row["budget"] != "full":
+            point = _curve_point(row, f"{path}:{line}")
+            points[point.budget] = point
     return [points[k] for k in sorted(points)]
 
 
@@ -67,7 +114,7 @@ def curve_name(ckpt: str | Path, split: str) -> str:
 def curve_problem(path: str | Path, source: Mapping[str, Any]) -> str | None:
     """Why the curve at `path` was not measured on the checkpoint `source` describes (its
     global step, and its sha256 where the curve records one), or None when it was."""
-    row = _curve_rows(path)[0]
+    _, row = _curve_rows(path)[0]
     if "step" not in row:
         return f"{path} records no training step, so it cannot be matched to a checkpoint"
     if row["step"] != str(source["step"]):
@@ -87,7 +134,7 @@ def curve_for(ckpt: str | Path, source: Mapping[str, Any], curve: str | Path | N
     ]
     problems = []
     for path in candidates:
-        if path.is_file():
+        if curve or path.is_file():  # a curve asked for by name must be readable
             problem = curve_problem(path, source)
             if problem is None:
                 return path
