@@ -47,8 +47,8 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def assert_package_equals(runner: pt2.Pt2Runner, full: torch.nn.Module, config: dict, budget: int) -> None:
-    """The package equals `full` at `budget` at two batch sizes and two lengths (the package is
-    traced at batch 3, length 32), and on strided views x[:, :n] of a longer batch."""
+    """The package equals `full` at `budget` at two batch sizes and two lengths (other than the
+    example's), and on strided views x[:, :n] of a longer batch."""
     cases = [model_inputs(padded_batch(config, size, length)) for size in (2, 5) for length in (L, 9)]
     cases.append(tuple(t[:, : L // 2] for t in model_inputs(padded_batch(config, 3, L))))
     with torch.no_grad():
@@ -56,19 +56,21 @@ def assert_package_equals(runner: pt2.Pt2Runner, full: torch.nn.Module, config: 
             assert relative_error(runner(*inputs), full(*inputs, budget=budget)) < 1e-5
 
 
-def export_budget(task: str, budget: int, path, check=None) -> tuple[torch.nn.Module, dict]:
-    """Export the tiny model of `task` truncated to `budget` to `path`; returns (full model, config)."""
+def export_budget(task: str, budget: int, path, check=None, batch: int = 3) -> tuple[torch.nn.Module, dict]:
+    """Export the tiny model of `task` truncated to `budget` to `path` from an example of
+    `batch` x 32; returns (full model, config)."""
     full, config = tiny_model(task)
     small, _ = deploy.truncate(full, config, budget)
-    pt2.export_pt2(small, deploy.synthetic_batch(config, 3, L), path, check)
+    pt2.export_pt2(small, deploy.synthetic_batch(config, batch, L), path, check)
     return full, config
 
 
 @pytest.fixture(scope="module")
 def lm_package(tmp_path_factory):
-    """The byte LM truncated to k=2, as a package (one compilation shared by the tests below)."""
+    """The byte LM truncated to k=2, as a package (one compilation shared by the tests below),
+    from an example of batch 1 (what `esssm plan` times by default)."""
     path = tmp_path_factory.mktemp("pt2") / "lm_k2.pt2"
-    full, config = export_budget("lm", 2, path)
+    full, config = export_budget("lm", 2, path, batch=1)
     return {"path": path, "full": full, "config": config}
 
 
@@ -120,10 +122,16 @@ def test_failing_check_keeps_the_earlier_package(lm_package, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt2", "model.pt2.sha256"]  # no temporary left
 
 
-def test_export_refuses_a_name_without_pt2_suffix(tmp_path):
+def test_export_refuses_a_bad_name_or_example_before_compiling(tmp_path):
     full, config = tiny_model("lm")
+    example = deploy.synthetic_batch(config, 3, L)
     with pytest.raises(ValueError, match=r"model.pt: an AOTInductor package is a .pt2 file"):
-        pt2.export_pt2(full, deploy.synthetic_batch(config, 3, L), tmp_path / "model.pt")
+        pt2.export_pt2(full, example, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="the example lacks mask"):
+        pt2.export_pt2(full, {"x": example["x"]}, tmp_path / "model.pt2")
+    with pytest.raises(ValueError, match=r"length in \[1, seq_len=32\], got 33"):
+        pt2.export_pt2(full, deploy.synthetic_batch(config, 3, L + 1), tmp_path / "model.pt2")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow

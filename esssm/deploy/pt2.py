@@ -66,21 +66,21 @@ def max_length(model: nn.Module) -> int:
     return min(lengths)
 
 
-def example_inputs(model: nn.Module, example: Batch) -> Inputs:
-    """The example's positional tensors, validated: every input (masks included) present,
-    batch >= 2 and 2 <= length <= seq_len, so that export keeps both sizes dynamic (it fixes
-    sizes 0 and 1 to constants)."""
+def trace_inputs(model: nn.Module, example: Batch) -> Inputs:
+    """The example's positional tensors for torch.export, with a batch size or length of 1
+    doubled (repeating the example): export would fix a size of 1 to a constant, and the values
+    do not matter to the trace. Every input, masks included, must be given."""
     inputs = model_inputs(example)
     missing = [name for name, t in zip(input_names(example), inputs) if t is None]
     if missing:
         raise ValueError(f"export_pt2 needs every input as a tensor; the example lacks {', '.join(missing)} "
                          "(pass all-valid masks, as synthetic_batch makes)")
-    batch, length = inputs[0].shape[:2]
-    if batch < 2 or not 2 <= length <= max_length(model):
-        raise ValueError(
-            f"export_pt2 needs an example of batch >= 2 and length in [2, seq_len={max_length(model)}], "
-            f"got batch {batch}, length {length}: batch and length stay dynamic only from examples of size >= 2"
-        )
+    seq_len = max_length(model)
+    if not 1 <= inputs[0].shape[1] <= seq_len:
+        raise ValueError(f"export_pt2 needs an example of length in [1, seq_len={seq_len}], got {inputs[0].shape[1]}")
+    for dim in (0, 1):
+        if inputs[0].shape[dim] == 1:
+            inputs = tuple(torch.cat([t, t], dim) for t in inputs)
     return inputs
 
 
@@ -90,23 +90,22 @@ def package_facts(model: nn.Module, example: Batch) -> dict[str, Any]:
     return {
         "format": PT2_FORMAT, "version": PT2_VERSION, "seq_len": max_length(model),
         "inputs": [
-            {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "features": list(t.shape[2:])}
+            {"name": name, "dtype": dtype_name(t), "features": list(t.shape[2:])}
             for name, t in zip(input_names(example), inputs)
         ],
     }
 
 
-def compile_package(model: nn.Module, example: Batch, file: Any) -> None:
-    """Export `model` (reference mixing, full budget) with dynamic batch and length 1..seq_len
-    and write its AOTInductor package to the open binary `file`."""
-    inputs = example_inputs(model, example)
+def compile_package(model: nn.Module, inputs: Inputs, facts: Mapping[str, Any], file: Any) -> None:
+    """Export `model` (reference mixing, full budget) on `inputs` with dynamic batch and length
+    1..seq_len and write its AOTInductor package, recording `facts`, to the open binary `file`."""
     batch = torch.export.Dim("batch", min=1)
     length = torch.export.Dim("length", min=1, max=max_length(model))
     shapes = tuple({0: batch, 1: length} for _ in inputs)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Torchinductor does not support code generation for complex")
         program = torch.export.export(FullBudget(reference_copy(model)), inputs, dynamic_shapes=(shapes,))
-        configs = {"aot_inductor.metadata": {METADATA_KEY: json.dumps(package_facts(model, example))}}
+        configs = {"aot_inductor.metadata": {METADATA_KEY: json.dumps(facts)}}
         torch._inductor.aoti_compile_and_package(program, package_path=file, inductor_configs=configs)
 
 
@@ -115,10 +114,10 @@ class Pt2Runner:
     for retrieval, each (B, L) token ids / masks or (B, L, C) features, 1 <= L <= seq_len;
     returns logits (B, classes), or (B, L, vocab) for the LM.
 
-    The compiled code checks nothing and assumes dense row-major inputs: it reads past a buffer
-    for a length > seq_len and returns wrong numbers for a strided view such as x[:, :n]
-    (measured). So each call checks the inputs against the facts recorded in the package and
-    passes them on contiguous.
+    The compiled code does not check its inputs (torch's generated checks run only with
+    AOTI_RUNTIME_CHECK_INPUTS=1) and assumes dense row-major tensors: a strided view such as
+    x[:, :n] gave wrong logits (relative error 1.3). So each call checks the inputs against
+    the facts recorded in the package and passes them on contiguous.
     """
 
     def __init__(self, package: Any, facts: Mapping[str, Any], name: str) -> None:
@@ -137,15 +136,17 @@ class Pt2Runner:
         for spec, t in zip(specs, inputs):
             shape = ", ".join(["B", "L", *map(str, spec["features"])])
             expected = f"a tensor of dtype {spec['dtype']}, shape ({shape}), B = {batch}, 1 <= L <= {seq_len}"
-            if not torch.is_tensor(t):
-                raise ValueError(f"{self.name}: input {spec['name']} must be {expected}, got {type(t).__name__}")
-            if (
-                str(t.dtype).removeprefix("torch.") != spec["dtype"] or t.dim() != 2 + len(spec["features"])
+            got = f"dtype {dtype_name(t)}, shape {tuple(t.shape)}" if torch.is_tensor(t) else type(t).__name__
+            if not torch.is_tensor(t) or (
+                dtype_name(t) != spec["dtype"] or t.dim() != 2 + len(spec["features"])
                 or list(t.shape[2:]) != spec["features"] or t.shape[0] != batch or not 1 <= t.shape[1] <= seq_len
             ):
-                raise ValueError(
-                    f"{self.name}: input {spec['name']} must be {expected}, got dtype {str(t.dtype).removeprefix('torch.')}, shape {tuple(t.shape)}"
-                )
+                raise ValueError(f"{self.name}: input {spec['name']} must be {expected}, got {got}")
+
+
+def dtype_name(t: torch.Tensor) -> str:
+    """`int64` for torch.int64: how the package facts record dtypes."""
+    return str(t.dtype).removeprefix("torch.")
 
 
 def open_package(path: str | Path, name: str | Path) -> Pt2Runner:
@@ -175,9 +176,10 @@ def probe_inputs(example: Batch) -> list[Inputs]:
     """The example's inputs at two batch sizes (B, B + 1: the first row repeated) and two
     lengths (L, L // 2): a dynamic package must be right at sizes it was not traced with."""
     inputs = model_inputs(example)
-    batch, length = inputs[0].shape[:2]
+    length = inputs[0].shape[1]
     grown = tuple(torch.cat([t, t[: 1]]) for t in inputs)
-    return [tuple(t[:, :n] for t in group) for group in (inputs, grown) for n in (length, max(1, length // 2))]
+    lengths = dict.fromkeys((length, max(1, length // 2)))  # one length when L = 1
+    return [tuple(t[:, :n] for t in group) for group in (inputs, grown) for n in lengths]
 
 
 def check_package(
@@ -207,7 +209,8 @@ def export_pt2(
     """Compile `model` (at its full budget: a `truncate`d model for budget k) into the
     AOTInductor package `path` (.pt2) with a sha256 sidecar; returns its size in bytes.
 
-    example: a batch of the model's inputs (batch >= 2, 2 <= length <= seq_len; masks given).
+    example: a batch of the model's inputs (length <= seq_len, masks given); the package takes
+    any batch size and any length 1..seq_len.
     The written package is checked before it replaces `path`: against `model` on the example
     at two batch sizes and two lengths (`probe_inputs`, relative error <= TOLERANCE), then with
     `check(tmp)` if given (e.g. `check_package` against the full model at budget k). A failed
@@ -217,11 +220,11 @@ def export_pt2(
     if path.suffix != ".pt2":
         raise ValueError(f"{path}: an AOTInductor package is a .pt2 file (torch's loaders expect the suffix)")
     model = model.eval()
-    probes = probe_inputs(example)
+    inputs, facts, probes = trace_inputs(model, example), package_facts(model, example), probe_inputs(example)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            compile_package(model, example, f)
+            compile_package(model, inputs, facts, f)
 
     def check_all(tmp: str) -> None:
         check_package(tmp, model, probes, path)
