@@ -1,6 +1,7 @@
 """AOTInductor packages (.pt2) of truncated models equal the PyTorch model; damaged or
-disagreeing packages are refused. Each package is a C++ compilation (20-30 s on a loaded CPU),
-so the default run compiles two; the other tasks and budgets are marked slow."""
+disagreeing packages are refused. Each package is a C++ compilation (10-40 s on a loaded
+2-core CPU), so the default run compiles two (25-55 s in all); the other tasks and budgets
+are marked slow (about 5 minutes)."""
 
 import shutil
 
