@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from datamodules.archives import extract_tar_file
 from datamodules.base import DataFolderError, MalformedDataError, TaskDataModule, malformed
 
 SAMPLE_RATE = 16_000
@@ -31,6 +32,8 @@ SC35_WORDS = tuple(sorted((
 SC10_WORDS = tuple(sorted(("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")))
 SUBSETS = {"sc35": SC35_WORDS, "sc10": SC10_WORDS}
 LIST_FILES = {"val": "validation_list.txt", "test": "testing_list.txt"}
+ARCHIVE_URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
+ARCHIVE_SHA256 = "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58"  # as torchaudio checks it
 # MFCC as in Kidger et al. (neural CDEs) and S4's SC10: 20 coefficients of 64 log-mel bands,
 # n_fft 200 with the default hop n_fft // 2 = 100 samples, centred frames: 161 per second.
 N_MFCC = 20
@@ -262,15 +265,18 @@ class SpeechCommandsDataModule(TaskDataModule):
 
     def how_to_get(self) -> str:
         return (
-            "set download: true (torchaudio SPEECHCOMMANDS v0.02), or extract "
-            f"http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz into {self.data_dir}."
+            f"set download: true (fetches {ARCHIVE_URL} into {self.data_dir} and extracts it to "
+            f"{self.subfolders[0]}), or extract that archive into {self.data_dir}."
         )
 
     def _download(self) -> None:
-        from torchaudio.datasets import SPEECHCOMMANDS
-
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        SPEECHCOMMANDS(root=str(self.data_dir), url="speech_commands_v0.02", download=True)
+        """The official archive (sha256-checked, kept beside the data as torchaudio does), extracted
+        by datamodules.archives into torchaudio's layout."""
+        archive = self.data_dir / ARCHIVE_URL.rsplit("/", 1)[1]
+        if not archive.is_file():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(ARCHIVE_URL, str(archive), hash_prefix=ARCHIVE_SHA256)
+        extract_tar_file(archive, self.data_dir / self.subfolders[0])
 
     def _load_splits(self) -> dict[str, Dataset]:
         root = self.data_root()

@@ -81,6 +81,19 @@ def threshold_list(text: str) -> list[float]:
     return values
 
 
+def add_checkpoint_arguments(
+    parser: argparse.ArgumentParser, what: str = "checkpoint written by `lightning fit`"
+) -> None:
+    """--ckpt and --trust-checkpoint, the same on every tool."""
+    parser.add_argument("--ckpt", required=True, help=what)
+    parser.add_argument(
+        "--trust-checkpoint", action="store_true",
+        help="unpickle --ckpt in full even if it names code beyond tensors (an older or foreign checkpoint). "
+        "This RUNS CODE FROM THE FILE: use it only for a file from a source you trust. Without it such a "
+        "file is refused; checkpoints written by this project never need it",
+    )
+
+
 def check_budgets(task: SequenceTask, budgets: list[int] | str | None, ckpt: str) -> None:
     """Budgets outside 1..k_max of the checkpoint are refused before any data is read."""
     try:
@@ -92,7 +105,7 @@ def check_budgets(task: SequenceTask, budgets: list[int] | str | None, ckpt: str
 def sweep_main(argv: list[str]) -> int:
     """Budget table (accuracy, loss, active parameters per budget) of a trained checkpoint."""
     parser = argparse.ArgumentParser(prog="esssm sweep", description="Budget table of a trained checkpoint.")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `lightning fit`")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--data-config", required=True, help="YAML with a data: section (e.g. the fit config)")
     parser.add_argument("--data-dir", help="override data.init_args.data_dir")
     parser.add_argument("--batch-size", type=positive_int, help="override the evaluation batch size")
@@ -102,7 +115,7 @@ def sweep_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     overrides = {"data_dir": args.data_dir, "eval_batch_size": args.batch_size}
     datamodule = load_datamodule(args.data_config, {k: v for k, v in overrides.items() if v is not None})
-    task = load_task(args.ckpt)
+    task = load_task(args.ckpt, trust=args.trust_checkpoint)
     check_budgets(task, args.budgets, args.ckpt)  # before the data is read (at setup)
     rows = run_sweep(task, datamodule, args.budgets, args.split, args.accelerator, output_dir=Path(args.ckpt).parent)
     print(format_table(rows))
@@ -115,7 +128,7 @@ def sweep_main(argv: list[str]) -> int:
 
 def _ckpt_parser(tool: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"esssm {tool}", description=description)
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `lightning fit`")
+    add_checkpoint_arguments(parser)
     return parser
 
 
@@ -148,7 +161,7 @@ def export_main(argv: list[str]) -> int:
                      "--budget already: load_exported(...)(x, budget=k))")
     deploy.check_targets([args.out, *([deploy.torchscript_path(args.out)] if args.torchscript else [])],
                          args.overwrite)  # before any work
-    full, config, _ = load_eval_model(args.ckpt)
+    full, config, _ = load_eval_model(args.ckpt, args.trust_checkpoint)
     seq_len = deploy.example_seq_len(config, args.seq_len)
     if args.format == "onnx":
         print(deploy.format_onnx_export(deploy.export_onnx_checked(full, config, args.budget, args.out, args.batch, seq_len)))
@@ -174,7 +187,7 @@ def plan_main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed rounds over all budgets (median)")
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds first")
     args = parser.parse_args(argv)
-    model, config, source = load_eval_model(args.ckpt)
+    model, config, source = load_eval_model(args.ckpt, args.trust_checkpoint)
     deploy.elastic_k_max(model)
     curve_path = deploy.curve_for(args.ckpt, source, args.curve)
     curve = deploy.read_curve(curve_path)
@@ -184,7 +197,7 @@ def plan_main(argv: list[str]) -> int:
     example = deploy.synthetic_batch(config, args.batch, seq_len)
     budgets = [p.budget for p in curve]
     forwards = deploy.budget_forwards(args.runtime, model, config, example, budgets, args.device)
-    latencies = deploy.measure_latencies(forwards, args.device, args.repeats, args.warmup)
+    latencies = deploy.time_budgets(forwards, args.device, args.repeats, args.warmup)
     best, rows = deploy.plan_budget(curve, latencies, args.latency_ms)
     print(f"curve: {curve_path}; latency: batch {args.batch} x length {seq_len} on {args.device} ({args.runtime})")
     print(deploy.format_plan(rows, best, args.latency_ms))
@@ -209,7 +222,7 @@ def cascade_main(argv: list[str]) -> int:
                         help="choose thresholds on val; report the chosen one on test")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    model, _, _ = load_eval_model(args.ckpt)
+    model, _, _ = load_eval_model(args.ckpt, args.trust_checkpoint)
     k_max = deploy.elastic_k_max(model)
     stages = range(1, k_max + 1) if args.budgets == "all" else args.budgets
     budgets = sorted({min(k, k_max) for k in stages})
@@ -235,7 +248,7 @@ def generate_main(argv: list[str]) -> int:
         description="Generate bytes from a byte-level LM (training checkpoint or `esssm export` "
         "file, EMA weights) at a spectral budget; prints prompt + continuation.",
     )
-    parser.add_argument("--ckpt", required=True, help="training checkpoint or `esssm export` file")
+    add_checkpoint_arguments(parser, "training checkpoint or `esssm export` file")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget", type=positive_int, help="spectral budget k for every byte (default: k_max)")
     budget.add_argument("--budget-schedule", help="budget per position, e.g. '32,4@600,16@900' "
@@ -255,7 +268,7 @@ def generate_main(argv: list[str]) -> int:
     if args.out and Path(args.out).exists() and not args.force:
         parser.error(f"--out {args.out} exists; choose another path or pass --force to replace it")
     prompt_bytes = Path(args.prompt_file).read_bytes() if args.prompt_file else args.prompt.encode()
-    model = load_language_model(args.ckpt)
+    model = load_language_model(args.ckpt, args.trust_checkpoint)
     k_max = generate.lm_k_max(model)
     schedule = generate.parse_schedule(args.budget_schedule, k_max) if args.budget_schedule else args.budget
     start = time.perf_counter()

@@ -160,8 +160,7 @@ def test_measure_latencies_interleaves_rounds_and_takes_medians(trained):
         return next(fake)
 
     example = deploy.synthetic_batch(config, 3, 24)
-    forwards = deploy.budget_forwards("torch", model, config, example, [1, 4])
-    latencies = deploy.measure_latencies(forwards, rounds=3, warmup=1, timer=fake_timer)
+    latencies = deploy.measure_latencies(model, example, [1, 4], rounds=3, warmup=1, timer=fake_timer)
     assert latencies == {1: 3, 4: 30} and seen == [(3, 3)] * 8
 
 

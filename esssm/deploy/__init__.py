@@ -40,6 +40,7 @@ from esssm.deploy.plan import (
     measure_latencies,
     plan_budget,
     read_curve,
+    time_budgets,
     torch_forwards,
 )
 
@@ -49,6 +50,6 @@ __all__ = [
     "elastic_k_max", "evaluate_policy", "example_seq_len", "export_checked", "export_onnx", "export_onnx_checked",
     "export_torchscript", "format_cascade", "format_export", "format_onnx_export", "format_plan", "load_exported",
     "load_onnx", "load_torchscript", "measure_latencies", "model_config", "plan_budget", "read_curve",
-    "reference_copy", "save_exported", "state_bytes", "synthetic_batch", "to_device", "torch_forwards",
+    "reference_copy", "save_exported", "state_bytes", "synthetic_batch", "time_budgets", "to_device", "torch_forwards",
     "torchscript_path", "truncate", "truncated_state_dict",
 ]

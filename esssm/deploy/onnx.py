@@ -282,7 +282,7 @@ def format_onnx_export(report: Mapping[str, Any]) -> str:
 def onnx_forwards(
     model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int], device: str | torch.device
 ) -> dict[int, Callable[[], object]]:
-    """One onnxruntime call of `example` per budget (for `measure_latencies`): each budget is
+    """One onnxruntime call of `example` per budget (for `time_budgets`): each budget is
     exported to a temporary ONNX file and loaded in its own session, with torch's thread count."""
     if torch.device(device).type != "cpu":
         raise ValueError(f"the onnxruntime runtime runs on the CPU; got device {device!r} (use --device cpu)")

@@ -181,14 +181,14 @@ def budget_forwards(
     return RUNTIMES[runtime](model, config, example, budgets, device)
 
 
-def measure_latencies(
+def time_budgets(
     forwards: Mapping[int, Forward],
     device: str | torch.device = "cpu",
     rounds: int = 5,
     warmup: int = 1,
     timer: Callable[[Forward, str | torch.device], float] = time_once,
 ) -> dict[int, float]:
-    """Median milliseconds of each budget's call (from `budget_forwards`).
+    """Median milliseconds of each budget's call (from `budget_forwards`), {k: ms}.
 
     Budgets are timed in interleaved rounds (every budget once per round) after `warmup`
     untimed rounds, so a burst of load from other processes hits all budgets alike instead of
@@ -203,6 +203,20 @@ def measure_latencies(
             if r >= warmup:
                 times[k].append(ms)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def measure_latencies(
+    model: nn.Module,
+    example: Batch,
+    budgets: Sequence[int],
+    device: str | torch.device = "cpu",
+    rounds: int = 5,
+    warmup: int = 1,
+    timer: Callable[[Forward, str | torch.device], float] = time_once,
+) -> dict[int, float]:
+    """Median milliseconds of one PyTorch forward pass of `example` per budget (`time_budgets`
+    of `torch_forwards`)."""
+    return time_budgets(torch_forwards(model, {}, example, budgets, device), device, rounds, warmup, timer)
 
 
 def plan_budget(
