@@ -143,10 +143,12 @@ def export_main(argv: list[str]) -> int:
     budget.add_argument("--budget", type=positive_int, help="spectral budget k to keep")
     budget.add_argument("--elastic", action="store_true", help="with --format onnx: one file serving every budget, "
                         "k an int64 scalar input `budget` (the cost follows k)")
-    parser.add_argument("--out", required=True, help="output file, e.g. model_k8.pt (or model_k8.onnx)")
-    parser.add_argument("--format", choices=["torch", "onnx"], default="torch",
+    parser.add_argument("--out", required=True, help="output file, e.g. model_k8.pt (model_k8.onnx, model_k8.pt2)")
+    parser.add_argument("--format", choices=["torch", "onnx", "pt2"], default="torch",
                         help="torch: a PyTorch file for esssm.deploy.load_exported; onnx: an ONNX graph with dynamic "
-                        "batch and length (<= seq_len), checked in onnxruntime (esssm.deploy.load_onnx)")
+                        "batch and length (<= seq_len), checked in onnxruntime (esssm.deploy.load_onnx); pt2: an "
+                        "AOTInductor package (compiled C++, dynamic batch and length), checked against PyTorch "
+                        "(esssm.deploy.load_pt2)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--torchscript", action="store_true", help="also write OUT.torchscript.pt (traced; --format torch)")
     parser.add_argument("--batch", type=positive_int, default=1, help="example batch size for the checks and the trace "
@@ -155,7 +157,9 @@ def export_main(argv: list[str]) -> int:
                         "TorchScript graphs are specialised to it (ONNX: checked at it and about half)")
     args = parser.parse_args(argv)
     if args.torchscript and args.format != "torch":
-        parser.error("--torchscript comes with --format torch; an ONNX export is one file")
+        parser.error(f"--torchscript comes with --format torch; a {args.format} export is one file")
+    if args.format == "pt2" and Path(args.out).suffix != ".pt2":
+        parser.error(f"--format pt2 writes a .pt2 file (torch's loader expects the suffix), got --out {args.out}")
     if args.elastic and args.format != "onnx":
         parser.error("--elastic comes with --format onnx (a --format torch file serves every budget up to its "
                      "--budget already: load_exported(...)(x, budget=k))")
@@ -167,6 +171,9 @@ def export_main(argv: list[str]) -> int:
         print(deploy.format_onnx_export(deploy.export_onnx_checked(full, config, args.budget, args.out, args.batch, seq_len)))
         return 0
     example = deploy.synthetic_batch(config, args.batch, seq_len)
+    if args.format == "pt2":
+        print(deploy.format_pt2_export(deploy.export_pt2_checked(full, config, args.budget, args.out, example)))
+        return 0
     report = deploy.export_checked(full, config, args.budget, args.out, example, args.torchscript)
     report["ckpt_bytes"] = Path(args.ckpt).stat().st_size
     print(deploy.format_export(report))
@@ -178,7 +185,8 @@ def plan_main(argv: list[str]) -> int:
     parser = _ckpt_parser("plan", "Best budget for a latency target on this machine.")
     parser.add_argument("--latency-ms", type=positive_float, required=True, help="latency target per batch")
     parser.add_argument("--runtime", choices=sorted(deploy.RUNTIMES), default="torch",
-                        help="what runs the model: torch, or onnxruntime (each budget exported to ONNX; CPU)")
+                        help="what runs the model: torch, onnxruntime (each budget exported to ONNX; CPU) or pt2 "
+                        "(each budget compiled to an AOTInductor package; tens of seconds each)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torch)")
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size of the timed forward pass")
     parser.add_argument("--seq-len", type=positive_int, help="input length (default: the model's seq_len)")

@@ -10,8 +10,10 @@ import torch
 
 from esssm import deploy
 from esssm.batch import model_inputs
+from esssm.cli import main
 from esssm.deploy import pt2
 from esssm.files import ChecksumError, file_sha256, sidecar_path
+from test_deploy import trained  # noqa: F401  (the tiny trained checkpoint and its budget curve)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -145,7 +147,7 @@ def test_package_equals_the_model_at_every_budget(task, budget, tmp_path):
 
 
 @pytest.mark.slow
-def test_pt2_latencies_times_every_budget():
+def test_plan_runtime_pt2_times_every_budget():
     full, config = tiny_model("classification")
     calls = []
 
@@ -154,8 +156,31 @@ def test_pt2_latencies_times_every_budget():
         return float(len(calls))
 
     example = deploy.synthetic_batch(config, 3, L)
-    latencies = pt2.pt2_latencies(full, config, example, [1, K], rounds=3, warmup=1, timer=timer)
+    forwards = deploy.budget_forwards("pt2", full, config, example, [1, K])
+    latencies = deploy.time_budgets(forwards, rounds=3, warmup=1, timer=timer)
     assert list(latencies) == [1, K] and len(calls) == 8  # (warmup + rounds) x budgets, interleaved
     assert latencies == {1: 5.0, K: 6.0}
     with torch.no_grad():
         assert relative_error(calls[-1], full(*model_inputs(example), budget=K)) < 1e-5
+
+
+def test_cli_exports_a_checked_package_and_plans_with_it(trained, tmp_path, capsys):
+    """`esssm export --format pt2` writes a package that equals the checkpoint's model at k, and
+    `esssm plan --runtime pt2` times budgets through packages (one budget: one compilation)."""
+    ckpt, out = str(trained["ckpt"]), tmp_path / "model_k4.pt2"
+    with pytest.raises(SystemExit):  # torch's loader needs the suffix: refused before any work
+        main(["export", "--ckpt", ckpt, "--budget", "4", "--format", "pt2", "--out", str(tmp_path / "m.bin")])
+    assert main(["export", "--ckpt", ckpt, "--budget", "4", "--format", "pt2", "--out", str(out)]) == 0
+    assert "relative error against the full model at k=4" in capsys.readouterr().out
+    batch = deploy.synthetic_batch(trained["config"], 2, 20)
+    with torch.no_grad():
+        assert relative_error(pt2.load_pt2(out)(*model_inputs(batch)), trained["task"].evaluate(batch, 4)) < 1e-5
+
+    curve = tmp_path / "curve.csv"
+    with open(deploy.curve_for(ckpt, trained["task"].source), newline="") as f:
+        curve.write_text("".join(f.readlines()[:2]))  # the header and budget 1
+    args = ["plan", "--ckpt", ckpt, "--curve", str(curve), "--runtime", "pt2", "--repeats", "1", "--warmup", "0",
+            "--latency-ms", "1e9"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "(pt2)" in text and "best budget: k=1" in text

@@ -19,6 +19,7 @@ from torch import nn
 from esssm.batch import Batch
 from esssm.deploy.model import batch_logits, to_device
 from esssm.deploy.onnx import onnx_forwards
+from esssm.deploy.pt2 import pt2_forwards
 from esssm.timing import time_once
 
 
@@ -168,7 +169,7 @@ def torch_forwards(
 
 
 # What `esssm plan --runtime` times: each entry builds the per-budget calls of one runtime.
-RUNTIMES: dict[str, Runtime] = {"torch": torch_forwards, "onnxruntime": onnx_forwards}
+RUNTIMES: dict[str, Runtime] = {"torch": torch_forwards, "onnxruntime": onnx_forwards, "pt2": pt2_forwards}
 
 
 def budget_forwards(

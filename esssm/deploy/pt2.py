@@ -16,6 +16,7 @@ replaces a file. Compiling takes C++ compile time: tens of seconds per package o
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import warnings
@@ -29,10 +30,8 @@ from torch import nn
 from esssm.batch import Batch, model_inputs
 from esssm.deploy.export import reference_copy, truncate
 from esssm.deploy.model import to_device
-from esssm.deploy.plan import measure_latencies
 from esssm.files import atomic_write, verify_checksum
 from esssm.layer import ESSSMLayer
-from esssm.timing import time_once
 
 PT2_FORMAT, PT2_VERSION = "esssm-pt2", 1
 METADATA_KEY = "esssm"  # the package metadata entry holding `package_facts` as JSON
@@ -234,42 +233,53 @@ def export_pt2(
     return atomic_write(path, write, check=check_all, checksum=True)
 
 
-class PackagesByBudget(nn.Module):
-    """Packages of one model at several budgets, called like the model: `(*inputs, budget=k)`,
-    so the torch timing loop (`measure_latencies`) times them unchanged."""
+def pt2_forwards(
+    model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int], device: str | torch.device
+) -> dict[int, Callable[[], object]]:
+    """One call of `example` per budget through the AOTInductor package of `model` (with its
+    `model_config`) truncated to that budget, for `esssm.deploy.plan.time_budgets`.
 
-    def __init__(self, runners: Mapping[int, Pt2Runner]) -> None:
-        super().__init__()
-        self.runners = dict(runners)
-
-    def forward(self, *inputs: torch.Tensor, budget: int) -> torch.Tensor:
-        return self.runners[budget](*inputs)
-
-
-def pt2_latencies(
-    model: nn.Module,
-    config: Mapping[str, Any],
-    example: Batch,
-    budgets: Sequence[int],
-    device: str | torch.device = "cpu",
-    rounds: int = 5,
-    warmup: int = 1,
-    timer: Callable[[Callable[[], object], str | torch.device], float] = time_once,
-) -> dict[int, float]:
-    """Median milliseconds of one pass of `example` through the AOTInductor package of
-    `model` (with its `model_config`) truncated to each budget, {k: ms}.
-
-    Each budget is exported to a checked package in a temporary folder (tens of seconds of
-    compilation each), then all are timed like the PyTorch model in `measure_latencies`:
-    interleaved rounds after `warmup` untimed ones, median, `timer(fn, device) -> ms`.
+    Each budget is compiled to a checked package in a temporary folder (tens of seconds each);
+    a loaded package no longer needs its file.
     """
     model = model.to(device).eval()
     example = to_device(example, device)
-    runners = {}
+    inputs = tuple(t.contiguous() for t in model_inputs(example))
+    forwards = {}
     with tempfile.TemporaryDirectory() as folder:
         for k in budgets:
             small, _ = truncate(model, config, k)
             path = Path(folder) / f"k{k}.pt2"
             export_pt2(small.to(device), example, path)
-            runners[k] = load_pt2(path)
-    return measure_latencies(PackagesByBudget(runners), example, budgets, device, rounds, warmup, timer)
+            forwards[k] = functools.partial(_run_package, load_pt2(path), inputs)
+    return forwards
+
+
+def _run_package(runner: Pt2Runner, inputs: Inputs) -> torch.Tensor:
+    with torch.inference_mode():
+        return runner(*inputs)
+
+
+def export_pt2_checked(
+    full: nn.Module, config: Mapping[str, Any], budget: int, out: str | Path, example: Batch
+) -> dict[str, Any]:
+    """`full` (a model with its `model_config`) truncated to `budget`, compiled to the package
+    `out`; checked against the truncated model at two batch sizes and two lengths, then against
+    `full` at `budget` on the example, before it replaces `out`. Returns the report."""
+    small, _ = truncate(full, config, budget)
+    report: dict[str, Any] = {"out": str(out), "budget": budget, "k_max": full.k_max}
+
+    def check_full(tmp: str) -> None:
+        report["error"] = check_package(tmp, lambda *x: full(*x, budget=budget), [model_inputs(example)], out)
+
+    report["bytes"] = export_pt2(small, example, out, check=check_full)
+    return report
+
+
+def format_pt2_export(report: Mapping[str, Any]) -> str:
+    return (
+        f"exported budget k={report['budget']} of k_max={report['k_max']} as an AOTInductor package -> "
+        f"{report['out']} ({report['bytes'] / 2**20:.2f} MB)\n"
+        f"  relative error against the full model at k={report['budget']}: {report['error']:.2e} "
+        f"(limit {TOLERANCE:g}; also checked at two batch sizes and two lengths)"
+    )
