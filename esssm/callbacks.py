@@ -73,7 +73,9 @@ class BudgetSweep(L.Callback):
         self.swept_step: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.budgets = {s: sweep_budgets(pl_module.k_max, arg, f"sweep.{s}_budgets") for s, arg in self.budget_args.items()}
+        self.budgets = {
+            s: sweep_budgets(pl_module.k_max, arg, f"sweep.{s}_budgets") for s, arg in self.budget_args.items()
+        }
         keys = {_key(k) for budgets in self.budgets.values() for k in budgets}
         self.metrics = nn.ModuleDict({key: ExactAccuracy() for key in sorted(keys)})
         self.metrics.to(pl_module.device)
@@ -139,8 +141,9 @@ class BudgetSweep(L.Callback):
         ended, as a validation pass would: on every DDP rank over its shard (the rows are
         gathered), with the pass's batch limit, device transfer and autocast. Logged directly to
         the loggers at the current step. Nothing happens for a run without validation data."""
-        val_loop = trainer.fit_loop.epoch_loop.val_loop
-        val_loop.setup_data()  # a no-op when a validation pass already ran
+        if not trainer.enable_validation:
+            return
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()  # a no-op when a validation pass already ran
         loaders = trainer.val_dataloaders
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders] if loaders is not None else []
         if not loaders or not sum(trainer.num_val_batches):

@@ -260,3 +260,13 @@ def test_sigterm_right_after_a_validation_sweeps_those_weights(tmp_path):
     with pytest.raises(SIGTERMException):
         fit.fit(make_task(), ToyDataModule())
     assert fit.global_step == 6 and {r["step"] for r in curve_rows(fit)} == {"6"}
+
+
+def test_a_fit_without_validation_data_ends_cleanly_without_a_curve(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from toy_data import ToyDataset, collate
+
+    fit = trainer(tmp_path, max_steps=3, callbacks=[BudgetSweep([1, 8], every_n_epochs=10)])
+    fit.fit(make_task(), train_dataloaders=DataLoader(ToyDataset(64, 24, 3, 0), 16, collate_fn=collate))
+    assert fit.global_step == 3 and not list(tmp_path.rglob("budget_curve_val.csv"))
