@@ -151,7 +151,9 @@ def select_budgets(k_max: int, budgets: Sequence[int] | str | None, setting: str
     return sorted(budgets)
 
 
-def sweep_budgets(k_max: int | None, budgets: Sequence[int] | str | None = None, setting: str = "budgets") -> list[int | None]:
+def sweep_budgets(
+    k_max: int | None, budgets: Sequence[int] | str | None = None, setting: str = "budgets"
+) -> list[int | None]:
     """The budgets a sweep evaluates: `select_budgets`, always with k_max (the full-budget score).
     A model without a budget gets [None] (the setting's form is still checked)."""
     if k_max is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -258,13 +259,16 @@ class SequenceTask(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
 
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
         """The optimizer step, then the EMA update; a step with a skipped (non-finite) micro-batch
         changes nothing: its closure drops every gradient of the step (the other accumulated
         micro-batches' too) and returns None, which every precision plugin treats as "no
         backward", so no parameter or optimizer state moves, and the EMA is left alone."""
 
-        def closure():
+        def closure() -> Any:
             loss = optimizer_closure()
             if self._nonfinite_in_step:
                 optimizer.zero_grad(set_to_none=True)
@@ -276,7 +280,7 @@ class SequenceTask(L.LightningModule):
         if self.ema is not None and not self._step_skipped:
             self.ema.update_parameters(self.model)
 
-    def lr_scheduler_step(self, scheduler, metric: Any) -> None:
+    def lr_scheduler_step(self, scheduler: torch.optim.lr_scheduler.LRScheduler, metric: Any) -> None:
         """Lightning steps the schedule after every optimizer step: not after a skipped one."""
         if not self._step_skipped:
             super().lr_scheduler_step(scheduler, metric)

@@ -396,7 +396,8 @@ def test_overwrite_of_a_run_that_is_training_now_deletes_nothing(tmp_path):
 @pytest.mark.parametrize(
     ("setting", "message"),
     [(["--model.budget.k_min", "9"], r"model\.budget\.k_min=9 is outside 1\.\.k_max=4"),
-     (["--model.budget.grid", "[1,2,8]"], r"model\.budget\.grid=\[1, 2, 8\] has \[1, 8\] outside k_min\.\.k_max = 2\.\.4"),
+     (["--model.budget.grid", "[1,2,8]"],
+      r"model\.budget\.grid=\[1, 2, 8\] has \[1, 8\] outside k_min\.\.k_max = 2\.\.4"),
      (["--model.budget.kmin", "1"], r"model\.budget has no setting \['kmin'\]")],
 )
 def test_budget_settings_out_of_range_are_refused_not_clamped(tmp_path, setting, message):

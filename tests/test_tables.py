@@ -79,6 +79,6 @@ def test_no_rows_never_replace_earlier_tables(tmp_path):
     (tmp_path / "tables.md").write_text("earlier tables\n")
     only_ablation = {("listops", "esssm_sum"): two_seeds("listops", "esssm_sum", 0.3)}  # in no table alone
     for results in ({}, only_ablation):
-        with pytest.raises(NoResultsError, match=f"no table has a row .*{tmp_path / 'tables.md'} and its CSVs are left"):
+        with pytest.raises(NoResultsError, match=f"no table has a row .*{tmp_path / 'tables.md'} and its CSVs"):
             write_tables(results, tmp_path, "quick")
     assert (tmp_path / "tables.md").read_text() == "earlier tables\n" and not list(tmp_path.glob("*.csv"))
