@@ -27,7 +27,7 @@ def main(devices: int, out: str, mode: str = "validate") -> None:
     trainer = L.Trainer(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
         logger=False, callbacks=[sweep], enable_progress_bar=False, enable_model_summary=False,
-        max_steps=3, max_epochs=40, enable_checkpointing=False,
+        max_steps=3, max_epochs=40, enable_checkpointing=False, default_root_dir=Path(out).parent,  # the CSV
     )
     data = ToyDataModule(val_size=61, eval_batch_size=4)
     if mode == "fit":
