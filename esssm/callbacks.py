@@ -71,6 +71,7 @@ class BudgetSweep(L.Callback):
         # global steps of this fit's latest validation pass and latest validation sweep
         self.validated_step: int | None = None
         self.swept_step: int | None = None
+        self.step_epoch = 0  # the epoch of the latest training step (Lightning counts an ended epoch on)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.budgets = {
@@ -122,6 +123,9 @@ class BudgetSweep(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._finish("test", trainer, pl_module)
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.step_epoch = trainer.current_epoch
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The fit ended (max_epochs, max_steps, max_time, early stopping): sweep now unless its
         last validation pass was a sweep of these very weights."""
@@ -158,6 +162,10 @@ class BudgetSweep(L.Callback):
         pl_module.train(was_training)
         self._finish("val", trainer, pl_module, in_loop=False)
 
+    def _epoch(self, trainer: L.Trainer, in_loop: bool) -> int:
+        """The epoch a curve belongs to, as its checkpoint records it."""
+        return trainer.current_epoch if in_loop else self.step_epoch
+
     def _finish(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule, in_loop: bool = True) -> None:
         """Gather the rows, log them (through `pl_module.log` inside a Lightning loop, else to the
         loggers directly) and write the CSV and figure."""
@@ -192,7 +200,7 @@ class BudgetSweep(L.Callback):
             self.swept_step = trainer.global_step
         folder = self.output_dir(trainer)  # on every rank: trainer.log_dir is a collective under DDP
         if trainer.is_global_zero:
-            self._write_csv(stage, rows, trainer, folder)
+            self._write_csv(stage, rows, trainer, folder, self._epoch(trainer, in_loop))
             self._write_figure(stage, rows, trainer)
             if stage == "test":
                 self._write_curve_series(rows, trainer)
@@ -205,10 +213,10 @@ class BudgetSweep(L.Callback):
             return Path(ckpt.dirpath)
         return Path(trainer.log_dir or trainer.default_root_dir)
 
-    def _write_csv(self, stage: str, rows: list[dict], trainer: L.Trainer, folder: Path) -> None:
+    def _write_csv(self, stage: str, rows: list[dict], trainer: L.Trainer, folder: Path, epoch: int) -> None:
         if self.curve_file is not None:
             path = folder / self.curve_file.format(stage=stage)
-            write_curve(path, rows, epoch=trainer.current_epoch, step=trainer.global_step)
+            write_curve(path, rows, epoch=epoch, step=trainer.global_step)
 
     def _write_figure(self, stage: str, rows: list[dict], trainer: L.Trainer) -> None:
         loggers = _tensorboards(trainer)
