@@ -9,6 +9,7 @@ the same code path.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import random
@@ -17,7 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from esssm.files import atomic_write_bytes
+from datamodules.archives import tar_files, write_member
 
 if TYPE_CHECKING:
     import datasets
@@ -140,26 +141,27 @@ def bytes_to_array(data: bytes, max_len: int) -> np.ndarray:
     return np.frombuffer(data[:max_len], dtype=np.uint8).copy()
 
 
-def lra_archive_files(url: str = LRA_RELEASE_URL) -> Iterator[tuple[str, IO[bytes]]]:
-    """(path without a leading "./", readable file) for every file of the streamed LRA release
-    archive. It is several GB (every LRA task): streaming keeps on disk only what the caller writes."""
+@contextlib.contextmanager
+def lra_release(url: str = LRA_RELEASE_URL) -> Iterator[tarfile.TarFile]:
+    """The streamed LRA release archive. It is several GB (every LRA task): read it once, front
+    to back, with datamodules.archives, which keeps on disk only what the caller selects."""
     with urllib.request.urlopen(url) as stream, tarfile.open(fileobj=stream, mode="r|gz") as archive:
-        for member in archive:
-            if member.isfile():
-                yield member.name.removeprefix("./"), archive.extractfile(member)
+        yield archive
 
 
 def download_lra_files(data_dir: Path, folder: str, names: Sequence[str], url: str = LRA_RELEASE_URL) -> None:
     """Write the LRA release archive's ``<LRA_RELEASE_ROOT>/<folder>/<name>`` files into data_dir."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    wanted = {f"{LRA_RELEASE_ROOT}/{folder}/{name}": name for name in names}
-    for path, file in lra_archive_files(url):
-        name = wanted.pop(path, None)
-        if name is not None:
-            atomic_write_bytes(data_dir / name, file.read())
-        if not wanted:
-            return
-    raise DataFolderError(f"The archive {url} has no member {', '.join(sorted(wanted))}.")
+    missing = {f"{LRA_RELEASE_ROOT}/{folder}/{name}": name for name in names}
+    with lra_release(url) as archive:
+        # Selecting a member pops it from `missing`: each is written once, and the stream stops early.
+        for target, file in tar_files(archive, data_dir, url, lambda path: missing.pop(path, None)):
+            write_member(target, file)
+            if not missing:
+                break
+    os.sync()
+    if missing:
+        raise DataFolderError(f"The archive {url} has no member {', '.join(sorted(missing))}.")
 
 
 def load_hf_cache(name: str) -> datasets.DatasetDict | None:

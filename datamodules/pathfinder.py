@@ -24,6 +24,7 @@ import io
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,13 +34,14 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from datamodules import base
+from datamodules.archives import extract_tar
 from datamodules.base import (
     LRA_RELEASE_ROOT,
     DataFolderError,
     LRAReleaseDataModule,
     MalformedDataError,
     generate_command,
-    lra_archive_files,
+    lra_release,
     malformed,
     parse_label,
     seeded_split,
@@ -53,7 +55,6 @@ from datamodules.pathfinder_generator import (
     lra_style,
 )
 from esssm.batch import BYTE_VOCAB_SIZE
-from esssm.files import atomic_write_bytes
 
 NUM_CLASSES = 2
 NPY_MAGIC = b"\x93NUMPY"
@@ -100,7 +101,10 @@ def read_metadata(folder: Path) -> tuple[list[str], np.ndarray]:
             if len(fields) < 4:
                 raise malformed(path, line, f"expected at least 4 columns ({METADATA_COLUMNS}); got {len(fields)}")
             label = parse_label(fields[3], NUM_CLASSES, path, line)
-            relative = f"{fields[0].decode()}/{fields[1].decode()}"
+            try:
+                relative = f"{fields[0].decode()}/{fields[1].decode()}"
+            except UnicodeDecodeError:
+                raise malformed(path, line, "the image folder or file name is not UTF-8 text") from None
             try:
                 empty = os.stat(folder / relative).st_size == 0
             except FileNotFoundError:
@@ -114,12 +118,19 @@ def read_metadata(folder: Path) -> tuple[list[str], np.ndarray]:
 
 
 def read_png(path: Path, resolution: int) -> np.ndarray:
-    """(resolution^2,) uint8 gray levels of a PNG, row by row."""
+    """(resolution^2,) uint8 gray levels of a PNG, row by row.
+
+    A file that does not decode (not an image, truncated, damaged data) is refused naming it.
+    """
     try:
         with Image.open(path) as image:
             pixels = np.array(image.convert("L"))
-    except UnidentifiedImageError:
-        raise MalformedDataError(f"{path} is not an image file") from None
+    except (OSError, SyntaxError) as error:  # PIL raises SyntaxError for some broken PNG chunks
+        what = "is not an image file" if isinstance(error, UnidentifiedImageError) else f"cannot be read ({error})"
+        raise MalformedDataError(
+            f"{path} {what}: the image is damaged or missing; regenerate the data set "
+            "(python -m datamodules.pathfinder generate) or extract it again from the LRA release"
+        ) from None
     if pixels.shape != (resolution, resolution):
         height, width = pixels.shape[:2]
         raise MalformedDataError(f"{path}: expected {resolution}x{resolution} pixels; got {width}x{height}")
@@ -150,15 +161,18 @@ class PathfinderImages(Dataset):
 
 def extract_lra_folder(data_dir: Path, folder: str, url: str) -> None:
     """Stream the LRA release archive and write every file below <LRA_RELEASE_ROOT>/<folder>/
-    to data_dir/<folder>/ (one difficulty: about 200k small PNGs plus metadata)."""
+    to data_dir/<folder>/ (one difficulty: about 200k small PNGs plus metadata), through the
+    checks of datamodules.archives (nothing lands outside data_dir/<folder>)."""
     prefix = f"{LRA_RELEASE_ROOT}/{folder}/"
-    written = 0
-    for name, file in lra_archive_files(url):
-        if name.startswith(prefix) and ".." not in Path(name).parts:
-            atomic_write_bytes(data_dir / folder / name[len(prefix) :], file.read())
-            written += 1
+    with lra_release(url) as archive:
+        written = extract_tar(archive, data_dir / folder, url, partial(_below, prefix))
     if not written:
         raise DataFolderError(f"The archive {url} has no files under {prefix}.")
+
+
+def _below(prefix: str, name: str) -> str | None:
+    """`name` relative to `prefix`, or None for a member outside it."""
+    return name.removeprefix(prefix) if name.startswith(prefix) else None
 
 
 class PathfinderDataModule(LRAReleaseDataModule):

@@ -1,7 +1,9 @@
 """Sequential CIFAR-10 (LRA Image / S4 sCIFAR): each 32x32 image read as a 1024-long sequence.
 
 Reads the torchvision CIFAR10 folder (cifar-10-batches-py python pickles) directly, so
-any copy of the official batches works. Pixels run row by row. Modes:
+any copy of the official batches works; the pickles are read with `BatchUnpickler`, which
+builds only what the official files hold, so a crafted file cannot run code. Pixels run row
+by row. Modes:
 
 - ``tokens``: grayscale integers 0..255 as token ids 1..256 (LRA), vocab 257;
 - ``gray``: grayscale normalised floats, input_dim 1 (S4);
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.archives import extract_tar_file
 from datamodules.base import MalformedDataError, TaskDataModule, check_labels, seeded_split
 from esssm.batch import BYTE_VOCAB_SIZE
 
@@ -33,17 +36,44 @@ RGB_MEAN, RGB_STD = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470
 INPUT_DIMS = {"tokens": None, "gray": 1, "rgb": 3}
 
 
+class BatchUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches only: dicts, lists, bytes/str, ints and NumPy arrays.
+
+    Those are what the official files hold (Python 2 pickles of numpy arrays; copies re-saved
+    by Python 3 add `_codecs.encode` for bytes). Any other global a file names (os.system, a
+    class with a __reduce__) is refused instead of called.
+    """
+
+    ALLOWED = frozenset({
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"), ("__builtin__", "bytes"), ("builtins", "bytes"),
+    })  # fmt: skip
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds")
+        return super().find_class(module, name)
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, list[Any]]:
+    """(b'data', b'labels') of one CIFAR python batch, read with `BatchUnpickler`; any failure
+    (not a pickle, a foreign global, a missing key) raises MalformedDataError naming the file."""
+    try:
+        with open(path, "rb") as file:
+            batch = BatchUnpickler(file, encoding="bytes").load()
+        return np.asarray(batch[b"data"], dtype=np.uint8), batch[b"labels"]
+    except Exception as error:  # random bytes fail in many ways (UnicodeDecodeError, ValueError, ...)
+        problem = "is not a CIFAR-10 python batch (a pickled dict with b'data' and b'labels')"
+        raise MalformedDataError(f"{path} {problem}: {type(error).__name__}: {error}") from None
+
+
 def read_batches(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Pixels (N, 1024, 3) uint8 in row-major order and labels (N,) from CIFAR python pickles."""
     images, labels = [], []
     for path in paths:
-        try:
-            with open(path, "rb") as file:
-                batch = pickle.load(file, encoding="bytes")
-            data, batch_labels = np.asarray(batch[b"data"], dtype=np.uint8), batch[b"labels"]
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError):
-            problem = "is not a CIFAR-10 python batch (a pickled dict with b'data' and b'labels')"
-            raise MalformedDataError(f"{path} {problem}") from None
+        data, batch_labels = read_batch(path)
         if data.ndim != 2 or data.shape[1] != 3 * SEQ_LEN or len(batch_labels) != len(data):
             shapes = f"got {data.shape} and {len(batch_labels)} labels"
             raise MalformedDataError(f"{path}: b'data' must be (N, 3072) with N labels; {shapes}")
@@ -116,14 +146,18 @@ class SCIFARDataModule(TaskDataModule):
 
     def how_to_get(self) -> str:
         return (
-            f"set download: true (torchvision CIFAR10 into {self.data_dir}), or extract "
+            f"set download: true (torchvision's CIFAR10 archive into {self.data_dir}), or extract "
             f"https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz there (folder {BATCH_FOLDER})."
         )
 
     def _download(self) -> None:
+        """torchvision's CIFAR10 archive (md5-checked, kept beside the data as torchvision does),
+        extracted by datamodules.archives rather than torchvision's extractor."""
         from torchvision.datasets import CIFAR10
+        from torchvision.datasets.utils import download_url
 
-        CIFAR10(root=str(self.data_dir), train=True, download=True)
+        download_url(CIFAR10.url, str(self.data_dir), CIFAR10.filename, CIFAR10.tgz_md5)
+        extract_tar_file(self.data_dir / CIFAR10.filename, self.data_dir)
 
     def _load_splits(self) -> dict[str, Dataset]:
         root = self.data_root()

@@ -2,8 +2,9 @@
 
 Layout: one folder per word of 16 kHz mono WAV files; validation_list.txt and
 testing_list.txt name the held-out files ("word/file.wav"), every other file of a word
-folder is training data; _background_noise_ is ignored. WAV files are read with
-soundfile (torchaudio.load needs torchcodec).
+folder is training data; _background_noise_ is ignored. A listed clip that does not exist
+is an error naming the list file and line (it would silently join no split). WAV files are
+read with soundfile (torchaudio.load needs torchcodec).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from datamodules.base import MalformedDataError, TaskDataModule
+from datamodules.archives import extract_tar_file
+from datamodules.base import DataFolderError, MalformedDataError, TaskDataModule, malformed
 
 SAMPLE_RATE = 16_000
 NUM_SAMPLES = 16_000  # one second; longer files are cropped, shorter ones padded
@@ -30,6 +32,8 @@ SC35_WORDS = tuple(sorted((
 SC10_WORDS = tuple(sorted(("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")))
 SUBSETS = {"sc35": SC35_WORDS, "sc10": SC10_WORDS}
 LIST_FILES = {"val": "validation_list.txt", "test": "testing_list.txt"}
+ARCHIVE_URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
+ARCHIVE_SHA256 = "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58"  # as torchaudio checks it
 # MFCC as in Kidger et al. (neural CDEs) and S4's SC10: 20 coefficients of 64 log-mel bands,
 # n_fft 200 with the default hop n_fft // 2 = 100 samples, centred frames: 161 per second.
 N_MFCC = 20
@@ -41,10 +45,14 @@ MFCC_FRAMES = NUM_SAMPLES // MFCC_HOP + 1
 def read_wave(path: Path) -> Tensor:
     """The first NUM_SAMPLES samples of a 16 kHz mono WAV file as a float32 (T,) tensor.
 
-    Refuses, naming the file: other rates or channel counts, files with no samples, and
-    samples that are NaN or infinite (float WAVs can hold them; one would make the loss NaN).
+    Refuses, naming the file: files libsndfile cannot open (damaged headers, not a WAV), other
+    rates or channel counts, files with no samples, and samples that are NaN or infinite (float
+    WAVs can hold them; one would make the loss NaN).
     """
-    wave, sample_rate = soundfile.read(path, dtype="float32", frames=NUM_SAMPLES)
+    try:
+        wave, sample_rate = soundfile.read(path, dtype="float32", frames=NUM_SAMPLES)
+    except soundfile.LibsndfileError as error:
+        raise unreadable_wave(path, error) from None
     if sample_rate != SAMPLE_RATE or wave.ndim != 1:
         raise MalformedDataError(f"{path}: expected 16 kHz mono; got {sample_rate} Hz, shape {wave.shape}")
     if len(wave) == 0:
@@ -53,6 +61,21 @@ def read_wave(path: Path) -> Tensor:
         first = int(np.flatnonzero(~np.isfinite(wave))[0])
         raise MalformedDataError(f"{path}: sample {first} is {wave[first]} (WAV samples must be finite)")
     return torch.from_numpy(wave)
+
+
+def wave_frames(path: Path) -> int:
+    """The number of samples in a WAV file, from its header."""
+    try:
+        return soundfile.info(path).frames
+    except soundfile.LibsndfileError as error:
+        raise unreadable_wave(path, error) from None
+
+
+def unreadable_wave(path: Path, error: soundfile.LibsndfileError) -> MalformedDataError:
+    return MalformedDataError(
+        f"{path} is not a readable WAV file ({error.error_string}): the clip is damaged; "
+        "extract or download the data set again"
+    )
 
 
 class WaveFeatures:
@@ -111,17 +134,50 @@ class SpeechDataset(Dataset):
         return {"x": self.features(read_wave(self.paths[index])), "y": self.labels[index], "index": index}
 
 
-def read_file_list(path: Path) -> set[str]:
-    """The "word/file.wav" entries of validation_list.txt / testing_list.txt."""
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+def read_file_list(path: Path) -> dict[str, int]:
+    """The "word/file.wav" entries of validation_list.txt / testing_list.txt -> line number."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise MalformedDataError(f"{path}: not a UTF-8 list of word/file.wav names ({error})") from None
+    entries: dict[str, int] = {}
+    for line_number, line in enumerate(lines, start=1):
+        if line.strip():
+            entries.setdefault(line.strip(), line_number)
+    return entries
+
+
+def check_file_lists(root: Path, held_out: dict[str, dict[str, int]], paths: dict[str, list[Path]]) -> None:
+    """Refuse list entries that would silently move clips between splits, naming list file and line:
+    an entry that is no word/file.wav of a Speech Commands word, a clip of a word read (a key of
+    ``paths``, the word's .wav files) that is not there, and a clip on both lists."""
+    clips = {f"{word}/{path.name}" for word, word_paths in paths.items() for path in word_paths}
+    seen: dict[str, tuple[Path, int]] = {}
+    for split, entries in held_out.items():
+        list_path = root / LIST_FILES[split]
+        for entry, line in entries.items():
+            word, _, name = entry.partition("/")
+            if word not in SC35_WORDS or not name.endswith(".wav"):
+                raise malformed(list_path, line, f"{entry!r} is not a word/file.wav name of a Speech Commands word")
+            if word in paths and entry not in clips:
+                raise DataFolderError(
+                    f"{list_path}:{line}: lists {entry}, but {root / word} has no such .wav file; "
+                    "restore the clip (re-extract the data set) or correct the list"
+                )
+            if entry in seen:
+                other, other_line = seen[entry]
+                raise malformed(list_path, line, f"{entry} is also listed in {other}:{other_line}")
+            seen[entry] = (list_path, line)
 
 
 def split_files(root: Path, words: tuple[str, ...]) -> dict[str, list[tuple[Path, int]]]:
     """(path, label) per split; label = position of the word in ``words``; files sorted."""
     held_out = {split: read_file_list(root / name) for split, name in LIST_FILES.items()}
+    paths = {word: sorted((root / word).glob("*.wav")) for word in words}
+    check_file_lists(root, held_out, paths)
     splits: dict[str, list[tuple[Path, int]]] = {"train": [], "val": [], "test": []}
     for label, word in enumerate(words):
-        for path in sorted((root / word).glob("*.wav")):
+        for path in paths[word]:
             relative = f"{word}/{path.name}"
             split = next((name for name, files in held_out.items() if relative in files), "train")
             splits[split].append((path, label))
@@ -141,7 +197,7 @@ def s4_split_files(root: Path, words: tuple[str, ...], seed: int) -> dict[str, l
     rng = np.random.default_rng(seed)
     splits: dict[str, list[tuple[Path, int]]] = {"train": [], "val": [], "test": []}
     for label, word in enumerate(words):
-        paths = [p for p in sorted((root / word).glob("*.wav")) if soundfile.info(p).frames == NUM_SAMPLES]
+        paths = [p for p in sorted((root / word).glob("*.wav")) if wave_frames(p) == NUM_SAMPLES]
         shuffled = [paths[i] for i in rng.permutation(len(paths))]
         n_train, n_val = (round(f * len(paths)) for f in S4_FRACTIONS)
         parts = {"train": shuffled[:n_train], "val": shuffled[n_train : n_train + n_val],
@@ -209,15 +265,18 @@ class SpeechCommandsDataModule(TaskDataModule):
 
     def how_to_get(self) -> str:
         return (
-            "set download: true (torchaudio SPEECHCOMMANDS v0.02), or extract "
-            f"http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz into {self.data_dir}."
+            f"set download: true (fetches {ARCHIVE_URL} into {self.data_dir} and extracts it to "
+            f"{self.subfolders[0]}), or extract that archive into {self.data_dir}."
         )
 
     def _download(self) -> None:
-        from torchaudio.datasets import SPEECHCOMMANDS
-
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        SPEECHCOMMANDS(root=str(self.data_dir), url="speech_commands_v0.02", download=True)
+        """The official archive (sha256-checked, kept beside the data as torchaudio does), extracted
+        by datamodules.archives into torchaudio's layout."""
+        archive = self.data_dir / ARCHIVE_URL.rsplit("/", 1)[1]
+        if not archive.is_file():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(ARCHIVE_URL, str(archive), hash_prefix=ARCHIVE_SHA256)
+        extract_tar_file(archive, self.data_dir / self.subfolders[0])
 
     def _load_splits(self) -> dict[str, Dataset]:
         root = self.data_root()

@@ -41,10 +41,20 @@ class RunFolderError(RuntimeError):
     """A fit would overwrite or share a run folder, or has nothing to resume."""
 
 
+# fit/validate/test never unpickle a checkpoint in full (Lightning's CLI itself reads a
+# --ckpt_path file weights-only to take its hyperparameters); the tools can, on request.
+FIT_TRUST_HINT = (
+    "fit, validate and test read checkpoints weights-only, so it cannot be resumed or evaluated here; if you "
+    "trust its source, the esssm tools (sweep, export, plan, cascade, generate) load it with --trust-checkpoint."
+)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written atomically (temporary file in the same folder, fsync, rename) with a
     sha256 sidecar, refusing NaN/inf weights; reads check the sidecar and name the file on error.
-    A failed write (full disk, a kill) leaves the previous last.ckpt intact."""
+    A failed write (full disk, a kill) leaves the previous last.ckpt intact. Reads are always
+    weights-only (Lightning's weights_only argument, `--weights_only`, is not honoured): a
+    pickle that names code is refused, not run."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
@@ -52,7 +62,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         save_checked(path, checkpoint, checkpoint.get("state_dict", {}))
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
-        return read_checkpoint(path, map_location, weights_only)
+        return read_checkpoint(path, map_location, trust_hint=FIT_TRUST_HINT)
 
     def remove_checkpoint(self, path) -> None:
         remove_with_sidecar(path)
@@ -93,12 +103,13 @@ class ESSSMCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser, args) -> None:
-        """Parse, then check a --ckpt_path file (checksum, readable) before Lightning reads it."""
+        """Parse, then check a --ckpt_path file (checksum, readable, weights-only) before
+        Lightning reads it."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and ckpt_path not in NAMED_CKPT_PATHS:
-            read_checkpoint(ckpt_path)
+            read_checkpoint(ckpt_path, trust_hint=FIT_TRUST_HINT)
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.config.get("subcommand"), self.config)

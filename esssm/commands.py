@@ -82,6 +82,19 @@ def threshold_list(text: str) -> list[float]:
     return values
 
 
+def add_checkpoint_arguments(
+    parser: argparse.ArgumentParser, what: str = "checkpoint written by `lightning fit`"
+) -> None:
+    """--ckpt and --trust-checkpoint, the same on every tool."""
+    parser.add_argument("--ckpt", required=True, help=what)
+    parser.add_argument(
+        "--trust-checkpoint", action="store_true",
+        help="unpickle --ckpt in full even if it names code beyond tensors (an older or foreign checkpoint). "
+        "This RUNS CODE FROM THE FILE: use it only for a file from a source you trust. Without it such a "
+        "file is refused; checkpoints written by this project never need it",
+    )
+
+
 def check_budgets(task: SequenceTask, budgets: list[int] | str | None, ckpt: str) -> None:
     """Budgets outside 1..k_max of the checkpoint are refused before any data is read."""
     try:
@@ -93,7 +106,7 @@ def check_budgets(task: SequenceTask, budgets: list[int] | str | None, ckpt: str
 def sweep_main(argv: list[str]) -> int:
     """Budget table (accuracy, loss, active parameters per budget) of a trained checkpoint."""
     parser = argparse.ArgumentParser(prog="esssm sweep", description="Budget table of a trained checkpoint.")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `lightning fit`")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--data-config", required=True, help="YAML with a data: section (e.g. the fit config)")
     parser.add_argument("--data-dir", help="override data.init_args.data_dir")
     parser.add_argument("--batch-size", type=positive_int, help="override the evaluation batch size")
@@ -103,7 +116,7 @@ def sweep_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     overrides = {"data_dir": args.data_dir, "eval_batch_size": args.batch_size}
     datamodule = load_datamodule(args.data_config, {k: v for k, v in overrides.items() if v is not None})
-    task = load_task(args.ckpt)
+    task = load_task(args.ckpt, trust=args.trust_checkpoint)
     check_budgets(task, args.budgets, args.ckpt)  # before the data is read (at setup)
     rows = run_sweep(task, datamodule, args.budgets, args.split, args.accelerator, output_dir=Path(args.ckpt).parent)
     print(format_table(rows))
@@ -116,7 +129,7 @@ def sweep_main(argv: list[str]) -> int:
 
 def _ckpt_parser(tool: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"esssm {tool}", description=description)
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `lightning fit`")
+    add_checkpoint_arguments(parser)
     return parser
 
 
@@ -127,18 +140,41 @@ def export_main(argv: list[str]) -> int:
         "Write a standalone model holding only spectral channels 1..k "
         "(load it with esssm.deploy.load_exported; no Lightning, no data needed).",
     )
-    parser.add_argument("--budget", type=positive_int, required=True, help="spectral budget k to keep")
-    parser.add_argument("--out", required=True, help="output file, e.g. model_k8.pt")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget", type=positive_int, help="spectral budget k to keep")
+    budget.add_argument("--elastic", action="store_true", help="with --format onnx: one file serving every budget, "
+                        "k an int64 scalar input `budget` (the cost follows k)")
+    parser.add_argument("--out", required=True, help="output file, e.g. model_k8.pt (model_k8.onnx, model_k8.pt2)")
+    parser.add_argument("--format", choices=["torch", "onnx", "pt2"], default="torch",
+                        help="torch: a PyTorch file for esssm.deploy.load_exported; onnx: an ONNX graph with dynamic "
+                        "batch and length (<= seq_len), checked in onnxruntime (esssm.deploy.load_onnx); pt2: an "
+                        "AOTInductor package (compiled C++, dynamic batch and length), checked against PyTorch "
+                        "(esssm.deploy.load_pt2)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--torchscript", action="store_true", help="also write OUT.torchscript.pt (traced)")
-    parser.add_argument("--batch", type=positive_int, default=1, help="example batch size for the checks and the trace")
+    parser.add_argument("--torchscript", action="store_true", help="also write OUT.torchscript.pt (traced; --format torch)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="example batch size for the checks and the trace "
+                        "(ONNX: checked at this size and one more)")
     parser.add_argument("--seq-len", type=positive_int, help="example length (default: the model's seq_len); "
-                        "TorchScript graphs are specialised to it")
+                        "TorchScript graphs are specialised to it (ONNX: checked at it and about half)")
     args = parser.parse_args(argv)
+    if args.torchscript and args.format != "torch":
+        parser.error(f"--torchscript comes with --format torch; a {args.format} export is one file")
+    if args.format == "pt2" and Path(args.out).suffix != ".pt2":
+        parser.error(f"--format pt2 writes a .pt2 file (torch's loader expects the suffix), got --out {args.out}")
+    if args.elastic and args.format != "onnx":
+        parser.error("--elastic comes with --format onnx (a --format torch file serves every budget up to its "
+                     "--budget already: load_exported(...)(x, budget=k))")
     deploy.check_targets([args.out, *([deploy.torchscript_path(args.out)] if args.torchscript else [])],
                          args.overwrite)  # before any work
-    full, config, _ = load_eval_model(args.ckpt)
-    example = deploy.synthetic_batch(config, args.batch, deploy.example_seq_len(config, args.seq_len))
+    full, config, _ = load_eval_model(args.ckpt, args.trust_checkpoint)
+    seq_len = deploy.example_seq_len(config, args.seq_len)
+    if args.format == "onnx":
+        print(deploy.format_onnx_export(deploy.export_onnx_checked(full, config, args.budget, args.out, args.batch, seq_len)))
+        return 0
+    example = deploy.synthetic_batch(config, args.batch, seq_len)
+    if args.format == "pt2":
+        print(deploy.format_pt2_export(deploy.export_pt2_checked(full, config, args.budget, args.out, example)))
+        return 0
     report = deploy.export_checked(full, config, args.budget, args.out, example, args.torchscript)
     report["ckpt_bytes"] = Path(args.ckpt).stat().st_size
     print(deploy.format_export(report))
@@ -149,7 +185,10 @@ def plan_main(argv: list[str]) -> int:
     """Best budget for a latency target on this machine, from the checkpoint's own budget curve."""
     parser = _ckpt_parser("plan", "Best budget for a latency target on this machine.")
     parser.add_argument("--latency-ms", type=positive_float, required=True, help="latency target per batch")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--runtime", choices=sorted(deploy.RUNTIMES), default="torch",
+                        help="what runs the model: torch, onnxruntime (each budget exported to ONNX; CPU) or pt2 "
+                        "(each budget compiled to an AOTInductor package; tens of seconds each)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torch)")
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size of the timed forward pass")
     parser.add_argument("--seq-len", type=positive_int, help="input length (default: the model's seq_len)")
     parser.add_argument("--curve", help="budget-accuracy CSV measured on this checkpoint (default: the one "
@@ -157,7 +196,7 @@ def plan_main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed rounds over all budgets (median)")
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds first")
     args = parser.parse_args(argv)
-    model, config, source = load_eval_model(args.ckpt)
+    model, config, source = load_eval_model(args.ckpt, args.trust_checkpoint)
     deploy.elastic_k_max(model)
     curve_path = deploy.curve_for(args.ckpt, source, args.curve)
     curve = deploy.read_curve(curve_path)
@@ -166,9 +205,10 @@ def plan_main(argv: list[str]) -> int:
     seq_len = deploy.example_seq_len(config, args.seq_len)
     example = deploy.synthetic_batch(config, args.batch, seq_len)
     budgets = [p.budget for p in curve]
-    latencies = deploy.measure_latencies(model, example, budgets, args.device, args.repeats, args.warmup)
+    forwards = deploy.budget_forwards(args.runtime, model, config, example, budgets, args.device)
+    latencies = deploy.time_budgets(forwards, args.device, args.repeats, args.warmup)
     best, rows = deploy.plan_budget(curve, latencies, args.latency_ms)
-    print(f"curve: {curve_path}; latency: batch {args.batch} x length {seq_len} on {args.device}")
+    print(f"curve: {curve_path}; latency: batch {args.batch} x length {seq_len} on {args.device} ({args.runtime})")
     print(deploy.format_plan(rows, best, args.latency_ms))
     return 0 if best is not None else 1
 
@@ -191,7 +231,7 @@ def cascade_main(argv: list[str]) -> int:
                         help="choose thresholds on val; report the chosen one on test")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    model, _, _ = load_eval_model(args.ckpt)
+    model, _, _ = load_eval_model(args.ckpt, args.trust_checkpoint)
     k_max = deploy.elastic_k_max(model)
     stages = args.budgets if isinstance(args.budgets, list) else select_budgets(k_max, args.budgets, "--budgets")
     budgets = sorted({min(k, k_max) for k in stages})
@@ -217,7 +257,7 @@ def generate_main(argv: list[str]) -> int:
         description="Generate bytes from a byte-level LM (training checkpoint or `esssm export` "
         "file, EMA weights) at a spectral budget; prints prompt + continuation.",
     )
-    parser.add_argument("--ckpt", required=True, help="training checkpoint or `esssm export` file")
+    add_checkpoint_arguments(parser, "training checkpoint or `esssm export` file")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget", type=positive_int, help="spectral budget k for every byte (default: k_max)")
     budget.add_argument("--budget-schedule", help="budget per position, e.g. '32,4@600,16@900' "
@@ -237,7 +277,7 @@ def generate_main(argv: list[str]) -> int:
     if args.out and Path(args.out).exists() and not args.force:
         parser.error(f"--out {args.out} exists; choose another path or pass --force to replace it")
     prompt_bytes = Path(args.prompt_file).read_bytes() if args.prompt_file else args.prompt.encode()
-    model = load_language_model(args.ckpt)
+    model = load_language_model(args.ckpt, args.trust_checkpoint)
     k_max = generate.lm_k_max(model)
     schedule = generate.parse_schedule(args.budget_schedule, k_max) if args.budget_schedule else args.budget
     start = time.perf_counter()

@@ -14,21 +14,21 @@ from esssm.ops.reference import reference_mixing
 from esssm.spectral import fast_fft_size, fft_dtype, filter_scale, filter_spectra, spectral_filters
 
 
-def check_budget(budget: int | None, k_max: int) -> int:
-    """Resolve a runtime budget: None means k_max; anything outside [1, k_max] is an error."""
+def check_budget(budget: int | torch.SymInt | None, k_max: int) -> int | torch.SymInt:
+    """Resolve a runtime budget: None means k_max; anything outside [1, k_max] is an error. A
+    budget traced as a graph input (a SymInt: the elastic ONNX export) is constrained to [1, k_max]."""
     if budget is None:
         return k_max
+    if isinstance(budget, torch.SymInt):
+        torch._check(budget >= 1, lambda: f"budget must be in [1, {k_max}]")
+        torch._check(budget <= k_max, lambda: f"budget must be in [1, {k_max}]")
+        return budget
     if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= k_max:
         raise ValueError(
             f"budget must be an int in [1, {k_max}] (or None for the full k_max={k_max}), "
             f"got {budget!r}"
         )
     return budget
-
-
-def _clear_spectra(layer: ESSSMLayer, incompatible_keys: object) -> None:
-    """load_state_dict hook: the cached filter spectra belong to the filters just replaced."""
-    layer._spectra.clear()
 
 
 # Total weight of the active channels: 1 (the method) or k (the plain sum's gain, an ablation).
@@ -109,8 +109,8 @@ class ESSSMLayer(nn.Module):
             nn.init.constant_(self.gate_out.bias, gate_bias_init)
         self.mix = nn.Parameter(torch.randn(k_max, d_model, d_model) * mix_init_std)
         self.skip = nn.Linear(d_model, d_model, bias=False)
-        self._spectra: dict[tuple, torch.Tensor] = {}
-        self.register_load_state_dict_post_hook(_clear_spectra)
+        # The FFT size of traced passes of symbolic length (see `spectra`); >= 2 seq_len - 1.
+        self.fft_size_any_length = fast_fft_size(2 * seq_len - 1)
 
     def extra_repr(self) -> str:
         return (
@@ -129,7 +129,7 @@ class ESSSMLayer(nn.Module):
             logits = linear(hidden, self.gate_out.weight[:k], self.gate_out.bias[:k])
             if self.rms_rescale:
                 norm = logits.norm(dim=-1, keepdim=True).clamp_min(self.eps)
-                logits = logits * (math.sqrt(k) / norm)
+                logits = logits * (k**0.5 / norm)  # not math.sqrt: it has no ONNX form for a traced k
             alpha = logits.softmax(dim=-1)
         return alpha * k if self.weight_sum == "k" else alpha
 
@@ -138,23 +138,24 @@ class ESSSMLayer(nn.Module):
         definition for the layer and for incremental generation, esssm/generate.py)."""
         return self.channel_weights(u, k) * filter_scale(self.sigma[:k])
 
-    def spectra(self, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
-        """Spectra (k_max, F) of the filters cut to `length` taps, and their FFT size.
+    def spectra(self, length: int, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+        """Spectra (k, F) of the active filters, and their FFT size, for inputs of `length`.
 
-        Cut, because taps beyond the input length would wrap around into the kept outputs.
-        Cached per (length, dtype) while `phi` stays the same tensor: a device or dtype move
-        makes a new one, and load_state_dict clears the cache (an in-place edit of `phi` by
-        hand needs `self._spectra.clear()`).
+        Eager: the smallest fast FFT size for the length, and the filters cut to `length` taps,
+        since longer taps would wrap around into the kept outputs. Traced (torch.compile,
+        torch.export): `fft_size_any_length` and the whole filters, for every length. L <= seq_len
+        samples convolved with seq_len taps fit in 2 seq_len - 1, so the graph depends on the
+        length only through slices, and one graph serves every length (dynamic shapes) instead of
+        one compilation per length. Computed on every pass rather than cached: k transforms
+        against the k*D*B of the convolutions (a 1/(D*B) share), and nothing outside the module's
+        tensors, so the pass traces and always follows the current `phi`.
         """
-        nfft = fast_fft_size(2 * length - 1)
-        phi = self.phi
-        key = (length, dtype, phi.device, phi.dtype, phi.data_ptr())
-        spectra = self._spectra.get(key)
-        if spectra is None:
-            self._spectra = {k: v for k, v in self._spectra.items() if k[2:] == key[2:]}
-            spectra = filter_spectra(phi[:length].to(dtype), nfft)
-            self._spectra[key] = spectra
-        return spectra, nfft
+        if torch.compiler.is_compiling():
+            nfft, taps = self.fft_size_any_length, self.seq_len
+        else:
+            taps = int(length)  # torch.jit.trace gives sizes as tensors
+            nfft = fast_fft_size(2 * taps - 1)
+        return filter_spectra(self.phi[:taps, :k].to(dtype), nfft), nfft
 
     def forward(
         self, u: torch.Tensor, budget: int | None = None, mask: torch.Tensor | None = None
@@ -163,14 +164,14 @@ class ESSSMLayer(nn.Module):
         right-padding that follows a sequence never reaches its valid positions."""
         k = check_budget(budget, self.k_max)
         self._check_input(u)
-        spectra, nfft = self.spectra(int(u.shape[1]), fft_dtype(u.dtype))  # int: a size under tracing
+        spectra, nfft = self.spectra(u.shape[1], k, fft_dtype(u.dtype))
         weights = self.mixing_weights(u, k)
         if not self.fast:
-            return self.skip(u) + reference_mixing(u, weights, self.mix[:k], spectra[:k], nfft)
+            return self.skip(u) + reference_mixing(u, weights, self.mix[:k], spectra, nfft)
         plan = MixPlan.for_input(
             u.shape, k, nfft, gemm_dtype(u), self.channel_chunk, self.checkpoint, u.device.type
         )
-        return linear(u, self.skip.weight) + spectral_mixing(u, weights, self.mix[:k], spectra[:k], plan)
+        return linear(u, self.skip.weight) + spectral_mixing(u, weights, self.mix[:k], spectra, plan)
 
     def _check_input(self, u: torch.Tensor) -> None:
         if u.dim() != 3 or u.shape[-1] != self.d_model:

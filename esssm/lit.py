@@ -60,6 +60,10 @@ class SequenceTask(L.LightningModule):
             (the step still counts in global_step, the budget sequence and max_steps). Under DDP
             every rank stops together when any rank's loss is non-finite; skipping needs a
             single process (Lightning cannot skip a step under DDP).
+        compile: run the model (and its EMA copy) through torch.compile: Inductor on CPU and GPU,
+            the spectral kernel an opaque op inside the graph. Checkpoints are unchanged. Each new
+            input shape, and the first two distinct budgets, compile once (seconds to a minute);
+            measured gains in docs/benchmarks.md.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class SequenceTask(L.LightningModule):
         lm_head_bias: bool = False,
         ema_warmup: bool = True,
         skip_nonfinite_steps: int = 0,
+        compile: bool = False,  # noqa: A002 (the config key users write: model.compile)
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -96,6 +101,9 @@ class SequenceTask(L.LightningModule):
             task, backbone, num_classes, vocab_size, input_dim, embed_dropout, embed_std, lm_head_bias
         )
         self.ema = self._make_ema(ema_decay, ema_warmup)
+        if compile:
+            for model in {self.model, self.eval_model}:
+                model.compile()  # in place: state-dict keys stay those of the eager model
         self.sampler = self._make_sampler()
         ignore = PAD if task == "lm" else None
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore)

@@ -4,7 +4,6 @@ and the datamodule of a config. Used by the `esssm` tools, ./reproduce.sh and th
 from __future__ import annotations
 
 import io
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -12,28 +11,32 @@ import lightning as L
 import torch
 import yaml
 
-from esssm.checkpoints import read_checkpoint, require_finite_weights
+from esssm.checkpoints import LOAD_ERRORS, CheckpointError, read_checkpoint, require_finite_weights
 from esssm.deploy.export import EXPORT_FORMAT, load_exported
 from esssm.deploy.model import model_config
 from esssm.files import file_sha256
 from esssm.lit import SequenceTask, upgrade_hparams
 
 
-def load_task(ckpt: str | Path, map_location: str = "cpu") -> SequenceTask:
+def load_task(ckpt: str | Path, map_location: str = "cpu", trust: bool = False) -> SequenceTask:
     """The trained task from a checkpoint; the backbone is rebuilt from its stored spec.
 
-    The file is checked first (sha256 sidecar, truncation; errors name it). `task.source`
-    records which file it came from: checkpoint name, sha256, epoch and global step.
+    The file is checked first (sha256 sidecar, truncation; errors name it) and loaded weights
+    only; trust=True (`--trust-checkpoint`) unpickles it in full, which runs any code it names.
+    `task.source` records which file it came from: checkpoint name, sha256, epoch and global step.
     Checkpoints written before the `budget` setting existed are upgraded in memory first.
     """
     path = Path(ckpt)
-    checkpoint = read_checkpoint(path, map_location)
+    checkpoint = read_checkpoint(path, map_location, weights_only=not trust)
     source: Path | io.BytesIO = path
     if upgrade_hparams(checkpoint.get("hyper_parameters", {})):
         source = io.BytesIO()
         torch.save(checkpoint, source)
         source.seek(0)
-    task = SequenceTask.load_from_checkpoint(source, map_location=map_location, weights_only=False)
+    try:
+        task = SequenceTask.load_from_checkpoint(source, map_location=map_location, weights_only=not trust)
+    except ValueError as error:  # e.g. a backbone spec that names no backbone class
+        raise CheckpointError(f"checkpoint {path} cannot be rebuilt: {error}") from error
     task.source = {
         "checkpoint": path.name, "sha256": file_sha256(path),
         "epoch": checkpoint.get("epoch"), "step": checkpoint.get("global_step"),
@@ -41,29 +44,31 @@ def load_task(ckpt: str | Path, map_location: str = "cpu") -> SequenceTask:
     return task
 
 
-def load_eval_model(ckpt: str | Path) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+def load_eval_model(ckpt: str | Path, trust: bool = False) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
     """The evaluation weights (EMA when enabled) of a checkpoint, their `model_config` and the
-    checkpoint's `source` record; a model with NaN/inf weights is refused."""
-    task = load_task(ckpt)
+    checkpoint's `source` record; a model with NaN/inf weights is refused. trust: see `load_task`."""
+    task = load_task(ckpt, trust=trust)
     require_finite_weights(task.eval_model.state_dict(), f"checkpoint {ckpt}")
     return task.eval_model.eval(), model_config(task.hparams), task.source
 
 
-def load_language_model(path: str | Path) -> torch.nn.Module:
+def load_language_model(path: str | Path, trust: bool = False) -> torch.nn.Module:
     """The model of an `esssm export` file, or the evaluation (EMA) weights of a training
-    checkpoint; both in eval mode."""
+    checkpoint; both in eval mode. An export always loads weights only; trust (see `load_task`)
+    applies to a file that is not one."""
     if _is_export(Path(path)):
         return load_exported(path)
-    return load_eval_model(path)[0]
+    return load_eval_model(path, trust)[0]
 
 
 def _is_export(path: Path) -> bool:
-    """Whether `path` holds an `esssm export` payload (memory-mapped peek, no full read)."""
+    """Whether `path` holds an `esssm export` payload (memory-mapped, weights-only peek; a file
+    that fails it is read as a checkpoint, whose loader names the problem)."""
     if not path.is_file():
         return False
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, pickle.UnpicklingError):
+    except LOAD_ERRORS:
         return False
     return isinstance(payload, dict) and payload.get("format") == EXPORT_FORMAT
 

@@ -101,8 +101,17 @@ def records_init_args(cls: Backbone) -> Backbone:
             bound.apply_defaults()
             self.init_args = dict(list(bound.arguments.items())[1:])
 
+    recording_init.records_init_args = True  # what `is_backbone_class` looks for
     cls.__init__ = recording_init
     return cls
+
+
+def is_backbone_class(obj: Any) -> bool:
+    """Whether `obj` is an nn.Module class decorated with `records_init_args`: the only classes
+    `module_spec` writes into checkpoints, so the only ones `build_module` calls."""
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        return False
+    return getattr(vars(obj).get("__init__"), "records_init_args", False)
 
 
 class SequenceBackbone(nn.Module):
@@ -358,11 +367,20 @@ def module_spec(module: SequenceBackbone) -> dict[str, Any]:
 
 
 def build_module(spec: dict[str, Any]) -> nn.Module:
-    """Instantiate a {"class_path", "init_args"} spec (as written by `module_spec` or a config)."""
+    """Instantiate a {"class_path", "init_args"} spec (as written by `module_spec` or a config).
+
+    Only backbone classes (`is_backbone_class`) are called: a spec read from a checkpoint or an
+    export is data, and naming any other callable (subprocess.Popen, os.system) must not run it.
+    """
     if not isinstance(spec, dict) or "class_path" not in spec:
         raise ValueError(f"expected a dict with 'class_path' and 'init_args', got {spec!r}")
     module_name, _, class_name = spec["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not is_backbone_class(cls):
+        raise ValueError(
+            f"class_path {spec['class_path']!r} is not a backbone class (an nn.Module decorated with "
+            "@records_init_args); backbone specs in checkpoints, exports and configs name only those"
+        )
     return cls(**spec.get("init_args", {}))
 
 

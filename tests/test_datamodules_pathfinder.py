@@ -185,12 +185,13 @@ def test_missing_folder_error_names_files_and_both_ways_to_get_them(tmp_path: Pa
         ("imgs/0 sample_0.png 0 2", MalformedDataError, "outside 0..1"),
         ("imgs/0 sample_0.png 0 yes", MalformedDataError, "is not a number"),
         ("imgs/0 sample_99.png 0 1", DataFolderError, "sample_99.png does not exist"),
+        ("imgs/\xe9 sample_0.png 0 1", MalformedDataError, "not UTF-8 text"),  # written as latin-1
     ],
 )
 def test_bad_metadata_row_names_file_and_line(tmp_path: Path, row: str, error: type, problem: str) -> None:
     write_pathfinder(tmp_path)
     path = tmp_path / "pathfinder32" / HARD / "metadata" / "2.npy"
-    path.write_text(path.read_text() + row + "\n")
+    path.write_bytes(path.read_bytes() + row.encode("latin-1") + b"\n")
     with pytest.raises(error, match=f"{path}:{FOLDERS[2] + 1}: .*{problem}"):
         loaded(tmp_path)
 
@@ -210,6 +211,21 @@ def test_bad_images_and_settings_are_clear_errors(tmp_path: Path) -> None:
         metadata.unlink()
     with pytest.raises(DataFolderError, match="holds no metadata"):
         loaded(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_png_is_named_with_what_to_do(tmp_path: Path, damage: str) -> None:
+    write_pathfinder(tmp_path)
+    image = tmp_path / "pathfinder32" / HARD / "imgs" / "0" / "sample_0.png"
+    data = bytearray(image.read_bytes())
+    if damage == "truncate":
+        del data[len(data) // 2 :]
+    else:
+        data[60:70] = bytes(10)  # inside the compressed pixel data
+    image.write_bytes(bytes(data))
+    module = loaded(tmp_path, val_fraction=0.5, test_fraction=0.45)
+    with pytest.raises(MalformedDataError, match=f"{image} cannot be read .*regenerate the data set"):
+        all_items(module, "train") + all_items(module, "val") + all_items(module, "test")
 
 
 def test_download_streams_only_the_difficulty_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

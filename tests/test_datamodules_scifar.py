@@ -114,3 +114,48 @@ def test_out_of_range_label_is_refused_on_read_naming_file_and_entry(tmp_path: P
     (folder / "data_batch_2").write_bytes(pickle.dumps(batch, protocol=2))
     with pytest.raises(MalformedDataError, match=r"data_batch_2: entry 3: label 12 is outside 0\.\.9"):
         SCIFARDataModule(data_dir=str(folder), val_size=10).setup()
+
+
+class RunsShell:
+    """Pickles as a call of os.system: unpickling it with plain pickle.load runs the command."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (self.command,)
+
+
+def test_crafted_batch_runs_no_code_and_is_refused_naming_the_file(tmp_path: Path) -> None:
+    folder = write_cifar(tmp_path) / "cifar-10-batches-py"
+    marker = tmp_path / "marker"
+    batch = {b"data": batch_images(1), b"labels": batch_labels(1), b"x": RunsShell(f"touch {marker}")}
+    (folder / "data_batch_4").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(MalformedDataError, match=r"data_batch_4 is not a CIFAR-10 python batch.*names posix\.system"):
+        SCIFARDataModule(data_dir=str(folder), val_size=10).setup()
+    assert not marker.exists()
+
+
+def test_random_bytes_batch_names_the_file(tmp_path: Path) -> None:
+    folder = write_cifar(tmp_path) / "cifar-10-batches-py"
+    for seed in (35, 38, 73, 215):  # UnicodeDecodeError, OverflowError, ValueError, MemoryError from pickle
+        (folder / "test_batch").write_bytes(np.random.default_rng(seed).bytes(4096))
+        with pytest.raises(MalformedDataError, match=f"{folder / 'test_batch'} is not a CIFAR-10 python batch"):
+            SCIFARDataModule(data_dir=str(folder), val_size=10).setup()
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_batches_of_every_pickle_protocol_and_python2_numpy_names_load(tmp_path: Path, protocol: int) -> None:
+    """The official files are Python 2 pickles naming numpy.core.multiarray; re-saved copies use
+    newer protocols (bytes via _codecs.encode, arrays via _frombuffer) and numpy._core names."""
+    folder = write_cifar(tmp_path) / "cifar-10-batches-py"
+    for number, name in enumerate(["test_batch", *(f"data_batch_{n}" for n in range(1, 6))]):
+        data = pickle.dumps({b"data": batch_images(number), b"labels": batch_labels(number)}, protocol=protocol)
+        if protocol < 4:  # GLOBAL names are plain lines there (later protocols prefix their lengths)
+            data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        (folder / name).write_bytes(data)
+    data = SCIFARDataModule(data_dir=str(folder), val_size=10, mode="rgb")
+    data.setup()
+    assert len(data.test_dataloader().dataset) == IMAGES_PER_BATCH

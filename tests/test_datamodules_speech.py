@@ -126,3 +126,36 @@ def test_sc10_needs_only_its_ten_word_folders(tmp_path: Path) -> None:
     assert [len(loaded_module(root, subset="sc10").datasets[s]) for s in SPLITS] == [3, 1, 1]
     with pytest.raises(DataFolderError, match="backward"):
         loaded_module(root, subset="sc35")
+
+
+@pytest.mark.parametrize(
+    ("list_name", "entries", "error", "problem"),
+    [
+        ("testing_list.txt", ["no/dd_nohash_1.wav", "no/gone_nohash_0.wav"], DataFolderError,
+         "testing_list.txt:2: lists no/gone_nohash_0.wav, but .*no has no such .wav file"),
+        ("validation_list.txt", ["yes/bb_nohash_0.wav", "", "cat/zz.wav"], DataFolderError,
+         "validation_list.txt:3: lists cat/zz.wav"),
+        ("validation_list.txt", ["no/dd_nohash_1.wav"], MalformedDataError,
+         "testing_list.txt:1: no/dd_nohash_1.wav is also listed in .*validation_list.txt:1"),
+        ("testing_list.txt", ["no/dd_nohash_1.wav", "nope/aa_nohash_0.wav"], MalformedDataError,
+         "testing_list.txt:2: 'nope/aa_nohash_0.wav' is not a word/file.wav name"),
+    ],
+)  # fmt: skip
+def test_list_entries_name_real_clips(tmp_path: Path, list_name: str, entries: list[str], error, problem: str) -> None:
+    """A missing held-out clip would silently shrink a split (a wrong list can empty it and
+    train on the clips it meant), a clip on both lists would leave one of them: the list file
+    and line are named instead."""
+    root = write_speech_commands(tmp_path / "sc")
+    (root / list_name).write_text("\n".join(entries) + "\n")
+    with pytest.raises(error, match=problem):
+        loaded_module(root)
+
+
+def test_damaged_wave_is_named(tmp_path: Path) -> None:
+    root = write_speech_commands(tmp_path / "sc")
+    clip = root / "yes" / "aa_nohash_0.wav"
+    clip.write_bytes(clip.read_bytes()[:30])  # cut inside the header
+    with pytest.raises(MalformedDataError, match="aa_nohash_0.wav is not a readable WAV file .*data set again"):
+        loaded_module(root)
+    with pytest.raises(MalformedDataError, match="aa_nohash_0.wav is not a readable WAV file"):
+        loaded_module(root, subset="sc10", split="s4")  # the S4 split reads every clip's length

@@ -123,16 +123,13 @@ def test_load_exported_rejects_a_training_checkpoint(trained):
         deploy.load_exported(trained["ckpt"])
 
 
-def test_torchscript_agrees_and_onnx_is_no_option(trained, batch, tmp_path):
+def test_torchscript_agrees(trained, batch, tmp_path):
     small, _ = deploy.truncate(trained["task"].eval_model, trained["config"], 4)
     path = tmp_path / "k4.torchscript.pt"
     assert deploy.export_torchscript(small, batch, path) == path.stat().st_size
     with torch.no_grad():
         traced = deploy.load_torchscript(path)(batch["x"], batch["mask"])
         assert torch.allclose(traced, trained["task"].evaluate(batch, 4), atol=1e-5, rtol=0)
-    assert not hasattr(deploy, "export_onnx")  # ONNX has no complex tensors: see the README
-    with pytest.raises(SystemExit):
-        main(["export", "--ckpt", str(trained["ckpt"]), "--budget", "4", "--out", str(tmp_path / "k4.pt"), "--onnx"])
 
 
 def test_non_elastic_model_is_refused():
@@ -173,6 +170,58 @@ def test_curve_beside_the_checkpoint(trained):
     curve = deploy.read_curve(path)
     assert [p.budget for p in curve] == BUDGETS
     assert [p.active_params for p in curve] == [active_parameters(trained["task"].eval_model, k) for k in BUDGETS]
+
+
+CURVE_HEADER = "checkpoint,sha256,epoch,step,budget,acc,loss,count,active_params\n"
+
+
+def curve_row(budget="2", acc="0.5", active_params="100") -> str:
+    return f"last.ckpt,ab12,1,8,{budget},{acc},0.7,10,{active_params}\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "problem"),
+    [
+        (b"", ValueError, "is empty"),
+        (CURVE_HEADER.encode(), ValueError, "has a header but no rows"),
+        (b"budget,active_params\n2,100\n", ValueError, ":1: not a budget curve: the header lacks acc"),
+        ((CURVE_HEADER + curve_row() + "garbage\n").encode(), ValueError, ":3: fewer fields than the header's 9"),
+        ((CURVE_HEADER + curve_row() + "a,b,c,d,e,f,g,h,i,j\n").encode(), ValueError, ":3: more fields"),
+        ((CURVE_HEADER + curve_row(budget="two")).encode(), ValueError, ":2: budget 'two' is not a whole number >= 1"),
+        ((CURVE_HEADER + curve_row(budget="²")).encode(), ValueError, ":2: budget '²' is not a whole number"),
+        ((CURVE_HEADER + curve_row(budget="-3")).encode(), ValueError, ":2: budget '-3' is not a whole number"),
+        ((CURVE_HEADER + curve_row(acc="high")).encode(), ValueError, ":2: accuracy 'high' at budget 2"),
+        ((CURVE_HEADER + curve_row(acc="nan")).encode(), ValueError, ":2: accuracy 'nan' at budget 2 is not a number"),
+        ((CURVE_HEADER + curve_row(acc="inf")).encode(), ValueError, ":2: accuracy 'inf'"),
+        ((CURVE_HEADER + curve_row(active_params="")).encode(), ValueError, ":2: active_params '' is not"),
+        (CURVE_HEADER.encode() + b"\xff\xfe\x00garbage", ValueError, "is not a budget curve: byte 65 is not UTF-8"),
+        (None, IsADirectoryError, "cannot read the budget curve"),
+        ("missing", FileNotFoundError, "cannot read the budget curve"),
+    ],
+    ids=["empty", "header-only", "no-acc-column", "garbage-row", "extra-fields", "word-budget", "superscript-budget",
+         "negative-budget", "word-acc", "nan-acc", "inf-acc", "empty-active-params", "not-utf8", "folder", "missing"],
+)  # fmt: skip
+def test_malformed_curves_are_refused_naming_the_file(tmp_path, content, error, problem):
+    path = tmp_path / "curve.csv"
+    if content is None:
+        path.mkdir()
+    elif content != "missing":
+        path.write_bytes(content)
+    with pytest.raises(error, match=problem) as caught:
+        deploy.read_curve(path)
+    assert str(path) in str(caught.value)
+
+
+def test_read_curve_skips_full_rows_and_blank_lines(tmp_path):
+    path = tmp_path / "curve.csv"
+    path.write_text(CURVE_HEADER + "\n" + curve_row("4", "0.75", "300") + curve_row("full", "0.8", "400") + curve_row())
+    assert deploy.read_curve(path) == [CurvePoint(2, 0.5, 100), CurvePoint(4, 0.75, 300)]
+
+
+def test_plan_names_a_curve_it_cannot_read(trained, tmp_path):
+    for curve, error in ((tmp_path / "missing.csv", FileNotFoundError), (tmp_path, IsADirectoryError)):
+        with pytest.raises(error, match=f"cannot read the budget curve {curve}"):
+            main(["plan", "--ckpt", str(trained["ckpt"]), "--latency-ms", "1", "--curve", str(curve)])
 
 
 def test_cascade_extremes_and_compute_accounting(trained, batch):

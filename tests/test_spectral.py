@@ -1,6 +1,7 @@
 """Spectral filters against a dense float64 eigendecomposition; FFT convolution against direct."""
 
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -76,6 +77,7 @@ def test_long_sequence_is_fast():
     assert phi.shape == (16000, 32)
     assert np.abs(phi.T @ phi - np.eye(32)).max() < 1e-10
     assert sigma[0] == pytest.approx(0.3604, abs=1e-3)
+    assert spectral.eigenpair_problem(sigma, phi, tolerance=1e-13) is None  # the cache check's margin
 
 
 def test_disk_cache_roundtrip_and_corruption(tmp_path, monkeypatch):
@@ -85,18 +87,72 @@ def test_disk_cache_roundtrip_and_corruption(tmp_path, monkeypatch):
     calls = []
     real = spectral.compute_spectral_filters
     monkeypatch.setattr(spectral, "compute_spectral_filters", lambda *a: calls.append(a) or real(*a))
-    cached = spectral_filters(128, 8, cache_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a valid entry is used without a word
+        cached = spectral_filters(128, 8, cache_dir=tmp_path)
     assert not calls and np.array_equal(cached[1], phi)
     files[0].write_bytes(b"not an npz file")
-    recomputed = spectral_filters(128, 8, cache_dir=tmp_path)
+    with pytest.warns(UserWarning, match=f"{files[0]} is unreadable"):
+        recomputed = spectral_filters(128, 8, cache_dir=tmp_path)
     assert len(calls) == 1 and np.array_equal(recomputed[1], phi)
     # A well-formed file whose numbers were altered fails its checksum and is recomputed.
     with np.load(files[0]) as f:
         data = dict(f)
     data["phi"] = data["phi"] * 2
     np.savez(files[0], **data)
-    assert np.array_equal(spectral_filters(128, 8, cache_dir=tmp_path)[1], phi)
+    with pytest.warns(UserWarning, match="fails its checksum"):
+        assert np.array_equal(spectral_filters(128, 8, cache_dir=tmp_path)[1], phi)
     assert len(calls) == 2
+
+
+def _write_entry(path, sigma, phi):
+    """A cache file holding (sigma, phi) with a matching digest, as a wrong writer would leave it."""
+    np.savez(path, sigma=sigma, phi=phi, digest=np.array(spectral._digest(sigma, phi)))
+
+
+def _random_filters(sigma, phi):
+    return sigma, np.linalg.qr(np.random.default_rng(0).standard_normal(phi.shape))[0]
+
+
+def _second_to_ninth(sigma, phi):
+    sigma9, phi9 = compute_spectral_filters(128, 9)
+    return sigma9[1:], phi9[:, 1:]
+
+
+# Filters that a digest accepts but the eigen-equation does not: (what the warning says, make).
+WRONG_FILTERS = [
+    ("sigma_1", _random_filters),
+    ("sigma_1", lambda sigma, phi: (1.5 * sigma, phi)),
+    ("not orthonormal", lambda sigma, phi: (sigma, 2 * phi)),
+    ("not in descending order", lambda sigma, phi: (sigma[::-1].copy(), phi[:, ::-1].copy())),
+    ("not the top 8", _second_to_ninth),
+    ("NaN or infinite", lambda sigma, phi: (np.full_like(sigma, np.nan), phi)),
+    ("expected float64", lambda sigma, phi: (sigma.astype(str), phi)),
+]
+
+
+@pytest.mark.parametrize(
+    "problem,make", WRONG_FILTERS, ids=["random", "scaled", "doubled", "reversed", "shifted", "nan", "text"]
+)
+def test_cache_with_wrong_filters_and_a_matching_digest_is_recomputed(tmp_path, problem, make):
+    sigma, phi = compute_spectral_filters(128, 8)
+    path = tmp_path / f"hankel_v{spectral._CACHE_VERSION}_L128_K8.npz"
+    _write_entry(path, *make(sigma, phi))
+    with pytest.warns(UserWarning, match=f"{path} holds .*{problem}"):
+        loaded = spectral_filters(128, 8, cache_dir=tmp_path)
+    assert np.array_equal(loaded[0], sigma) and np.array_equal(loaded[1], phi)
+    with np.load(path) as f:  # rewritten with the right filters
+        assert np.array_equal(f["phi"], phi)
+
+
+@pytest.mark.parametrize("seq_len,k", [(64, 64), (1024, 32), (4096, 32)])
+def test_real_filters_pass_the_eigen_check_with_margin(seq_len, k):
+    """Both solvers' outputs, round-off tail included, sit far inside the cache check's tolerance."""
+    sigma, phi = compute_spectral_filters(seq_len, k)
+    assert spectral.eigenpair_problem(sigma, phi, tolerance=1e-13) is None
+    start = time.perf_counter()
+    assert spectral.eigenpair_problem(sigma, phi) is None
+    assert time.perf_counter() - start < 0.5
 
 
 def test_cache_dir_from_environment(tmp_path, monkeypatch):

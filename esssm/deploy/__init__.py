@@ -4,7 +4,9 @@
   a TorchScript copy;
 - `plan`: the most accurate budget meeting a latency target on this machine;
 - `cascade`: anytime inference, escalating low-confidence inputs to larger budgets;
-- `model`: the task's model rebuilt from a config, and synthetic example batches.
+- `model`: the task's model rebuilt from a config, and synthetic example batches;
+- `onnx`: the truncated model as an ONNX file, checked in onnxruntime against PyTorch;
+- `pt2`: the truncated model as an AOTInductor package, checked against PyTorch.
 
 The command-line glue (`esssm export | plan | cascade`) is in esssm/commands.py.
 """
@@ -27,22 +29,29 @@ from esssm.deploy.export import (
     truncated_state_dict,
 )
 from esssm.deploy.model import batch_logits, build_model, elastic_k_max, model_config, synthetic_batch, to_device
+from esssm.deploy.onnx import OnnxModel, export_onnx, export_onnx_checked, format_onnx_export, load_onnx
+from esssm.deploy.pt2 import Pt2Runner, export_pt2, export_pt2_checked, format_pt2_export, load_pt2
 from esssm.deploy.plan import (
+    RUNTIMES,
     CurvePoint,
     PlanRow,
+    budget_forwards,
     curve_for,
     curve_name,
     format_plan,
     measure_latencies,
     plan_budget,
     read_curve,
+    time_budgets,
+    torch_forwards,
 )
 
 __all__ = [
-    "EXPORT_FORMAT", "CascadeResult", "CurvePoint", "PlanRow", "batch_logits", "build_model", "cascade_predict",
-    "cascade_sweep", "check_targets", "curve_for", "curve_name", "elastic_k_max", "evaluate_policy",
-    "example_seq_len", "export_checked", "export_torchscript", "format_cascade", "format_export", "format_plan",
-    "load_exported", "load_torchscript", "measure_latencies", "model_config", "plan_budget", "read_curve",
-    "reference_copy", "save_exported", "state_bytes", "synthetic_batch", "to_device", "torchscript_path", "truncate",
-    "truncated_state_dict",
+    "EXPORT_FORMAT", "RUNTIMES", "CascadeResult", "CurvePoint", "OnnxModel", "PlanRow", "Pt2Runner", "batch_logits",
+    "budget_forwards", "build_model", "cascade_predict", "cascade_sweep", "check_targets", "curve_for", "curve_name",
+    "elastic_k_max", "evaluate_policy", "example_seq_len", "export_checked", "export_onnx", "export_onnx_checked",
+    "export_pt2", "export_pt2_checked", "export_torchscript", "format_cascade", "format_export", "format_onnx_export",
+    "format_plan", "format_pt2_export", "load_exported", "load_onnx", "load_pt2", "load_torchscript", "measure_latencies", "model_config", "plan_budget", "read_curve",
+    "reference_copy", "save_exported", "state_bytes", "synthetic_batch", "time_budgets", "to_device", "torch_forwards",
+    "torchscript_path", "truncate", "truncated_state_dict",
 ]

@@ -5,8 +5,8 @@ gate_out rows [:k], phi[:, :k], sigma[:k]) and computes exactly what the full mo
 budget k. The truncated filters are the stored ones, never recomputed: the top-k eigenvectors of
 an (L, k) problem agree with those of (L, K) only up to numerics in the near-null space.
 An exported file loads with `load_exported` and nothing but the model classes of this package.
-TorchScript copies trace the reference mixing (`ESSSMLayer(fast=False)`); there is no ONNX
-export, because ONNX has no complex tensors for the FFT convolution.
+TorchScript copies trace the reference mixing (`ESSSMLayer(fast=False)`); ONNX files are
+written by esssm.deploy.onnx.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ budget-accuracy curve of the same checkpoint."""
 from __future__ import annotations
 
 import csv
+import functools
+import io
+import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +18,8 @@ from torch import nn
 
 from esssm.batch import Batch
 from esssm.deploy.model import batch_logits, to_device
+from esssm.deploy.onnx import onnx_forwards
+from esssm.deploy.pt2 import pt2_forwards
 from esssm.timing import time_once
 
 
@@ -34,28 +39,73 @@ class PlanRow:
     meets: bool
 
 
-def _curve_rows(path: str | Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = {"budget", "acc", "active_params"} - set(rows[0] if rows else {})
+CURVE_COLUMNS = ("budget", "acc", "active_params")
+
+
+def _curve_rows(path: str | Path) -> list[tuple[int, dict[str, str]]]:
+    """(line, column -> text) per row of a budget-curve CSV, every row as wide as its header.
+
+    A file that cannot be one (missing, a folder, not UTF-8 text, no header or no rows, a
+    column missing, a row with more or fewer fields) is refused naming the file (and line).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a budget curve: byte {error.start} is not UTF-8 text") from None
+    except OSError as error:  # OSError(errno, ...) keeps the type: FileNotFoundError, IsADirectoryError
+        raise OSError(error.errno, f"cannot read the budget curve {path}: {error.strerror}") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as error:
+        raise ValueError(f"{path}:{reader.line_num}: not a CSV row ({error})") from None
+    if reader.fieldnames is None or not rows:
+        state = "is empty" if reader.fieldnames is None else "has a header but no rows"
+        expected = f"a header ({', '.join(CURVE_COLUMNS)}, ...) and a row per budget"
+        raise ValueError(f"{path} {state}: a budget curve has {expected}")
+    missing = [column for column in CURVE_COLUMNS if column not in reader.fieldnames]
     if missing:
-        raise ValueError(f"{path} is not a budget curve: columns {sorted(missing)} missing (or no rows)")
+        raise ValueError(
+            f"{path}:1: not a budget curve: the header lacks {', '.join(missing)} "
+            f"(expected {', '.join(CURVE_COLUMNS)}, as `esssm sweep` writes)"
+        )
+    for line, row in rows:
+        if None in row or None in row.values():  # how csv marks extra and missing fields
+            more = "more" if None in row else "fewer"
+            raise ValueError(f"{path}:{line}: {more} fields than the header's {len(reader.fieldnames)}")
     return rows
+
+
+def _whole_number(text: str, least: int, what: str, where: str) -> int:
+    """`text` as an int >= least; ASCII digits only ("²".isdigit() is True, but int() refuses it)."""
+    if not (text.isascii() and text.isdigit()) or int(text) < least:
+        raise ValueError(f"{where}: {what} {text!r} is not a whole number >= {least}")
+    return int(text)
+
+
+def _curve_point(row: dict[str, str], where: str) -> CurvePoint:
+    budget = _whole_number(row["budget"], 1, "budget", where)
+    try:
+        acc = float(row["acc"])
+    except ValueError:
+        acc = math.nan
+    if not 0.0 <= acc <= 1.0:  # NaN fails this too
+        raise ValueError(f"{where}: accuracy {row['acc']!r} at budget {budget} is not a number in [0, 1]")
+    return CurvePoint(budget, acc, _whole_number(row["active_params"], 0, "active_params", where))
 
 
 def read_curve(path: str | Path) -> list[CurvePoint]:
     """Budget-accuracy points from a BudgetSweep CSV (budget, acc, active_params, ...).
 
     A "full" row (a model without a budget) is skipped; a budget listed twice keeps its last row.
-    A non-finite accuracy is refused with the file and line.
+    A budget that is not a whole number >= 1, an accuracy outside [0, 1] (or NaN) and an
+    active_params that is not a whole number are refused with the file and line.
     """
     points = {}
-    for line, r in enumerate(_curve_rows(path), start=2):
-        if r["budget"].isdigit():
-            acc = float(r["acc"])
-            if not 0.0 <= acc <= 1.0:
-                raise ValueError(f"{path}:{line}: accuracy {r['acc']!r} at budget {r['budget']} is not in [0, 1]")
-            points[int(r["budget"])] = CurvePoint(int(r["budget"]), acc, int(r["active_params"]))
+    for line, row in _curve_rows(path):
+        if row["budget"] != "full":
+            point = _curve_point(row, f"{path}:{line}")
+            points[point.budget] = point
     return [points[k] for k in sorted(points)]
 
 
@@ -67,7 +117,7 @@ def curve_name(ckpt: str | Path, split: str) -> str:
 def curve_problem(path: str | Path, source: Mapping[str, Any]) -> str | None:
     """Why the curve at `path` was not measured on the checkpoint `source` describes (its
     global step, and its sha256 where the curve records one), or None when it was."""
-    row = _curve_rows(path)[0]
+    _, row = _curve_rows(path)[0]
     if "step" not in row:
         return f"{path} records no training step, so it cannot be matched to a checkpoint"
     if row["step"] != str(source["step"]):
@@ -87,7 +137,7 @@ def curve_for(ckpt: str | Path, source: Mapping[str, Any], curve: str | Path | N
     ]
     problems = []
     for path in candidates:
-        if path.is_file():
+        if curve or path.is_file():  # a curve asked for by name must be readable
             problem = curve_problem(path, source)
             if problem is None:
                 return path
@@ -99,16 +149,47 @@ def curve_for(ckpt: str | Path, source: Mapping[str, Any], curve: str | Path | N
     )
 
 
-def measure_latencies(
-    model: nn.Module,
-    example: Batch,
-    budgets: Sequence[int],
+Forward = Callable[[], object]
+# A runtime: (model, config, example, budgets, device) -> one call running `example` per budget.
+Runtime = Callable[[nn.Module, Mapping[str, Any], Batch, Sequence[int], str | torch.device], dict[int, Forward]]
+
+
+def torch_forwards(
+    model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int], device: str | torch.device
+) -> dict[int, Forward]:
+    """The PyTorch model itself at each budget on `device` (inference mode)."""
+    model = model.to(device).eval()
+    example = to_device(example, device)
+
+    def forward(budget: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return batch_logits(model, example, budget)
+
+    return {k: functools.partial(forward, k) for k in budgets}
+
+
+# What `esssm plan --runtime` times: each entry builds the per-budget calls of one runtime.
+RUNTIMES: dict[str, Runtime] = {"torch": torch_forwards, "onnxruntime": onnx_forwards, "pt2": pt2_forwards}
+
+
+def budget_forwards(
+    runtime: str, model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int],
+    device: str | torch.device = "cpu",
+) -> dict[int, Forward]:
+    """One call running `example` at each budget in `runtime` (a key of RUNTIMES)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {sorted(RUNTIMES)}, got {runtime!r}")
+    return RUNTIMES[runtime](model, config, example, budgets, device)
+
+
+def time_budgets(
+    forwards: Mapping[int, Forward],
     device: str | torch.device = "cpu",
     rounds: int = 5,
     warmup: int = 1,
-    timer: Callable[[Callable[[], object], str | torch.device], float] = time_once,
+    timer: Callable[[Forward, str | torch.device], float] = time_once,
 ) -> dict[int, float]:
-    """Median milliseconds of one forward pass of `example` per budget.
+    """Median milliseconds of each budget's call (from `budget_forwards`), {k: ms}.
 
     Budgets are timed in interleaved rounds (every budget once per round) after `warmup`
     untimed rounds, so a burst of load from other processes hits all budgets alike instead of
@@ -116,16 +197,27 @@ def measure_latencies(
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    model = model.to(device).eval()
-    example = to_device(example, device)
-    times: dict[int, list[float]] = {k: [] for k in budgets}
-    with torch.inference_mode():
-        for r in range(warmup + rounds):
-            for k in budgets:
-                ms = timer(lambda k=k: batch_logits(model, example, k), device)
-                if r >= warmup:
-                    times[k].append(ms)
+    times: dict[int, list[float]] = {k: [] for k in forwards}
+    for r in range(warmup + rounds):
+        for k, forward in forwards.items():
+            ms = timer(forward, device)
+            if r >= warmup:
+                times[k].append(ms)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def measure_latencies(
+    model: nn.Module,
+    example: Batch,
+    budgets: Sequence[int],
+    device: str | torch.device = "cpu",
+    rounds: int = 5,
+    warmup: int = 1,
+    timer: Callable[[Forward, str | torch.device], float] = time_once,
+) -> dict[int, float]:
+    """Median milliseconds of one PyTorch forward pass of `example` per budget (`time_budgets`
+    of `torch_forwards`)."""
+    return time_budgets(torch_forwards(model, {}, example, budgets, device), device, rounds, warmup, timer)
 
 
 def plan_budget(

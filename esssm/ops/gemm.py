@@ -10,7 +10,9 @@ where MKL falls back to its AVX2 path (docs/benchmarks.md). The op behind them,
 
 It starts on where the op exists, and turns itself off for the rest of the process (with a
 warning) should the op ever fail. Every other case (GPUs, other dtypes, autocast, tracing)
-always uses the plain torch ops; the results agree to float32 round-off.
+always uses the plain torch ops; the results agree to float32 round-off. Under torch.compile and
+torch.export the plain ops are what gets traced: the compiler picks its own GEMMs, and the private
+op's weight-prepacking lowering would reject the layers' non-constant weights.
 """
 
 from __future__ import annotations
@@ -53,10 +55,12 @@ def onednn(enabled: bool) -> Iterator[None]:
 
 
 def _onednn_for(*tensors: torch.Tensor) -> bool:
-    """The switch is on, the operands are CPU float32, and torch.jit.trace is not recording
-    (it cannot record the custom autograd function around the private op)."""
+    """The switch is on, the operands are CPU float32, and no tracer is recording (torch.jit.trace
+    cannot record the custom autograd function around the private op; torch.compile and
+    torch.export get the plain ops)."""
     cpu32 = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-    return _use_onednn and cpu32 and not torch.jit.is_tracing()
+    tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+    return _use_onednn and cpu32 and not tracing
 
 
 def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -78,34 +78,66 @@ def spectral_mixing(
     spectra (k, F). Returned in the FFT dtype (float32, or float64 for float64 inputs).
     Memory beyond the output is one chunk of weighted signals plus, when a gradient is needed
     and plan.checkpoint is off, the (B, k, D, L) convolutions.
+
+    The kernel runs as two opaque torch.library ops (`esssm::mix_forward`, `esssm::mix_backward`)
+    with shape-only fake kernels, so torch.compile and torch.export trace around it.
     """
     dtype = fft_dtype(u.dtype)
     with torch.autocast(u.device.type, enabled=False):
         u32 = u.to(dtype)
         at = weights.to(dtype).transpose(1, 2).contiguous()  # (B, k, L): time contiguous
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (u, weights, mix)):
-            return _SpectralMixing.apply(u32, at, mix, spectra, plan)
-        return _mix_forward(u32, at, mix, spectra, plan, save=False)[0]
-
-
-class _SpectralMixing(torch.autograd.Function):
-    """Autograd for `spectral_mixing`: stores only the convolutions (nothing but the inputs
-    with checkpointing) and computes the gradients chunk by chunk with the same blocked FFTs."""
-
-    @staticmethod
-    def forward(ctx, u, at, mix, spectra, plan):  # type: ignore[override]
-        out, convs = _mix_forward(u, at, mix, spectra, plan, save=not plan.checkpoint)
-        ctx.plan, ctx.convs = plan, convs
-        ctx.save_for_backward(u, at, mix, spectra)
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, weights, mix))
+        save = needs_grad and not plan.checkpoint
+        out, _ = mix_forward(u32, at, mix, spectra, plan.nfft, plan.chunk, plan.rows, save, plan.gemm_dtype)
         return out
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        u, at, mix, spectra = ctx.saved_tensors
-        du, d_at, d_mix = _mix_backward(grad, u, at, mix, spectra, ctx.plan, ctx.convs)
-        ctx.convs = None
-        return du, d_at, d_mix, None, None
+
+@torch.library.custom_op("esssm::mix_forward", mutates_args=())
+def mix_forward(
+    u: torch.Tensor, at: torch.Tensor, mix: torch.Tensor, spectra: torch.Tensor,
+    nfft: int, chunk: int, rows: int, save: bool, gemm_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output (B, L, D) and, when `save`, the convolutions (B, k, D, L) that backward reuses
+    (else an empty tensor: backward recomputes them). at (B, k, L): the weights, time contiguous."""
+    plan = MixPlan(nfft, chunk, rows, not save, gemm_dtype)
+    return _mix_forward(u, at, mix, spectra, plan, save)
+
+
+@mix_forward.register_fake
+def _(u, at, mix, spectra, nfft, chunk, rows, save, gemm_dtype):
+    batch, length, d = u.shape
+    out = u.new_empty(batch, d, length).transpose(1, 2)  # the real kernel's layout
+    convs = u.new_empty(batch, at.shape[1], d, length) if save else u.new_empty(0)
+    return out, convs
+
+
+@torch.library.custom_op("esssm::mix_backward", mutates_args=())
+def mix_backward(
+    grad: torch.Tensor, u: torch.Tensor, at: torch.Tensor, mix: torch.Tensor, spectra: torch.Tensor,
+    convs: torch.Tensor, nfft: int, chunk: int, rows: int, gemm_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(du (B, L, D), d_at (B, k, L), d_mix (k, D, D)) of `mix_forward` given grad (B, L, D)."""
+    plan = MixPlan(nfft, chunk, rows, convs.numel() == 0, gemm_dtype)
+    return _mix_backward(grad, u, at, mix, spectra, plan, convs)
+
+
+@mix_backward.register_fake
+def _(grad, u, at, mix, spectra, convs, nfft, chunk, rows, gemm_dtype):
+    return torch.empty_like(u), torch.empty_like(at), torch.empty_like(mix)
+
+
+def _setup_backward(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+    u, at, mix, spectra, nfft, chunk, rows, _, gemm_dtype = inputs
+    ctx.save_for_backward(u, at, mix, spectra, output[1])
+    ctx.sizes = (nfft, chunk, rows, gemm_dtype)
+
+
+def _backward(ctx, grad, _grad_convs):  # type: ignore[no-untyped-def]
+    du, d_at, d_mix = mix_backward(grad, *ctx.saved_tensors, *ctx.sizes)
+    return du, d_at, d_mix, None, None, None, None, None, None
+
+
+mix_forward.register_autograd(_backward, setup_context=_setup_backward)
 
 
 def _chunks(k: int, chunk: int) -> list[tuple[int, int]]:
@@ -142,8 +174,8 @@ def _mix_forward(
     spectra: torch.Tensor,
     plan: MixPlan,
     save: bool,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Output (B, L, D) and, when save, the per-chunk convolutions (B, c, D, L) for backward.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output (B, L, D) and, when save, the convolutions (B, k, D, L) for backward (else empty).
 
     Each chunk's GEMM computes out^T (B, D, L) += M_c (D, c*D) @ W_c (B, c*D, L): the weighted
     signals are used in their time-contiguous layout, and one transpose view ends the pass.
@@ -152,16 +184,14 @@ def _mix_forward(
     check_fft_size(length, plan.nfft)
     u_hat = padded_rfft(u.transpose(1, 2), plan.nfft).unsqueeze(1)  # (B, 1, D, F)
     buffer = u.new_empty(batch, plan.chunk, d, length, dtype=plan.gemm_dtype)
-    out_t, convs = None, []
+    convs = u.new_empty(batch, at.shape[1], d, length) if save else u.new_empty(0)
+    out_t = None
     for s, e in _chunks(at.shape[1], plan.chunk):
-        conv = u.new_empty(batch, e - s, d, length) if save else None
         weighted = buffer[:, : e - s]
-        convolve_chunk(u_hat, spectra[s:e], at[:, s:e], plan, conv, weighted)
+        convolve_chunk(u_hat, spectra[s:e], at[:, s:e], plan, convs[:, s:e] if save else None, weighted)
         mix_t = mix[s:e].reshape((e - s) * d, d).t().to(plan.gemm_dtype)  # (D, c*D)
         part = batched_matmul(mix_t, weighted.view(batch, (e - s) * d, length))
         out_t = part.to(u.dtype) if out_t is None else out_t.add_(part)
-        if save:
-            convs.append(conv)
     return out_t.transpose(1, 2), convs
 
 
@@ -172,9 +202,10 @@ def _mix_backward(
     mix: torch.Tensor,
     spectra: torch.Tensor,
     plan: MixPlan,
-    convs: list[torch.Tensor],
+    convs: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (du (B, L, D), d_at (B, k, L), d_mix (k, D, D)) given grad (B, L, D).
+    """Gradients (du (B, L, D), d_at (B, k, L), d_mix (k, D, D)) given grad (B, L, D) and the
+    saved convolutions (B, k, D, L), or an empty tensor to recompute them (plan.checkpoint).
 
     Per chunk: d_mix = W G and dW = M G^T (two GEMMs the size of the forward one),
     d_at = <dW, conv> over D, dconv = dW * at. du = sum_j phi_j (x) dconv_j is a correlation:
@@ -183,11 +214,11 @@ def _mix_backward(
     batch, length, d = u.shape
     g = grad.to(plan.gemm_dtype).contiguous()  # e.g. sum().backward() gives an expanded grad
     g_t = g.transpose(1, 2).contiguous()  # (B, D, L)
-    u_hat = None if convs else padded_rfft(u.transpose(1, 2), plan.nfft).unsqueeze(1)
+    u_hat = padded_rfft(u.transpose(1, 2), plan.nfft).unsqueeze(1) if plan.checkpoint else None
     du_hat = u.new_zeros(batch, d, plan.nfft // 2 + 1, dtype=spectra.dtype)
     d_at, d_mix = torch.zeros_like(at), torch.zeros_like(mix)
-    for i, (s, e) in enumerate(_chunks(at.shape[1], plan.chunk)):
-        conv = convs[i] if convs else _recompute(u_hat, spectra[s:e], at[:, s:e], plan)
+    for s, e in _chunks(at.shape[1], plan.chunk):
+        conv = _recompute(u_hat, spectra[s:e], at[:, s:e], plan) if plan.checkpoint else convs[:, s:e]
         a = at[:, s:e].unsqueeze(2)  # (B, c, 1, L)
         flat = (conv * a).to(plan.gemm_dtype).view(batch, (e - s) * d, length)
         d_mix[s:e] = batched_matmul(flat, g_t.mT).sum(0).view(e - s, d, d)
@@ -195,7 +226,7 @@ def _mix_backward(
         d_conv = batched_matmul(mix_flat, g.mT).view(batch, e - s, d, length).to(u.dtype)
         d_at[:, s:e] = (d_conv * conv).sum(2)
         _correlate_accumulate(du_hat, d_conv.mul_(a), spectra[s:e], plan)
-    du = torch.fft.irfft(du_hat, n=plan.nfft, dim=-1)[..., :length].transpose(1, 2)
+    du = torch.fft.irfft(du_hat, n=plan.nfft, dim=-1)[..., :length].transpose(1, 2).contiguous()
     return du, d_at, d_mix
 
 
