@@ -186,8 +186,9 @@ def plan_main(argv: list[str]) -> int:
     parser = _ckpt_parser("plan", "Best budget for a latency target on this machine.")
     parser.add_argument("--latency-ms", type=positive_float, required=True, help="latency target per batch")
     parser.add_argument("--runtime", choices=sorted(deploy.RUNTIMES), default="torch",
-                        help="what runs the model: torch, onnxruntime (each budget exported to ONNX; CPU) or pt2 "
-                        "(each budget compiled to an AOTInductor package; tens of seconds each)")
+                        help="what runs the model: torch (eager), compile (torch.compile; the first rounds compile), "
+                        "onnxruntime (each budget exported to ONNX; CPU) or pt2 (each budget compiled to an "
+                        "AOTInductor package; tens of seconds each)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torch)")
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size of the timed forward pass")
     parser.add_argument("--seq-len", type=positive_int, help="input length (default: the model's seq_len)")

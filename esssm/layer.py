@@ -109,7 +109,7 @@ class ESSSMLayer(nn.Module):
             nn.init.constant_(self.gate_out.bias, gate_bias_init)
         self.mix = nn.Parameter(torch.randn(k_max, d_model, d_model) * mix_init_std)
         self.skip = nn.Linear(d_model, d_model, bias=False)
-        # The FFT size of traced passes of symbolic length (see `spectra`); >= 2 seq_len - 1.
+        # The FFT size of traced passes, for every length (see `spectra`); >= 2 seq_len - 1.
         self.fft_size_any_length = fast_fft_size(2 * seq_len - 1)
 
     def extra_repr(self) -> str:

@@ -34,7 +34,10 @@ def load_task(ckpt: str | Path, map_location: str = "cpu", trust: bool = False) 
         torch.save(checkpoint, source)
         source.seek(0)
     try:
-        task = SequenceTask.load_from_checkpoint(source, map_location=map_location, weights_only=not trust)
+        # compile=False: compiling is a training setting; tools evaluate, export and trace the model.
+        task = SequenceTask.load_from_checkpoint(
+            source, map_location=map_location, weights_only=not trust, compile=False
+        )
     except ValueError as error:  # e.g. a backbone spec that names no backbone class
         raise CheckpointError(f"checkpoint {path} cannot be rebuilt: {error}") from error
     task.source = {

@@ -144,6 +144,7 @@ def test_lightning_trains_compiled_like_eager(tmp_path):
     import lightning as L
 
     from esssm.lit import SequenceTask
+    from esssm.loading import load_task
     from toy_data import ToyDataModule
 
     def fit(compile: bool) -> SequenceTask:
@@ -158,10 +159,13 @@ def test_lightning_trains_compiled_like_eager(tmp_path):
             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
         )
         trainer.fit(task, ToyDataModule())
+        trainer.save_checkpoint(tmp_path / f"compile{compile}.ckpt")
         return task
 
     eager, compiled = fit(False), fit(True)
     assert compiled.model._compiled_call_impl is not None
+    loaded = load_task(tmp_path / "compileTrue.ckpt")  # tools evaluate and export: never compiled
+    assert loaded.hparams.compile is False and loaded.model._compiled_call_impl is None
     assert eager.state_dict().keys() == compiled.state_dict().keys()
     for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
         if name.endswith("encoder.proj.weight"):

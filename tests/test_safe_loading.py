@@ -20,6 +20,7 @@ from esssm.cli import AtomicCheckpointIO, lightning_main, main
 from esssm.files import sidecar_path, sidecar_text
 from esssm.loading import load_task
 from test_cli import write_config
+from test_failure_behaviour import plain_argv, run  # noqa: F401  (argv reset; a toy run fitted through the CLI)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -34,23 +35,6 @@ class RunsShell:
 
     def __reduce__(self):
         return os.system, (self.command,)
-
-
-@pytest.fixture(autouse=True)
-def plain_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["esssm"])
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A toy ES-SSM fitted for 2 epochs through the CLI: its config and last.ckpt."""
-    root = tmp_path_factory.mktemp("run")
-    config = write_config(root)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", ["lightning"])
-        patch.chdir(root)
-        lightning_main(["fit", "--config", str(config)])
-    return {"root": root, "config": config, "last": root / "runs" / "toy" / "run1" / "checkpoints" / "last.ckpt"}
 
 
 def save_with_sidecar(payload, path: Path, **kwargs) -> Path:

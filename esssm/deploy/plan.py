@@ -168,8 +168,18 @@ def torch_forwards(
     return {k: functools.partial(forward, k) for k in budgets}
 
 
+def compiled_forwards(
+    model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int], device: str | torch.device
+) -> dict[int, Forward]:
+    """The model through torch.compile (Inductor) at each budget: its first calls compile
+    (untimed warm-up rounds), then every budget after the first two shares one graph."""
+    return torch_forwards(torch.compile(model.to(device).eval()), config, example, budgets, device)
+
+
 # What `esssm plan --runtime` times: each entry builds the per-budget calls of one runtime.
-RUNTIMES: dict[str, Runtime] = {"torch": torch_forwards, "onnxruntime": onnx_forwards, "pt2": pt2_forwards}
+RUNTIMES: dict[str, Runtime] = {
+    "torch": torch_forwards, "compile": compiled_forwards, "onnxruntime": onnx_forwards, "pt2": pt2_forwards,
+}
 
 
 def budget_forwards(
