@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from esssm.budget import curve_summary, sweep_budgets
+from esssm.budget import curve_summary, parse_budgets, sweep_budgets
 from esssm.files import atomic_write_csv
 from esssm.metrics import ExactAccuracy
 from esssm.model import active_parameters
@@ -26,7 +29,10 @@ VAL_SWEEP_EVERY_N_EPOCHS = 10
 class BudgetSweep(L.Callback):
     """Evaluates the model at every budget in `test_budgets` on each test pass, and at every
     budget in `val_budgets` on the validation passes of every `every_n_epochs`-th epoch (and of
-    the last epoch); the other validation passes score the full budget only.
+    the last epoch or step); the other validation passes score the full budget only. However a
+    fit ends (max_epochs, max_steps, max_time, early stopping, or SIGTERM right after a
+    validation), its final validation is a sweep: when the last pass was not one, the sweep runs
+    at the end of training on the same weights, so every run has a budget curve.
 
     Logs `{stage}/acc@k{k}`, `{stage}/loss@k{k}` (and `bpb@k` for language models) with k
     zero-padded to the width of k_max (`acc@k01` ... `acc@k32`, so tags sort in budget order),
@@ -55,34 +61,44 @@ class BudgetSweep(L.Callback):
         super().__init__()
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1 (1 = sweep at every validation), got {every_n_epochs}")
-        self.budget_args = {"val": val_budgets, "test": test_budgets}
+        self.budget_args = {s: parse_budgets(arg, f"sweep.{s}_budgets") for s, arg in
+                            (("val", val_budgets), ("test", test_budgets))}
         self.every_n_epochs = every_n_epochs
         self.curve_file = curve_file
         self.budgets: dict[str, list[int | None]] = {"val": [], "test": []}
         self.metrics = nn.ModuleDict()
         self.last_results: dict[str, list[dict[str, Any]]] = {}
+        # global steps of this fit's latest validation pass and latest validation sweep
+        self.validated_step: int | None = None
+        self.swept_step: int | None = None
+        self.step_epoch = 0  # the epoch of the latest training step (Lightning counts an ended epoch on)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.budgets = {s: sweep_budgets(pl_module.k_max, arg) for s, arg in self.budget_args.items()}
+        self.budgets = {
+            s: sweep_budgets(pl_module.k_max, arg, f"sweep.{s}_budgets") for s, arg in self.budget_args.items()
+        }
         keys = {_key(k) for budgets in self.budgets.values() for k in budgets}
         self.metrics = nn.ModuleDict({key: ExactAccuracy() for key in sorted(keys)})
         self.metrics.to(pl_module.device)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.validated_step = self.swept_step = None
         if trainer.is_global_zero and pl_module.k_max is not None:
             for logger in _tensorboards(trainer):
                 logger.experiment.add_custom_scalars(custom_scalars_layout(pl_module.hparams.task == "lm"))
 
     def sweeps_validation(self, trainer: L.Trainer) -> bool:
         """Whether this validation pass sweeps: always in `validate`; while fitting, in every n-th
-        epoch and the last one; never in the sanity check."""
+        epoch, the last epoch and at max_steps; never in the sanity check. (A fit that ends
+        otherwise sweeps at its end: `on_train_end`.)"""
         if trainer.sanity_checking:
             return False
         if trainer.state.fn != TrainerFn.FITTING:
             return True
         epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs not in (None, -1) and epoch >= trainer.max_epochs
-        return epoch % self.every_n_epochs == 0 or last
+        last_epoch = trainer.max_epochs not in (None, -1) and epoch >= trainer.max_epochs
+        last_step = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+        return epoch % self.every_n_epochs == 0 or last_epoch or last_step
 
     def _update(self, stage: str, pl_module: L.LightningModule, outputs: Any, batch: dict) -> None:
         self.metrics.to(pl_module.device)
@@ -101,11 +117,58 @@ class BudgetSweep(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.sweeps_validation(trainer):
             self._finish("val", trainer, pl_module)
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self.validated_step = trainer.global_step
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._finish("test", trainer, pl_module)
 
-    def _finish(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.step_epoch = trainer.current_epoch
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The fit ended (max_epochs, max_steps, max_time, early stopping): sweep now unless its
+        last validation pass was a sweep of these very weights."""
+        if pl_module.k_max is not None and self.swept_step != trainer.global_step:
+            self.sweep_after_fit(trainer, pl_module)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """SIGTERM (every DDP rank stops at the same step): sweep when the weights were validated
+        at this step (the stop came right after a validation and its checkpoint) but not swept;
+        weights trained since the last validation were never evaluated and are not swept."""
+        if (isinstance(exception, SIGTERMException) and pl_module.k_max is not None
+                and self.validated_step == trainer.global_step != self.swept_step):
+            self.sweep_after_fit(trainer, pl_module)
+
+    def sweep_after_fit(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Sweep the validation set on the current (evaluation) weights once Lightning's loops have
+        ended, as a validation pass would: on every DDP rank over its shard (the rows are
+        gathered), with the pass's batch limit, device transfer and autocast. Logged directly to
+        the loggers at the current step. Nothing happens for a run without validation data."""
+        if not trainer.enable_validation:
+            return
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()  # a no-op when a validation pass already ran
+        loaders = trainer.val_dataloaders
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders] if loaders is not None else []
+        if not loaders or not sum(trainer.num_val_batches):
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.inference_mode(), trainer.precision_plugin.val_step_context():
+            for loader, limit in zip(loaders, trainer.num_val_batches):
+                for batch in itertools.islice(loader, None if math.isinf(limit) else int(limit)):
+                    batch = trainer.strategy.batch_to_device(batch)
+                    self._update("val", pl_module, {"logits": pl_module.evaluate(batch, None)}, batch)
+        pl_module.train(was_training)
+        self._finish("val", trainer, pl_module, in_loop=False)
+
+    def _epoch(self, trainer: L.Trainer, in_loop: bool) -> int:
+        """The epoch a curve belongs to, as its checkpoint records it."""
+        return trainer.current_epoch if in_loop else self.step_epoch
+
+    def _finish(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule, in_loop: bool = True) -> None:
+        """Gather the rows, log them (through `pl_module.log` inside a Lightning loop, else to the
+        loggers directly) and write the CSV and figure."""
         rows = []
         for k in self.budgets[stage]:
             result = self.metrics[_key(k)].compute()  # gathered over ranks, de-duplicated
@@ -127,24 +190,20 @@ class BudgetSweep(L.Callback):
                 "model's weights or the inputs hold NaN/inf; no budget curve is written"
             )
         self.last_results[stage] = rows
-        self._log(stage, rows, pl_module)
+        metrics = curve_metrics(stage, rows, pl_module.k_max)
+        if in_loop:
+            for name, value in metrics.items():
+                pl_module.log(name, value, sync_dist=False)
+        else:
+            log_after_loop(trainer, metrics)
+        if stage == "val" and trainer.state.fn == TrainerFn.FITTING:
+            self.swept_step = trainer.global_step
+        folder = self.output_dir(trainer)  # on every rank: trainer.log_dir is a collective under DDP
         if trainer.is_global_zero:
-            self._write_csv(stage, rows, trainer)
+            self._write_csv(stage, rows, trainer, folder, self._epoch(trainer, in_loop))
             self._write_figure(stage, rows, trainer)
             if stage == "test":
                 self._write_curve_series(rows, trainer)
-
-    def _log(self, stage: str, rows: list[dict], pl_module: L.LightningModule) -> None:
-        log = lambda name, value: pl_module.log(name, float(value), sync_dist=False)  # noqa: E731
-        for row in rows:
-            for metric in ("acc", "loss", "bpb"):
-                if metric in row:
-                    log(budget_tag(stage, metric, row["budget"], pl_module.k_max), row[metric])
-        ks = [r["budget"] for r in rows if r["budget"] != "full"]
-        if ks:
-            summary = curve_summary(ks, [r["acc"] for r in rows])
-            log(f"{stage}/budget_auc", summary["auc"])
-            log(f"{stage}/k98", summary["k98"])
 
     @staticmethod
     def output_dir(trainer: L.Trainer) -> Path:
@@ -154,10 +213,10 @@ class BudgetSweep(L.Callback):
             return Path(ckpt.dirpath)
         return Path(trainer.log_dir or trainer.default_root_dir)
 
-    def _write_csv(self, stage: str, rows: list[dict], trainer: L.Trainer) -> None:
+    def _write_csv(self, stage: str, rows: list[dict], trainer: L.Trainer, folder: Path, epoch: int) -> None:
         if self.curve_file is not None:
-            path = self.output_dir(trainer) / self.curve_file.format(stage=stage)
-            write_curve(path, rows, epoch=trainer.current_epoch, step=trainer.global_step)
+            path = folder / self.curve_file.format(stage=stage)
+            write_curve(path, rows, epoch=epoch, step=trainer.global_step)
 
     def _write_figure(self, stage: str, rows: list[dict], trainer: L.Trainer) -> None:
         loggers = _tensorboards(trainer)
@@ -184,6 +243,28 @@ class BudgetSweep(L.Callback):
 
 def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
     return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+def curve_metrics(stage: str, rows: list[dict], k_max: int | None) -> dict[str, float]:
+    """The scalars of a sweep: `{stage}/{acc,loss,bpb}@k..` per budget, `budget_auc` and `k98`."""
+    metrics = {
+        budget_tag(stage, metric, row["budget"], k_max): float(row[metric])
+        for row in rows for metric in ("acc", "loss", "bpb") if metric in row
+    }
+    ks = [r["budget"] for r in rows if r["budget"] != "full"]
+    if ks:
+        summary = curve_summary(ks, [r["acc"] for r in rows])
+        metrics |= {f"{stage}/budget_auc": float(summary["auc"]), f"{stage}/k98": float(summary["k98"])}
+    return metrics
+
+
+def log_after_loop(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+    """Log scalars at the current step where `LightningModule.log` is not allowed (after the fit
+    loop): to every logger (rank 0 only) and into `trainer.callback_metrics`."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+        logger.save()
+    trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
 
 
 def write_curve(path: str | Path, rows: list[dict], **columns: Any) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from jsonargparse import DefaultHelpFormatter
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -126,39 +126,49 @@ class ESSSMCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs, plugins=plugins)
 
     def before_fit(self) -> None:
-        """Refuse to resume nothing or to overwrite a run, then lock the run folder."""
+        """Lock the run folder first (so nothing of a run that another live fit is training is
+        touched), then refuse to resume nothing or to overwrite a run unless told to."""
         if not self.trainer.is_global_zero:
             return
-        config = self.config["fit"]
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        ckpt_dir = checkpoint_dir(self.trainer, run_dir)
-        if config.get("ckpt_path") == "last" and not (ckpt_dir / "last.ckpt").is_file():
-            raise RunFolderError(
-                f"--ckpt_path last: there is nothing to resume, {ckpt_dir / 'last.ckpt'} does not exist. "
-                "To resume a run, give the same fixed version it was trained with "
-                "(--trainer.logger.init_args.version NAME); to start a new run, drop --ckpt_path"
-            )
-        earlier = fit_outputs(run_dir)
-        if config.get("ckpt_path") is None and earlier:
-            if not config.get("overwrite"):
-                raise RunFolderError(
-                    f"run folder {run_dir} already holds a run ({', '.join(earlier)}). "
-                    "Resume it with --ckpt_path last, train into another folder "
-                    "(--trainer.logger.init_args.version NAME), or replace it with --overwrite true"
-                )
-            print(f"--overwrite: deleting the earlier run's {', '.join(earlier)} in {run_dir}", file=sys.stderr)
-            for path in (run_dir / name for name in earlier):
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
         release = lock_run_folder(run_dir)
+        try:
+            prepare_run_folder(run_dir, checkpoint_dir(self.trainer, run_dir), self.config["fit"])
+        except BaseException:
+            release()
+            raise
         atexit.register(release)
         self.release_lock = release
 
     def after_fit(self) -> None:
         if getattr(self, "release_lock", None) is not None:
             self.release_lock()
+
+
+def prepare_run_folder(run_dir: Path, ckpt_dir: Path, config: Namespace) -> None:
+    """Refuse `--ckpt_path last` without a last.ckpt, and a new fit into a folder that holds a run
+    unless `--overwrite true`, which deletes that run's outputs. Call with the folder's lock held."""
+    if config.get("ckpt_path") == "last" and not (ckpt_dir / "last.ckpt").is_file():
+        raise RunFolderError(
+            f"--ckpt_path last: there is nothing to resume, {ckpt_dir / 'last.ckpt'} does not exist. "
+            "To resume a run, give the same fixed version it was trained with "
+            "(--trainer.logger.init_args.version NAME); to start a new run, drop --ckpt_path"
+        )
+    earlier = fit_outputs(run_dir)
+    if config.get("ckpt_path") is not None or not earlier:
+        return
+    if not config.get("overwrite"):
+        raise RunFolderError(
+            f"run folder {run_dir} already holds a run ({', '.join(earlier)}). "
+            "Resume it with --ckpt_path last, train into another folder "
+            "(--trainer.logger.init_args.version NAME), or replace it with --overwrite true"
+        )
+    print(f"--overwrite: deleting the earlier run's {', '.join(earlier)} in {run_dir}", file=sys.stderr)
+    for path in (run_dir / name for name in earlier):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def checkpoint_dir(trainer: L.Trainer, run_dir: Path) -> Path:
@@ -177,8 +187,10 @@ def fit_outputs(run_dir: Path) -> list[str]:
 def lock_run_folder(run_dir: Path) -> Callable[[], None]:
     """Create run_dir/fit.lock (pid and host) or refuse while another live fit holds it.
 
-    A lock left by a process that is gone (killed) is taken over. Returns the release function.
+    A lock left by a process that is gone (killed) is taken over. Returns the release function,
+    which also removes run_dir if this call created it and it is still empty (a refused fit).
     """
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     lock, owner = run_dir / LOCK_FILE, f"{os.getpid()} {socket.gethostname()}"
     while True:
@@ -203,6 +215,8 @@ def lock_run_folder(run_dir: Path) -> Callable[[], None]:
     def release() -> None:
         if lock.exists() and lock.read_text() == owner:
             lock.unlink()
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
 
     return release
 

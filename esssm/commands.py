@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from esssm import deploy
-from esssm.budget import sweep_budgets
+from esssm.budget import parse_budgets, select_budgets, sweep_budgets
 from esssm.files import atomic_write_bytes
 from esssm.lit import SequenceTask
 from esssm.loading import load_datamodule, load_eval_model, load_language_model, load_task
@@ -64,10 +64,11 @@ def non_negative_float(text: str) -> float:
 
 
 def budget_list(text: str) -> list[int] | str:
-    """'all' or comma-separated positive budgets, e.g. '2,4,8'."""
-    if text == "all":
-        return text
-    return [positive_int(k) for k in text.split(",")]
+    """'all', 'paper' or comma-separated distinct budgets >= 1, e.g. '2,4,8' (`parse_budgets`)."""
+    try:
+        return parse_budgets(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def threshold_list(text: str) -> list[float]:
@@ -97,9 +98,9 @@ def add_checkpoint_arguments(
 def check_budgets(task: SequenceTask, budgets: list[int] | str | None, ckpt: str) -> None:
     """Budgets outside 1..k_max of the checkpoint are refused before any data is read."""
     try:
-        sweep_budgets(task.k_max, budgets)
+        sweep_budgets(task.k_max, budgets, "--budgets")
     except ValueError as error:
-        raise ValueError(f"--budgets: {error} of {ckpt}") from None
+        raise ValueError(f"{error} of {ckpt}") from None
 
 
 def sweep_main(argv: list[str]) -> int:
@@ -109,7 +110,7 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--data-config", required=True, help="YAML with a data: section (e.g. the fit config)")
     parser.add_argument("--data-dir", help="override data.init_args.data_dir")
     parser.add_argument("--batch-size", type=positive_int, help="override the evaluation batch size")
-    parser.add_argument("--budgets", type=budget_list, help="comma-separated budgets, 'all', or omit for the paper grid")
+    parser.add_argument("--budgets", type=budget_list, help="comma-separated budgets, 'all', or 'paper' (the default)")
     parser.add_argument("--split", choices=["val", "test"], default="test")
     parser.add_argument("--accelerator", default="auto")
     args = parser.parse_args(argv)
@@ -224,7 +225,7 @@ def cascade_main(argv: list[str]) -> int:
     parser.add_argument("--data-dir", help="override data.init_args.data_dir")
     parser.add_argument("--batch-size", type=positive_int, help="override the evaluation batch size")
     parser.add_argument("--budgets", type=budget_list, default=[2, 4, 8, 32],
-                        help="cascade stages, comma-separated, ascending (capped at k_max)")
+                        help="cascade stages: comma-separated (capped at k_max), 'all' or 'paper'")
     parser.add_argument("--thresholds", type=threshold_list, default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
                         help="confidence (max softmax prob) below which an input escalates")
     parser.add_argument("--split", choices=["val", "test"], default="val",
@@ -233,7 +234,7 @@ def cascade_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     model, _, _ = load_eval_model(args.ckpt, args.trust_checkpoint)
     k_max = deploy.elastic_k_max(model)
-    stages = range(1, k_max + 1) if args.budgets == "all" else args.budgets
+    stages = args.budgets if isinstance(args.budgets, list) else select_budgets(k_max, args.budgets, "--budgets")
     budgets = sorted({min(k, k_max) for k in stages})
     overrides = {"data_dir": args.data_dir, "eval_batch_size": args.batch_size}
     datamodule = load_datamodule(args.data_config, {k: v for k, v in overrides.items() if v is not None})

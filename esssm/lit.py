@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -14,12 +16,14 @@ from torch.optim.swa_utils import AveragedModel
 from torchmetrics.classification import MulticlassAccuracy
 
 from esssm.batch import PAD, model_inputs
-from esssm.budget import BudgetSampler
+from esssm.budget import PAPER_GRID, BudgetSampler
 from esssm.metrics import ExactAccuracy
 from esssm.model import build_module, build_task_model, module_spec
 
 Batch = dict[str, torch.Tensor]
 TASKS = ("classification", "retrieval", "lm")
+# The keys of the `budget` setting: BudgetSampler's arguments other than k_max (the backbone's) and enabled.
+BUDGET_SETTINGS = set(inspect.signature(BudgetSampler).parameters) - {"k_max", "enabled"}
 
 
 class SequenceTask(L.LightningModule):
@@ -45,12 +49,15 @@ class SequenceTask(L.LightningModule):
             k_max (grid, k_min, warmup_epochs or warmup_steps, full_every, bias, seed); absent
             keys take its defaults, the authors' recipe. None: always k_max (the fixed-budget
             model and the no-dropout ablation). In a config: `budget: {warmup_epochs: 1}`,
-            `--model.budget.seed 3`, or `budget: null`.
+            `--model.budget.seed 3`, or `budget: null`. A value out of range (k_min or a grid
+            value outside 1..k_max) is an error naming it, never clamped.
         embed_dropout, embed_std, lm_head_bias: the input encoder and LM head (defaults: the
             authors' dropout 0.1, N(0, 0.02^2) embeddings, tied LM head without bias; see
             `esssm.model.build_task_model` and docs/fidelity.md).
         skip_nonfinite_steps: optimizer steps with a NaN/inf training loss that are skipped
-            (no update) before the run stops; 0 (default) stops at the first one. Under DDP
+            before the run stops; 0 (default) stops at the first one. A skipped step changes
+            nothing: weights, optimizer state, EMA and learning-rate schedule stay as they were
+            (the step still counts in global_step, the budget sequence and max_steps). Under DDP
             every rank stops together when any rank's loss is non-finite; skipping needs a
             single process (Lightning cannot skip a step under DDP).
         compile: run the model (and its EMA copy) through torch.compile: Inductor on CPU and GPU,
@@ -102,6 +109,8 @@ class SequenceTask(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore)
         self.val_metric, self.test_metric = ExactAccuracy(), ExactAccuracy()
         self.skipped_steps = 0
+        # set by a non-finite micro-batch; the optimizer step it belongs to then changes nothing
+        self._nonfinite_in_step = self._step_skipped = False
 
     # ------------------------------------------------------------------ construction
 
@@ -119,8 +128,13 @@ class SequenceTask(L.LightningModule):
         budget = self.hparams.budget
         if budget is None:
             return BudgetSampler(self.k_max, enabled=False)
-        k_min = min(budget.get("k_min", BudgetSampler.DEFAULT_K_MIN), self.k_max)
-        return BudgetSampler(self.k_max, **{**budget, "k_min": k_min})
+        unknown = sorted(set(budget) - BUDGET_SETTINGS)
+        if unknown:
+            raise ValueError(f"model.budget has no setting {unknown}; its settings are {sorted(BUDGET_SETTINGS)}")
+        try:
+            return BudgetSampler(self.k_max, **budget)
+        except ValueError as error:  # the sampler's messages start with the setting: "k_min=9 ..."
+            raise ValueError(f"model.budget.{error}") from None
 
     @property
     def k_max(self) -> int | None:
@@ -197,6 +211,7 @@ class SequenceTask(L.LightningModule):
     def _skip_nonfinite(self, loss: torch.Tensor, batch_idx: int, budget: int | None) -> None:
         """Stop the run on a NaN/inf loss, or skip the step while skip_nonfinite_steps allows."""
         self.skipped_steps += 1
+        self._nonfinite_in_step = True
         where = (
             f"non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}, "
             f"batch {batch_idx}, budget {budget}; loss in this process: {loss.item()})"
@@ -252,10 +267,31 @@ class SequenceTask(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        """The optimizer step, then the EMA update; a step with a skipped (non-finite) micro-batch
+        changes nothing: its closure drops every gradient of the step (the other accumulated
+        micro-batches' too) and returns None, which every precision plugin treats as "no
+        backward", so no parameter or optimizer state moves, and the EMA is left alone."""
+
+        def closure() -> Any:
+            loss = optimizer_closure()
+            if self._nonfinite_in_step:
+                optimizer.zero_grad(set_to_none=True)
+                return None
+            return loss
+
+        super().optimizer_step(epoch, batch_idx, optimizer, closure)
+        self._step_skipped, self._nonfinite_in_step = self._nonfinite_in_step, False
+        if self.ema is not None and not self._step_skipped:
             self.ema.update_parameters(self.model)
+
+    def lr_scheduler_step(self, scheduler: torch.optim.lr_scheduler.LRScheduler, metric: Any) -> None:
+        """Lightning steps the schedule after every optimizer step: not after a skipped one."""
+        if not self._step_skipped:
+            super().lr_scheduler_step(scheduler, metric)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # torch's random state (dropout, DropPath) goes with the weights, so a resumed run draws
@@ -315,6 +351,8 @@ def upgrade_hparams(hparams: dict[str, Any]) -> bool:
     legacy = {name: hparams.pop(name) for name in [*LEGACY_BUDGET_ARGS, "budget_dropout"] if name in hparams}
     if not legacy:
         return False
+    if list(legacy.get("budget_grid") or []) == list(PAPER_GRID):
+        del legacy["budget_grid"]  # the old default, stored even where it reached past k_max: "paper"
     dropout = legacy.pop("budget_dropout", True)
     hparams["budget"] = {LEGACY_BUDGET_ARGS[name]: value for name, value in legacy.items()} if dropout else None
     return True

@@ -23,9 +23,11 @@ from typing import Any
 import torch
 import yaml
 
+from esssm.budget import sweep_budgets
+from esssm.commands import budget_list
 from esssm.files import atomic_write_text
 from esssm.progress import ProgressBoard
-from esssm.tables import ABLATION_ONLY, write_curves, write_tables
+from esssm.tables import ABLATION_ONLY, NoResultsError, write_curves, write_tables
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("listops", "text", "retrieval", "scifar", "pathfinder", "speech")
@@ -234,8 +236,13 @@ def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | Non
 
 
 def load_or_evaluate(run: Run, overrides: dict[str, Any], budgets) -> dict[str, Any]:
+    """The run's test result: the stored one when it is newer than the checkpoint and was swept at
+    these budgets, else a new evaluation."""
     if run.result.exists() and run.result.stat().st_mtime >= best_checkpoint(run).stat().st_mtime:
-        return json.loads(run.result.read_text())
+        stored = json.loads(run.result.read_text())
+        wanted = ["full" if k is None else k for k in sweep_budgets(stored["k_max"], budgets)]
+        if [row["budget"] for row in stored["rows"]] == wanted:
+            return stored
     result = evaluate(run, overrides, budgets)
     atomic_write_text(run.result, json.dumps(result, indent=1))
     return result
@@ -252,7 +259,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                            "--tasks listops,lm adds a byte-level LM on the Python stdlib")
     mode.add_argument("--full", dest="profile", action="store_const", const="full",
                       help="the paper's five tasks at ~20M parameters (GPUs and the data sets)")
-    parser.add_argument("--tasks", help=f"comma-separated subset of {','.join(TASKS)}")
+    parser.add_argument("--tasks", help="comma-separated task folders of the profile's configs (quick: listops, lm; "
+                        f"full: {','.join(TASKS)},lm)")
     parser.add_argument("--models", help="comma-separated config names under conf/<task>/ (e.g. esssm,fixed)")
     parser.add_argument("--devices", type=int, default=1, help="devices per run (DDP when > 1)")
     parser.add_argument("--jobs", type=int, default=None,
@@ -261,7 +269,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO, help="folder for runs/, results/ and data/")
     parser.add_argument("--data-size", type=int, default=QUICK_LISTOPS["train"],
                         help="training examples of the quick profile's generated ListOps")
-    parser.add_argument("--budgets", default=None, help="budgets to evaluate: 'all', comma list, or the paper grid")
+    parser.add_argument("--budgets", type=budget_list, default=None,
+                        help="test budgets: 'all' (quick's default), 'paper' (full's default: the paper's grid "
+                             "plus 1 and k_max) or a comma list such as 1,2,4,8 (k_max is always added)")
     parser.add_argument("--smoke", action="store_true",
                         help="instead of training: every config of the profile at its real length and width "
                              "for 2 steps on generated data, then results/smoke.md (see esssm/smoke.py)")
@@ -281,7 +291,51 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def select(text: str | None, default: tuple[str, ...]) -> list[str]:
-    return default if text is None else [s.strip() for s in text.split(",") if s.strip()]
+    return list(default) if text is None else [s.strip() for s in text.split(",") if s.strip()]
+
+
+def choose(option: str, text: str | None, default: tuple[str, ...], known: list[str], where: str) -> list[str]:
+    """The names given to `option` (comma-separated; `default` when not given): distinct, and each
+    one of `known` (found in `where`). Anything else stops the job before it trains or writes."""
+    names = select(text, default)
+    if not names:
+        raise SystemExit(f"{option} is empty; choose from {','.join(known)}")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SystemExit(f"{option}: no {', '.join(unknown)} in {where}; choose from {','.join(known)}")
+    if len(set(names)) < len(names):
+        raise SystemExit(f"{option} names a value twice: {text!r}")
+    return names
+
+
+def configs_in(folder: Path) -> list[str]:
+    """The config names (YAML stems) in a folder, sorted."""
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def choose_tasks_and_models(args: argparse.Namespace, profile: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """--tasks among the profile's task folders and --models among their configs, both checked."""
+    conf = REPO / profile["conf"]
+    known_tasks = sorted(p.name for p in conf.iterdir() if p.is_dir() and configs_in(p))
+    tasks = choose("--tasks", args.tasks, profile["tasks"], known_tasks, f"{conf}/")
+    known_models = sorted({m for task in tasks for m in configs_in(conf / task)})
+    models = choose("--models", args.models, profile["models"], known_models, f"the configs of {','.join(tasks)}")
+    return tasks, models
+
+
+def config_k_max(config: Path) -> int | None:
+    """The full spectral budget of a config's backbone (None: a model without a budget)."""
+    model = (yaml.safe_load(config.read_text()) or {}).get("model", {})
+    return model.get("backbone", {}).get("init_args", {}).get("k_max")
+
+
+def check_budgets(runs: list[Run], budgets: list[int] | str | None) -> None:
+    """--budgets must fit every run's k_max, checked before anything trains."""
+    for run in runs:
+        try:
+            sweep_budgets(config_k_max(run.config), budgets, "--budgets")
+        except ValueError as error:
+            raise SystemExit(f"{error} of {run.config}") from None
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -311,33 +365,32 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES[args.profile]
     out = args.out.resolve()
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
-    budgets = args.budgets if args.budgets in (None, "all") else [int(k) for k in args.budgets.split(",")]
-    if budgets is None and args.profile == "quick":
-        budgets = "all"
+    tasks, models = choose_tasks_and_models(args, profile)  # every check before anything trains or writes
     if args.smoke:
         from esssm import smoke
 
-        plans = smoke.plans_for(REPO / profile["conf"], select(args.tasks, profile["tasks"]),
-                                select(args.models, profile["models"]))
         command = "./reproduce.sh " + " ".join(argv or sys.argv[1:])
-        return smoke.run(plans, out, args.smoke_batch, command, args.smoke_budgets)
+        return smoke.run(smoke.plans_for(REPO / profile["conf"], tasks, models), out, args.smoke_batch, command,
+                         args.smoke_budgets)
     seeds = parse_seeds(args.seeds)
+    budgets = args.budgets or ("all" if args.profile == "quick" else None)
+    runs = {task: [Run(task, m, REPO / profile["conf"] / task / f"{m}.yaml", out, seed)
+                   for seed in seeds for m in models] for task in tasks}
+    check_budgets([r for task_runs in runs.values() for r in task_runs if r.config.exists()], budgets)
     plans, skipped = [], []
-    for task in select(args.tasks, profile["tasks"]):
-        runs = [Run(task, m, REPO / profile["conf"] / task / f"{m}.yaml", out, seed)
-                for seed in seeds for m in select(args.models, profile["models"])]
-        missing = [str(r.config) for r in runs if not r.config.exists()]
+    for task, task_runs in runs.items():
+        missing = [str(r.config) for r in task_runs if not r.config.exists()]
         if missing:
             print(f"[{task}] no config {', '.join(sorted(set(missing)))}; skipping those models", flush=True)
-            runs = [r for r in runs if r.config.exists()]
+            task_runs = [r for r in task_runs if r.config.exists()]
         if args.profile == "quick" and task == "listops":
             generate_quick_listops(out / "data" / "listops-quick", args.data_size)
-        problem = runs and data_problem(runs[0], data_overrides(runs[0], args.profile))
+        problem = task_runs and data_problem(task_runs[0], data_overrides(task_runs[0], args.profile))
         if problem:
             print(f"[{task}] SKIPPED, data missing:\n{problem}\n", flush=True)
             skipped.append(task)
             continue
-        plans += [(run, data_overrides(run, args.profile)) for run in runs]
+        plans += [(run, data_overrides(run, args.profile)) for run in task_runs]
     trained = train_all(plans, args.devices, extra, args.jobs, args.progress_every)
     # Evaluated one at a time after all training, so the latencies are measured on an idle machine.
     results: dict[tuple[str, str], list[dict]] = {}
@@ -345,11 +398,15 @@ def main(argv: list[str] | None = None) -> int:
         if run in trained:
             results.setdefault((run.task, run.model), []).append(load_or_evaluate(run, overrides, budgets))
     failed = [run.label for run, _ in plans if run not in trained]
-    report(results, out, args.profile)
     if skipped:
         print(f"skipped for missing data: {', '.join(skipped)}")
     if failed:
         print(f"FAILED runs (rerun to resume): {', '.join(failed)}")
+    try:
+        report(results, out, args.profile)
+    except NoResultsError as error:
+        print(f"tables NOT written: {error}")
+        return 1
     return 1 if failed else 0
 
 

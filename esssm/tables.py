@@ -198,9 +198,20 @@ def render_tables(results: Results, profile: str) -> tuple[str, dict[str, list[d
     return "\n".join(sections) + "\n", csvs
 
 
+class NoResultsError(ValueError):
+    """There is nothing to tabulate; the tables already on disk are kept."""
+
+
 def write_tables(results: Results, folder: Path, profile: str) -> tuple[Path, str]:
-    """Writes tables.md and table_*.csv; returns the markdown's path and text."""
+    """Writes tables.md and table_*.csv; returns the markdown's path and text. Refuses (raises
+    NoResultsError, writing nothing) when no table would have a row, so a job that trained and
+    evaluated nothing never replaces earlier tables with empty ones."""
     markdown, csvs = render_tables(results, profile)
+    if not csvs:
+        raise NoResultsError(
+            f"no table has a row (runs evaluated: {', '.join('/'.join(key) for key in sorted(results)) or 'none'}); "
+            f"{folder / 'tables.md'} and its CSVs are left as they were"
+        )
     for name, rows in csvs.items():
         atomic_write_csv(folder / f"{name}.csv", rows)
     path = folder / "tables.md"

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from esssm.budget import PAPER_GRID, BudgetSampler
+from esssm.budget import PAPER_GRID, BudgetSampler, parse_budgets, select_budgets, sweep_budgets
 
 
 def test_same_draw_for_same_seed_and_step():
@@ -32,7 +32,7 @@ def test_draws_on_grid_biased_toward_large_budgets():
     assert large > small
 
 
-def test_grid_is_clipped_to_k_max_and_disabled_sampler_is_full():
+def test_default_grid_is_the_papers_within_k_max_and_disabled_sampler_is_full():
     sampler = BudgetSampler(8, warmup_epochs=0, full_every=0)
     assert sampler.grid == [2, 3, 4, 6, 8]
     assert {sampler.sample(s) for s in range(300)} <= {2, 3, 4, 6, 8}
@@ -40,10 +40,48 @@ def test_grid_is_clipped_to_k_max_and_disabled_sampler_is_full():
     assert BudgetSampler(6, grid=None, k_min=1).grid == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.parametrize("kwargs", [{"k_min": 0}, {"k_min": 40}, {"bias": 0.0}, {"full_every": -1}])
-def test_bad_settings(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"k_min": 0}, r"k_min=0 is outside 1\.\.k_max=32"), ({"k_min": 40}, r"k_min=40 is outside 1\.\.k_max=32"),
+     ({"bias": 0.0}, "bias=0.0 must be > 0"), ({"full_every": -1}, "full_every=-1 must be >= 0"),
+     ({"grid": [2, 4, 64]}, r"grid=\[2, 4, 64\] has \[64\] outside k_min\.\.k_max = 2\.\.32"),
+     ({"grid": [1, 4]}, r"has \[1\] outside k_min\.\.k_max = 2\.\.32: drop them, or set k_min"),
+     ({"grid": "all"}, "grid='all' must be 'paper', null")],
+)
+def test_bad_settings_are_refused_with_their_name_never_clamped(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         BudgetSampler(32, **kwargs)
+
+
+def test_default_k_min_fits_a_tiny_k_max():
+    """The defaults adapt to k_max (they are not user settings): k_max = 1 trains at k = 1."""
+    assert BudgetSampler(1).grid == [1] and BudgetSampler(1).k_min == 1
+    assert BudgetSampler(8, k_min=3).grid == [3, 4, 6, 8]  # the paper grid within k_min..k_max
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("all", "all"), ("paper", "paper"), (None, None), ("4,2", [4, 2]), ([1, 8], [1, 8])],
+)
+def test_parse_budgets_reads_every_form(value, expected):
+    assert parse_budgets(value, "--budgets") == expected
+
+
+@pytest.mark.parametrize("value", ["2.5", "", "0,2", "2,2", "paperr", "-1", [0], [2, 2], []])
+def test_parse_budgets_refuses_anything_else_naming_the_setting(value):
+    with pytest.raises(ValueError, match=r"--budgets: expected 'all', 'paper' or distinct budgets >= 1"):
+        parse_budgets(value, "--budgets")
+
+
+def test_sweep_budgets_for_a_model():
+    assert sweep_budgets(16, "paper") == sweep_budgets(16, None) == [1, 2, 3, 4, 6, 8, 12, 16]
+    assert sweep_budgets(4, "all") == [1, 2, 3, 4] and sweep_budgets(8, "2,4") == [2, 4, 8]
+    assert select_budgets(8, "2,4") == [2, 4]  # without k_max: for a cascade's stages
+    assert sweep_budgets(None, "paper") == [None]
+    with pytest.raises(ValueError, match=r"sweep\.val_budgets: budgets \[9, 12\] are outside 1\.\.k_max=8"):
+        sweep_budgets(8, [2, 9, 12], "sweep.val_budgets")
+    with pytest.raises(ValueError, match="sweep.val_budgets: expected"):
+        sweep_budgets(None, "nonsense", "sweep.val_budgets")  # the form is checked even without a budget
 
 
 def test_warmup_in_optimizer_steps():

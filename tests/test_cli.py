@@ -75,3 +75,23 @@ def test_bad_inputs_give_clear_errors(tmp_path, monkeypatch):
         main(["sweep", "--ckpt", str(tmp_path / "none.ckpt"), "--data-config", str(write_config(tmp_path))])
     with pytest.raises(FileNotFoundError, match="data config"):
         main(["sweep", "--ckpt", "x.ckpt", "--data-config", str(tmp_path / "none.yaml")])
+
+
+def test_a_fit_stopped_by_max_steps_has_a_budget_curve(tmp_path, monkeypatch):
+    """`lightning fit --trainer.max_steps` ends mid-epoch, long before the scheduled sweep epoch:
+    its end still logs every budget and writes the curve, at the step it stopped."""
+    import csv
+
+    monkeypatch.setattr(sys, "argv", ["lightning"])
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path)
+    lightning_main(["fit", "--config", str(config), "--sweep.every_n_epochs", "10", "--trainer.max_steps", "6"])
+    run_dir = tmp_path / "runs" / "toy" / "run1"
+    rows = list(csv.DictReader(open(run_dir / "checkpoints" / "budget_curve_val.csv")))
+    expected = [(str(k), "1", "6", "21") for k in range(1, 5)]  # budget, epoch, step, examples
+    assert [(r["budget"], r["epoch"], r["step"], r["count"]) for r in rows] == expected
+    import torch
+
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (1, 6)  # the curve is that checkpoint's
+    assert {f"val/acc@k{k}" for k in range(1, 5)} | {"val/budget_auc"} <= scalars_and_images(run_dir)["scalars"]

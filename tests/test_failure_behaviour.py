@@ -91,7 +91,7 @@ class NaNBatchData:
     """Continuous toy inputs (B, L, 1) whose training set holds one NaN example (a broken file)."""
 
     @staticmethod
-    def module(nan: bool = True):
+    def module(nan_at: int | None = 5):
         import lightning as L
         from torch.utils.data import DataLoader
 
@@ -104,8 +104,8 @@ class NaNBatchData:
             return [(i, x[i], int(y[i])) for i in range(count)]
 
         train = examples(32, 0)
-        if nan:
-            train[5][1][3, 0] = float("nan")
+        if nan_at is not None:
+            train[nan_at][1][3, 0] = float("nan")
 
         def collate_float(items):
             batch = collate([(i, torch.zeros(len(x), dtype=torch.long), y) for i, x, y in items])
@@ -122,18 +122,64 @@ class NaNBatchData:
         return Data()
 
 
-def fit_nan_batch(tmp_path, skip: int):
+def fit_nan_batch(tmp_path, skip: int, nan_at: int = 5, ema_decay: float | None = None, callbacks=(), **trainer_args):
     import lightning as L
 
     from esssm.lit import SequenceTask
     from esssm.model import ESSSM
 
     backbone = ESSSM(d_model=8, n_layers=1, seq_len=12, k_max=4, dropout=0.0, drop_path=0.0)
-    task = SequenceTask(backbone, num_classes=2, input_dim=1, ema_decay=None, skip_nonfinite_steps=skip)
+    task = SequenceTask(backbone, num_classes=2, input_dim=1, ema_decay=ema_decay, skip_nonfinite_steps=skip)
     trainer = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", max_epochs=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, plugins=[AtomicCheckpointIO()])
-    trainer.fit(task, NaNBatchData.module())
+                        enable_progress_bar=False, enable_model_summary=False, plugins=[AtomicCheckpointIO()],
+                        callbacks=list(callbacks), **trainer_args)
+    trainer.fit(task, NaNBatchData.module(nan_at))
     return task, trainer
+
+
+class StateAround:
+    """Snapshots everything an optimizer step may change (weights, EMA, optimizer state, learning
+    rate schedule) when training batch `first` starts and when batch `last` ends."""
+
+    def __init__(self, first: int, last: int) -> None:
+        import lightning as L
+
+        self.states = []
+        snapshot = self.snapshot
+
+        class Spy(L.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if batch_idx == first:
+                    snapshot(trainer, pl_module)
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if batch_idx == last:
+                    snapshot(trainer, pl_module)
+
+        self.callback = Spy()
+
+    def snapshot(self, trainer, pl_module) -> None:
+        import copy
+
+        scheduler = trainer.lr_scheduler_configs[0].scheduler
+        self.states.append(copy.deepcopy({
+            "weights": pl_module.model.state_dict(), "ema": pl_module.ema.state_dict(),
+            "optimizer": trainer.optimizers[0].state_dict(), "schedule": scheduler.state_dict(),
+        }))
+
+
+def assert_same(before, after, path="") -> None:
+    if isinstance(before, dict):
+        assert before.keys() == after.keys(), path
+        for key in before:
+            assert_same(before[key], after[key], f"{path}/{key}")
+    elif isinstance(before, torch.Tensor):
+        assert torch.equal(before, after), f"{path} changed"
+    elif isinstance(before, (list, tuple)):
+        for i, (b, a) in enumerate(zip(before, after, strict=True)):
+            assert_same(b, a, f"{path}/{i}")
+    else:
+        assert before == after, f"{path} changed: {before} -> {after}"
 
 
 def test_skipping_nonfinite_steps_is_opt_in_and_bounded(tmp_path):
@@ -144,6 +190,21 @@ def test_skipping_nonfinite_steps_is_opt_in_and_bounded(tmp_path):
     # 4 batches; the NaN one ran no backward, so its optimizer step had no gradients and changed nothing
     assert task.skipped_steps == 1 and trainer.global_step == 4
     assert all(torch.isfinite(p).all() for p in task.parameters())
+
+
+@pytest.mark.parametrize(("accumulate", "nan_at", "batches"), [(1, 13, (1, 1)), (2, 20, (2, 3))])
+def test_a_skipped_step_changes_nothing(tmp_path, accumulate, nan_at, batches):
+    """The NaN example is in the second optimizer step (batches of 8): that step leaves the
+    weights, the EMA, the optimizer's moments and step counts and the learning-rate schedule
+    exactly as they were. With accumulation the NaN micro-batch comes first, and the finite
+    micro-batch after it in the same step is dropped too."""
+    spy = StateAround(*batches)
+    with pytest.warns(UserWarning, match="step skipped"):
+        task, trainer = fit_nan_batch(tmp_path, skip=1, nan_at=nan_at, ema_decay=0.9, callbacks=[spy.callback],
+                                      accumulate_grad_batches=accumulate)
+    assert task.skipped_steps == 1 and len(spy.states) == 2
+    assert spy.states[0]["optimizer"]["state"]  # an earlier step did update: there is state to keep
+    assert_same(*spy.states)
 
 
 def test_nonfinite_model_is_never_saved_and_previous_checkpoint_survives(run, tmp_path):
@@ -312,6 +373,40 @@ def test_fit_refuses_an_existing_run_unless_resuming_or_overwrite(tmp_path):
     assert not (run_dir / "fit.lock").exists()
 
 
+def test_overwrite_of_a_run_that_is_training_now_deletes_nothing(tmp_path):
+    """--overwrite into a folder another live fit holds is refused before anything is deleted."""
+    import socket
+
+    write_config(tmp_path)
+    fit(tmp_path)
+    run_dir = tmp_path / "runs" / "toy" / "run1"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / "fit.lock").write_text(f"{other.pid} {socket.gethostname()}")
+        before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+        assert any(p.name.startswith("best-") for p in before) and run_dir / "config.yaml" in before
+        with pytest.raises(RunFolderError, match=f"another fit \\({other.pid} on .*\\) is training into {run_dir}"):
+            fit(tmp_path, "--overwrite", "true")
+        assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [(["--model.budget.k_min", "9"], r"model\.budget\.k_min=9 is outside 1\.\.k_max=4"),
+     (["--model.budget.grid", "[1,2,8]"],
+      r"model\.budget\.grid=\[1, 2, 8\] has \[1, 8\] outside k_min\.\.k_max = 2\.\.4"),
+     (["--model.budget.kmin", "1"], r"model\.budget has no setting \['kmin'\]")],
+)
+def test_budget_settings_out_of_range_are_refused_not_clamped(tmp_path, setting, message):
+    write_config(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        fit(tmp_path, *setting)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_ckpt_path_last_with_nothing_to_resume_stops(tmp_path):
     write_config(tmp_path)
     with pytest.raises(RunFolderError, match=r"--ckpt_path last: there is nothing to resume.*version_0"):
@@ -439,7 +534,7 @@ def test_cli_numbers_are_checked_by_argparse_before_anything_loads(tool, args, o
 def test_budgets_beyond_k_max_are_refused_before_the_data_is_read(run, tmp_path):
     config = tmp_path / "data.yaml"
     config.write_text(f"data:\n  class_path: toy_data.ToyDataModule\n  init_args: {{data_dir: {tmp_path / 'none'}}}\n")
-    with pytest.raises(ValueError, match=r"--budgets: sweep budgets \[9\] are outside \[1, k_max=4\]"):
+    with pytest.raises(ValueError, match=r"--budgets: budgets \[9\] are outside 1\.\.k_max=4 of "):
         main(["sweep", "--ckpt", str(run["last"]), "--data-config", str(config), "--budgets", "2,9"])
 
 

@@ -178,3 +178,95 @@ def test_flat_budget_hyperparameters_of_earlier_checkpoints_fold_into_budget():
     assert upgrade_hparams(fixed) and fixed == {"budget": None}
     assert not upgrade_hparams(fixed)
     assert make_task(budget=None).sampler.sample(5, 3) == 8
+
+
+class SweepRecorder(L.Callback):
+    """Records the global step of every validation pass while fitting."""
+
+    def __init__(self):
+        self.validations = []
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.validations.append(trainer.global_step)
+
+
+def curve_rows(fit: L.Trainer) -> list[dict]:
+    return list(csv.DictReader(open(BudgetSweep.output_dir(fit) / "budget_curve_val.csv")))
+
+
+def logged_budget_steps(tmp_path) -> set[int]:
+    """The steps at which val/acc@k1 reached the CSV logger."""
+    rows = csv.DictReader(open(next(tmp_path.rglob("metrics.csv"))))
+    return {int(r["step"]) for r in rows if r.get("val/acc@k1")}
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        {"max_epochs": 40, "max_steps": 6},  # mid-epoch, before any validation: swept at the end
+        {"max_epochs": 40, "max_steps": 16},  # the validation at max_steps is the sweep itself
+        {"max_epochs": 40, "callbacks_stop": "early"},  # early stopping long before epoch 10
+        {"max_epochs": 40, "max_time": {"seconds": 3}},  # out of time after 3 steps (a fake clock)
+    ],
+    ids=["max_steps_mid_epoch", "max_steps_at_validation", "early_stopping", "max_time"],
+)
+def test_every_fit_ends_with_a_budget_curve_however_it_stops(tmp_path, stop, monkeypatch):
+    from types import SimpleNamespace
+
+    import lightning.pytorch.callbacks.timer as timer
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    stop = dict(stop)
+    sweep, recorder = BudgetSweep([1, 2, 4, 8], every_n_epochs=10), SweepRecorder()
+    clock = SimpleNamespace(now=0.0)  # Lightning's Timer reads this clock: one second per training step
+    monkeypatch.setattr(timer, "time", SimpleNamespace(monotonic=lambda: clock.now))
+
+    class Tick(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.now += 1.0
+
+    callbacks = [Tick(), sweep, recorder]
+    if stop.pop("callbacks_stop", None):
+        callbacks.append(EarlyStopping("val/loss", patience=1, min_delta=10.0))
+    fit = trainer(tmp_path, callbacks=callbacks, **stop)
+    fit.fit(make_task(), ToyDataModule())
+    assert fit.current_epoch < 9  # stopped before the scheduled sweep epoch
+    rows = curve_rows(fit)
+    assert [r["budget"] for r in rows] == ["1", "2", "4", "8"]
+    assert {r["step"] for r in rows} == {str(fit.global_step)} and all(int(r["count"]) == 61 for r in rows)
+    # logged once, at the end (inside a validation Lightning logs at the step before the last one)
+    assert logged_budget_steps(tmp_path) in ({fit.global_step}, {fit.global_step - 1})
+    assert {"val/acc@k1", "val/budget_auc"} <= set(fit.callback_metrics)
+    if recorder.validations and recorder.validations[-1] == fit.global_step and "max_steps" in stop:
+        assert sweep.swept_step == fit.global_step  # swept inside that validation, not a second time
+
+
+def test_sigterm_right_after_a_validation_sweeps_those_weights(tmp_path):
+    """A stop signal arriving during a mid-epoch validation (and its checkpoint): Lightning stops
+    the fit with SIGTERMException after that validation; its weights are swept before it ends."""
+    import os
+    import signal
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    class Signal(L.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking and trainer.global_step == 6:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    fit = trainer(tmp_path, max_epochs=40, val_check_interval=3,
+                  callbacks=[BudgetSweep([1, 2, 4, 8], every_n_epochs=10), Signal()])
+    with pytest.raises(SIGTERMException):
+        fit.fit(make_task(), ToyDataModule())
+    assert fit.global_step == 6 and {r["step"] for r in curve_rows(fit)} == {"6"}
+
+
+def test_a_fit_without_validation_data_ends_cleanly_without_a_curve(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from toy_data import ToyDataset, collate
+
+    fit = trainer(tmp_path, max_steps=3, callbacks=[BudgetSweep([1, 8], every_n_epochs=10)])
+    fit.fit(make_task(), train_dataloaders=DataLoader(ToyDataset(64, 24, 3, 0), 16, collate_fn=collate))
+    assert fit.global_step == 3 and not list(tmp_path.rglob("budget_curve_val.csv"))

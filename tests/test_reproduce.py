@@ -4,6 +4,7 @@
 import csv
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -58,19 +59,76 @@ def test_bad_seeds_are_refused():
             reproduce.parse_seeds(text)
 
 
+def earlier_tables(out) -> Path:
+    tables = out / "results" / "tables.md"
+    tables.parent.mkdir(parents=True)
+    tables.write_text("earlier tables\n")
+    return tables
+
+
 def test_missing_data_is_reported_and_skipped(tmp_path, capsys, monkeypatch):
+    """With every task skipped there is nothing to tabulate: the job fails and keeps the old tables."""
     monkeypatch.setenv("ESSSM_DATA", str(tmp_path / "nowhere"))
-    assert reproduce.main(["--full", "--tasks", "text", "--models", "esssm", "--out", str(tmp_path)]) == 0
+    tables = earlier_tables(tmp_path)
+    assert reproduce.main(["--full", "--tasks", "text", "--models", "esssm", "--out", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "[text] SKIPPED, data missing" in out and "aclImdb" in out
+    assert f"tables NOT written: no table has a row (runs evaluated: none); {tables}" in out
+    assert tables.read_text() == "earlier tables\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--tasks", "nosuch"], r"--tasks: no nosuch in .*conf/quick/; choose from listops,lm"),
+     (["--models", "esssm,nosuch"], r"--models: no nosuch in the configs of listops; choose from esssm,"),
+     (["--tasks", ""], r"--tasks is empty"),
+     (["--models", "esssm,esssm"], r"--models names a value twice"),
+     (["--budgets", "99"], r"--budgets: budgets \[99\] are outside 1\.\.k_max=16 of .*conf/quick/listops/esssm\.yaml"),
+     (["--seeds", "0,0"], r"--seeds takes distinct"),
+     (["--smoke", "--models", "nosuch"], r"--models: no nosuch")],
+)
+def test_bad_selections_stop_before_anything_trains_or_is_written(tmp_path, args, message):
+    tables = earlier_tables(tmp_path)
+    with pytest.raises(SystemExit, match=message):
+        reproduce.main(["--out", str(tmp_path), "--data-size", "48", *args])
+    assert [p.name for p in tmp_path.iterdir()] == ["results"] and tables.read_text() == "earlier tables\n"
+
+
+def test_a_budget_that_is_not_an_integer_is_an_argument_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(["--out", str(tmp_path), "--budgets", "2.5"])
+    assert stop.value.code == 2
+    assert "argument --budgets: expected 'all', 'paper' or distinct budgets >= 1" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_paper_budgets_reach_the_tables(tmp_path, monkeypatch):
+    """--budgets paper (offered by its help) sweeps the paper's grid up to k_max, plus 1 and k_max.
+    Training and evaluation are stubbed: this checks the option's way to the tables."""
+    from esssm.budget import sweep_budgets
+
+    def evaluated(run, overrides, budgets):
+        k_max = reproduce.config_k_max(run.config)
+        rows = [{"budget": "full" if k is None else k, "acc": 0.5, "loss": 1.0, "active_params": 10, "latency_ms": 1.0}
+                for k in sweep_budgets(k_max, budgets)]
+        return {"task": run.task, "model": run.model, "seed": run.seed, "params": 100, "k_max": k_max,
+                "batch_size": 2, "rows": rows}
+
+    monkeypatch.setattr(reproduce, "train_all", lambda plans, *args: {run for run, _ in plans})
+    monkeypatch.setattr(reproduce, "load_or_evaluate", evaluated)
+    assert reproduce.main(["--out", str(tmp_path), "--data-size", "48", "--budgets", "paper"]) == 0
+    rows_b = list(csv.DictReader(open(tmp_path / "results" / "table_b.csv")))
+    assert [int(r["budget"]) for r in rows_b] == [1, 2, 3, 4, 6, 8, 12, 16]
 
 
 def test_failed_side_by_side_runs_show_their_log_and_fail(tmp_path, capsys):
+    tables = earlier_tables(tmp_path)
     argv = ["--out", str(tmp_path), "--models", "esssm,fixed", "--jobs", "2", *TINY, "--trainer.no_such_option=1"]
     assert reproduce.main(argv) == 1
     out = capsys.readouterr().out
     assert out.count("training FAILED") == 2 and "no_such_option" in out  # the log's tail is printed
     assert "FAILED runs (rerun to resume): listops/esssm/seed0, listops/fixed/seed0" in out
+    assert "tables NOT written" in out and tables.read_text() == "earlier tables\n"  # not replaced by an empty one
 
 
 @pytest.mark.parametrize(

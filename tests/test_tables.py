@@ -5,7 +5,7 @@ import csv
 
 import pytest
 
-from esssm.tables import render_tables, write_curves, write_tables
+from esssm.tables import NoResultsError, render_tables, write_curves, write_tables
 
 
 def result(task: str, model: str, seed: int, scores: dict, lm: bool = False, k_max: int | None = 4) -> dict:
@@ -73,3 +73,12 @@ def test_language_model_curve_is_drawn_in_bits_per_byte(tmp_path, monkeypatch):
     level = next(line for line in by_k.lines if line.get_label().startswith("transformer"))
     assert list(level.get_ydata()) == [2.5, 2.5]
     assert figures["listops: test accuracy vs budget"].axes[0].get_ylabel() == "accuracy"
+
+
+def test_no_rows_never_replace_earlier_tables(tmp_path):
+    (tmp_path / "tables.md").write_text("earlier tables\n")
+    only_ablation = {("listops", "esssm_sum"): two_seeds("listops", "esssm_sum", 0.3)}  # in no table alone
+    for results in ({}, only_ablation):
+        with pytest.raises(NoResultsError, match=f"no table has a row .*{tmp_path / 'tables.md'} and its CSVs"):
+            write_tables(results, tmp_path, "quick")
+    assert (tmp_path / "tables.md").read_text() == "earlier tables\n" and not list(tmp_path.glob("*.csv"))
