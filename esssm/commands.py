@@ -224,8 +224,9 @@ def cascade_main(argv: list[str]) -> int:
     parser.add_argument("--data-config", required=True, help="YAML with a data: section (e.g. the fit config)")
     parser.add_argument("--data-dir", help="override data.init_args.data_dir")
     parser.add_argument("--batch-size", type=positive_int, help="override the evaluation batch size")
-    parser.add_argument("--budgets", type=budget_list, default=[2, 4, 8, 32],
-                        help="cascade stages: comma-separated (capped at k_max), 'all' or 'paper'")
+    parser.add_argument("--budgets", type=budget_list, default=None,
+                        help="cascade stages: comma-separated budgets within 1..k_max, 'all' or 'paper' "
+                        "(default: 2, 4, 8 and k_max)")
     parser.add_argument("--thresholds", type=threshold_list, default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
                         help="confidence (max softmax prob) below which an input escalates")
     parser.add_argument("--split", choices=["val", "test"], default="val",
@@ -234,8 +235,8 @@ def cascade_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     model, _, _ = load_eval_model(args.ckpt, args.trust_checkpoint)
     k_max = deploy.elastic_k_max(model)
-    stages = args.budgets if isinstance(args.budgets, list) else select_budgets(k_max, args.budgets, "--budgets")
-    budgets = sorted({min(k, k_max) for k in stages})
+    default = sorted({k for k in (2, 4, 8) if k < k_max} | {k_max})
+    budgets = select_budgets(k_max, default if args.budgets is None else args.budgets, "--budgets")
     overrides = {"data_dir": args.data_dir, "eval_batch_size": args.batch_size}
     datamodule = load_datamodule(args.data_config, {k: v for k, v in overrides.items() if v is not None})
     datamodule.setup("test" if args.split == "test" else "validate")

@@ -287,6 +287,9 @@ def test_commands_export_plan_cascade(trained, tmp_path, capsys):
     config = tmp_path / "data.yaml"
     config.write_text("data:\n  class_path: toy_data.ToyDataModule\n  init_args: {val_size: 12}\n")
     args = ["cascade", "--ckpt", ckpt, "--data-config", str(config), "--budgets", "2,32", "--thresholds", "0.9"]
+    with pytest.raises(ValueError, match=r"--budgets: budgets \[32\] are outside 1..k_max=8"):
+        main(args)  # refused, never capped
+    args[args.index("2,32")] = "2,8"
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "k=2" in text and "k=8" in text and "cascade 2,8 @ 0.9" in text and "12 examples" in text
