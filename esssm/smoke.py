@@ -94,7 +94,7 @@ class SmokeProbe(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if trainer.sanity_checking or self.checked:
             return
-        self.checked = sweep_budgets(pl_module.k_max, self.budgets_arg)
+        self.checked = sweep_budgets(pl_module.k_max, self.budgets_arg, "--smoke-budgets")
         with torch.no_grad():
             for k in self.checked:
                 logits = pl_module.evaluate(batch, k)
