@@ -60,6 +60,7 @@ def first_call_s(run: Callable[[], object]) -> float:
 
 def bench(width: str, modes: list[str], budgets: list[int], repeats: int) -> list[dict]:
     model, inputs = make_model(width)
+    torch._dynamo.reset()  # a fresh recompile budget: past its limit Dynamo silently runs eager code
     compiled = torch.compile(model)
     rows = []
     for mode in modes:
