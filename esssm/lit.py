@@ -102,6 +102,10 @@ class SequenceTask(L.LightningModule):
         )
         self.ema = self._make_ema(ema_decay, ema_warmup)
         if compile:
+            # The model and its EMA copy share one forward, so one Dynamo cache: training and
+            # evaluation, budgets and lengths (dynamic after their first change) fill about 8
+            # entries, Dynamo's default limit, past which it would quietly run eager code.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
             for model in {self.model, self.eval_model}:
                 model.compile()  # in place: state-dict keys stay those of the eager model
         self.sampler = self._make_sampler()
