@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.timing import Measurement, finish, machine_info, measure, parse_ints
+from benchmarks.timing import Measurement, finish, measure, parse_cpu_run, parse_ints
 from esssm.model import ESSSM, SequenceClassifier
 
 # (d_model, n_layers, seq_len, k_max, CPU batch) of conf/quick/listops and conf/listops.
@@ -104,12 +104,7 @@ def main() -> None:
     p.add_argument("--modes", type=lambda s: s.split(","), default=["inference", "training"])
     p.add_argument("--budgets", type=parse_ints, default=None, help="default: 4 and each width's k_max")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", default=None)
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    info = machine_info(torch.device("cpu"))
+    args, info = parse_cpu_run(p)
     rows = []
     for width in args.widths:
         budgets = args.budgets or [4, WIDTHS[width][3]]

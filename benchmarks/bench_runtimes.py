@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.timing import finish, machine_info, parse_ints
+from benchmarks.timing import finish, parse_cpu_run, parse_ints
 from esssm import deploy
 from esssm.model import ESSSM, module_spec
 
@@ -113,12 +113,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--k-max", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", default=None)
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    info = machine_info(torch.device("cpu"))
+    args, info = parse_cpu_run(p)
     rows = [row for length in args.lengths for row in bench_length(length, args)]
     finish(args, info, rows, table(rows, args.budgets, args.runtimes))
 

@@ -204,6 +204,17 @@ def add_common_args(p: argparse.ArgumentParser, lengths: list[int] | None, cuda_
     p.set_defaults(cuda_tokens=cuda_tokens)
 
 
+def parse_cpu_run(p: argparse.ArgumentParser) -> tuple[argparse.Namespace, dict]:
+    """Parse a whole-model CPU benchmark's options plus --threads and --json; apply --threads
+    and return the arguments and the machine info of the run."""
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", default=None, help="write the rows and machine info here")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args, machine_info(torch.device("cpu"))
+
+
 def start(args: argparse.Namespace) -> tuple[torch.device, dict]:
     """Apply --threads and --tokens defaults; the device and the machine info of the run."""
     if args.threads:
