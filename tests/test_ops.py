@@ -55,18 +55,39 @@ def test_inference_matches_naive_at_every_budget_and_length():
                 assert torch.allclose(layer(u, budget=k), naive_forward(layer, u, k), atol=1e-5)
 
 
-def test_small_fft_blocks_give_the_same_result(monkeypatch):
-    """Blocks cut inside one channel's features (the CPU cache path) change nothing."""
-    layer = make_layer()
+@pytest.mark.parametrize(
+    "signals, channels",
+    [(5, 2),  # blocks cut inside one channel's 16 features
+     (32, 3),  # blocks of 2 whole channels of one sample, a 1-channel block at each chunk's end
+     (64, 2)],  # blocks of whole samples (the default at this size)
+)
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_every_fft_block_shape_gives_the_same_result(monkeypatch, signals, channels, checkpoint):
+    """Each way `signal_blocks` cuts the work (features, channels, samples), forward and both
+    backward paths (stored and recomputed convolutions), agrees with the reference."""
+    layer = make_layer(checkpoint=checkpoint)
     u = torch.randn(2, 64, 16, requires_grad=True)
     expected = naive_forward(layer, u, 5)
-    monkeypatch.setattr(mixing, "_CPU_BLOCK_BYTES", 8 * 128 * 5)  # 5 signals per block
-    monkeypatch.setattr(mixing, "_CPU_CHUNK_BYTES", 4 * 2 * 16 * 64 * 2)  # 2 channels
+    slow_grads = torch.autograd.grad(expected.square().sum(), [u, *layer.parameters()], allow_unused=True)
+    nfft, batch, d, length = 128, 2, 16, 64
+    monkeypatch.setattr(mixing, "_CPU_BLOCK_BYTES", 8 * nfft * signals)
+    monkeypatch.setattr(mixing, "_CPU_CHUNK_BYTES", 4 * batch * d * length * channels)
     out = layer(u, budget=5)
     assert torch.allclose(out, expected, atol=1e-5)
-    (grad_fast,) = torch.autograd.grad(out.sum(), u)
-    (grad_slow,) = torch.autograd.grad(expected.sum(), u)
-    assert torch.allclose(grad_fast, grad_slow, atol=1e-4)
+    fast_grads = torch.autograd.grad(out.square().sum(), [u, *layer.parameters()], allow_unused=True)
+    for fast, slow in zip(fast_grads, slow_grads):
+        assert (fast is None) == (slow is None)
+        if fast is not None:
+            assert torch.allclose(fast, slow, atol=1e-4, rtol=1e-4)
+
+
+def test_signal_blocks_cover_every_signal_once():
+    for rows in (1, 5, 16, 20, 32, 48, 64, 1000):
+        seen = torch.zeros(2, 3, 16, dtype=torch.int64)
+        for b, c, f in mixing.signal_blocks(2, 3, 16, rows):
+            assert seen[b, c, f].numel() <= max(rows, 1)
+            seen[b, c, f] += 1
+        assert bool((seen == 1).all()), rows
 
 
 def test_bf16_autocast_keeps_ffts_in_float32_and_stays_close():
