@@ -5,6 +5,7 @@ import csv
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 
 from esssm.budget import BudgetSampler, curve_summary, sweep_budgets
 from esssm.callbacks import BudgetSweep
@@ -105,13 +106,25 @@ def test_resume_restores_step_budget_sequence_and_ema(tmp_path):
     assert any(key.startswith("ema.module.") for key in state)
 
 
-def test_ema_weights_are_used_for_evaluation():
-    task = make_task(ema_decay=0.5)
+def test_ema_weights_are_used_for_evaluation(tmp_path):
+    L.seed_everything(0)
+    task, data = make_task(ema_decay=0.5), ToyDataModule()
+    trainer(tmp_path, max_steps=5, limit_val_batches=0, logger=False, callbacks=[]).fit(task, data)
+    task.eval()
+    ema_logits, model_logits, labels = [], [], []
     with torch.no_grad():
-        for p in task.model.parameters():
-            p.add_(1.0)
-    assert task.eval_model is task.ema.module
-    assert not torch.equal(next(task.ema.module.parameters()), next(task.model.parameters()))
+        for batch in data.val_dataloader():
+            ema_logits.append(task.ema.module(batch["x"], batch["mask"]))
+            model_logits.append(task.model(batch["x"], batch["mask"]))
+            labels.append(batch["y"])
+            assert torch.equal(task.evaluate(batch, None), ema_logits[-1])
+            assert not torch.allclose(ema_logits[-1], model_logits[-1])
+    ema_loss = F.cross_entropy(torch.cat(ema_logits), torch.cat(labels)).item()
+    model_loss = F.cross_entropy(torch.cat(model_logits), torch.cat(labels)).item()
+    assert ema_loss != pytest.approx(model_loss, rel=1e-3)
+    # the validation loop logs the EMA weights' loss over the whole validation set
+    (metrics,) = trainer(tmp_path, logger=False, callbacks=[]).validate(task, data, verbose=False)
+    assert metrics["val/loss"] == pytest.approx(ema_loss, rel=1e-5)
 
 
 def test_parameter_groups_skip_decay_on_biases_norms_embeddings():

@@ -50,10 +50,43 @@ def test_continuous_inputs_and_encoder_errors():
         model(torch.randint(0, 3, (2, 10)))
 
 
+def head_input(model: RetrievalClassifier, x1, x2) -> torch.Tensor:
+    """The (B, 4D) input [a, b, a-b, a*b] the retrieval head receives for documents x1, x2."""
+    seen = []
+    hook = model.head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    logits = model(x1, x2, budget=3)
+    hook.remove()
+    assert logits.shape == (x1.shape[0], 2)
+    return seen[0]
+
+
+def trained_by(model: RetrievalClassifier, x1, x2, block: int) -> set[str]:
+    """Names of the parameters that get a gradient from one D-wide block of the head input."""
+    model.zero_grad(set_to_none=True)
+    d = model.backbone.d_model
+    head_input(model, x1, x2)[:, block * d : (block + 1) * d].sum().backward()
+    return {name for name, p in model.named_parameters() if p.grad is not None and p.grad.any()}
+
+
 def test_retrieval_head_shares_backbone():
-    model = RetrievalClassifier(tiny_backbone(), vocab_size=11)
+    torch.manual_seed(0)
+    model = RetrievalClassifier(tiny_backbone(), vocab_size=11).eval()
+    classifier = SequenceClassifier(tiny_backbone(), num_classes=2, vocab_size=11)
+    # one encoder and one backbone: a classifier's parameters, with the MLP for the linear head
+    assert count_parameters(model) == (
+        count_parameters(classifier) - count_parameters(classifier.head) + count_parameters(model.head)
+    )
     x1, x2 = torch.randint(1, 11, (2, 12)), torch.randint(1, 11, (2, 9))
-    assert model(x1, x2, budget=3).shape == (2, 2)
+    a, b = model.features(x1, budget=3), model.features(x2, budget=3)
+    assert not torch.allclose(a, b)
+    assert torch.equal(head_input(model, x1, x2), torch.cat([a, b, a - b, a * b], dim=-1))
+    assert torch.equal(head_input(model, x2, x1), torch.cat([b, a, b - a, b * a], dim=-1))
+    d = model.backbone.d_model
+    assert not head_input(model, x1, x1)[:, 2 * d : 3 * d].any()  # a - b of identical documents
+    # document 1 alone (the a block) and document 2 alone (the b block) train the same backbone
+    from_doc1, from_doc2 = trained_by(model, x1, x2, block=0), trained_by(model, x1, x2, block=1)
+    backbone = {f"backbone.{name}" for name, _ in model.backbone.named_parameters()}
+    assert from_doc2 == from_doc1 and from_doc2 & backbone and from_doc2 <= backbone | {"encoder.proj.weight"}
 
 
 def test_drop_path_schedule_rises_linearly():

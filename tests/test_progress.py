@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import time
+import threading
 
 import lightning as L
 from toy_data import ToyDataModule
@@ -41,24 +41,71 @@ def record(step: int, total: int, eta: float) -> str:
                        "eta_s": eta, "elapsed_s": 10.0, "done": False, "metric": "val/acc", "value": 0.25})
 
 
-def test_board_prints_plain_lines_and_a_job_eta_when_not_a_terminal(tmp_path):
+class Ticks:
+    """Stands in for a board's stop event, which is its drawing thread's clock (the thread draws
+    each time `wait(interval)` times out): here an interval passes only when the test calls `tick`."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []  # of every wait the thread started
+        self.passed = 0
+        self.stopped = False
+        self._change = threading.Condition()
+
+    def wait(self, timeout: float) -> bool:
+        with self._change:
+            self.timeouts.append(timeout)
+            self._change.notify_all()
+            self._change.wait_for(lambda: self.stopped or self.passed >= len(self.timeouts))
+            return self.stopped
+
+    def set(self) -> None:
+        with self._change:
+            self.stopped = True
+            self._change.notify_all()
+
+    def waiting(self, n: int) -> None:
+        """Returns once the thread has started its n-th wait."""
+        with self._change:
+            assert self._change.wait_for(lambda: len(self.timeouts) >= n, timeout=10), "the thread never waited"
+
+    def tick(self) -> None:
+        """One interval passes; returns once the thread has drawn and waits again."""
+        with self._change:
+            self.passed += 1
+            self._change.notify_all()
+        self.waiting(self.passed + 1)
+
+
+def test_board_prints_plain_lines_every_interval_and_a_job_eta_when_not_a_terminal(tmp_path, monkeypatch):
     stream = io.StringIO()
     path = tmp_path / "a.json"
-    with ProgressBoard(queued=3, workers=2, stream=stream, interval=0.2) as board:
+    board, ticks = ProgressBoard(queued=3, workers=2, stream=stream, interval=0.2), Ticks()
+    monkeypatch.setattr(board, "_stop", ticks)
+    with board:
         board.start("listops/esssm/seed0", path)
         board.start("listops/fixed/seed0", tmp_path / "none.json")
         atomic_write_text(path, record(20, 100, 40.0))
-        time.sleep(0.7)
-        lines = stream.getvalue()
+        ticks.waiting(1)
+        assert stream.getvalue() == ""  # nothing before the first interval has passed
         # one queued run is left; the fixed run has no record yet, so the job ETA is unknown
-        assert "listops/esssm/seed0: epoch 1/1, step 20/100, 0.50 s/step, ETA 40s, val acc 25.00%" in lines
-        assert "listops/fixed/seed0: starting" in lines and "job: 0 trained, 2 training, 1 queued, ETA ?" in lines
+        first = ("listops/esssm/seed0: epoch 1/1, step 20/100, 0.50 s/step, ETA 40s, val acc 25.00%\n"
+                 "listops/fixed/seed0: starting\n"
+                 "job: 0 trained, 2 training, 1 queued, ETA ?\n")
+        ticks.tick()
+        assert stream.getvalue() == first
+        ticks.tick()
+        assert stream.getvalue() == 2 * first
         board.finish("listops/fixed/seed0", ok=True)
-        runs, job = board.lines()
+        trained = f"listops/fixed/seed0: trained in {duration(board.durations[0])}\n"
+        assert stream.getvalue() == 2 * first + trained
+        ticks.tick()
         # the running run's 40 s, then one wave for the queued run at the mean run time seen so far
         eta = 40.0 + (board.durations[0] + 10.0 + 40.0) / 2
-        assert job == f"job: 1 trained, 1 training, 1 queued, ETA {duration(eta)}"
-    assert "\r" not in stream.getvalue() and "listops/fixed/seed0: trained in" in stream.getvalue()
+        last = ("listops/esssm/seed0: epoch 1/1, step 20/100, 0.50 s/step, ETA 40s, val acc 25.00%\n"
+                f"job: 1 trained, 1 training, 1 queued, ETA {duration(eta)}\n")
+        assert stream.getvalue() == 2 * first + trained + last
+    assert ticks.timeouts == [0.2] * 4  # every wait is one interval; none after the board stops
+    assert stream.getvalue() == 2 * first + trained + last
 
 
 def test_board_redraws_in_place_on_a_terminal(tmp_path):
