@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.timing import Measurement, finish, measure, parse_cpu_run, parse_ints
+from esssm.deploy.model import relative_error
 from esssm.model import ESSSM, SequenceClassifier
 
 # (d_model, n_layers, seq_len, k_max, CPU batch) of conf/quick/listops and conf/listops.
@@ -70,7 +71,7 @@ def bench(width: str, modes: list[str], budgets: list[int], repeats: int) -> lis
             compile_s = first_call_s(compiled_run)
             with torch.no_grad():
                 expected = model(*inputs, budget=k)
-                diff = float((compiled(*inputs, budget=k) - expected).abs().max() / expected.abs().max())
+                diff = relative_error(compiled(*inputs, budget=k), expected)
             times: dict[str, Measurement] = {
                 "eager": measure(eager_run, torch.device("cpu"), 1, repeats),
                 "compiled": measure(compiled_run, torch.device("cpu"), 1, repeats),

@@ -112,9 +112,9 @@ def measure(model, config, elastic: deploy_onnx.OnnxModel, budget: int, args, fo
         if form == "onnxruntime_toeplitz" and length > args.toeplitz_max_len:
             continue
         onnx_model = exported(model, config, budget, folder, form)
-        row[f"{form}_rel_error"] = deploy_onnx.relative_error(onnx_model(batch), expected)
+        row[f"{form}_rel_error"] = deploy.relative_error(onnx_model(batch), expected)
         calls[form] = lambda m=onnx_model, feeds=onnx_model.feeds(batch): m.session.run(None, feeds)
-    row["onnxruntime_elastic_rel_error"] = deploy_onnx.relative_error(elastic(batch, budget), expected)
+    row["onnxruntime_elastic_rel_error"] = deploy.relative_error(elastic(batch, budget), expected)
     calls["onnxruntime_elastic"] = lambda feeds=elastic.feeds(batch, budget): elastic.session.run(None, feeds)
     wall, cpu = {name: [] for name in calls}, {name: [] for name in calls}
     with torch.inference_mode():

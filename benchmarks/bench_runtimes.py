@@ -77,11 +77,11 @@ def bench_length(length: int, args: argparse.Namespace) -> list[dict]:
     rows = []
     for (runtime, k), call in forwards.items():
         out = call()
-        got = torch.as_tensor(out[0] if isinstance(out, list) else out)  # onnxruntime: a list of outputs
+        got = out[0] if isinstance(out, list) else out  # onnxruntime: a list of outputs
         rows.append({
             "length": length, "runtime": runtime, "k": k, "cpu_ms": cpu_ms[runtime, k],
             "wall_ms": statistics.median(timer.wall[call][1:]), "setup_s": setup_s[runtime],
-            "rel_diff": float((got - expected[k]).abs().max() / expected[k].abs().max()),
+            "rel_diff": deploy.relative_error(got, expected[k]),
         })
     return rows
 

@@ -28,7 +28,9 @@ from esssm.deploy.export import (
     truncate,
     truncated_state_dict,
 )
-from esssm.deploy.model import batch_logits, build_model, elastic_k_max, model_config, synthetic_batch, to_device
+from esssm.deploy.model import (
+    batch_logits, build_model, elastic_k_max, model_config, relative_error, synthetic_batch, to_device,
+)
 from esssm.deploy.onnx import OnnxModel, export_onnx, export_onnx_checked, format_onnx_export, load_onnx
 from esssm.deploy.pt2 import Pt2Runner, export_pt2, export_pt2_checked, format_pt2_export, load_pt2
 from esssm.deploy.plan import (
@@ -52,6 +54,6 @@ __all__ = [
     "elastic_k_max", "evaluate_policy", "example_seq_len", "export_checked", "export_onnx", "export_onnx_checked",
     "export_pt2", "export_pt2_checked", "export_torchscript", "format_cascade", "format_export", "format_onnx_export",
     "format_plan", "format_pt2_export", "load_exported", "load_onnx", "load_pt2", "load_torchscript", "measure_latencies", "model_config", "plan_budget", "read_curve",
-    "reference_copy", "save_exported", "state_bytes", "synthetic_batch", "time_budgets", "to_device", "torch_forwards",
+    "reference_copy", "relative_error", "save_exported", "state_bytes", "synthetic_batch", "time_budgets", "to_device", "torch_forwards",
     "torchscript_path", "truncate", "truncated_state_dict",
 ]

@@ -8,6 +8,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,6 +68,14 @@ def synthetic_batch(
     names = [("x1", "mask1"), ("x2", "mask2")] if config["task"] == "retrieval" else [("x", "mask")]
     mask = torch.ones(batch_size, seq_len, dtype=torch.bool)
     return {key: t.to(device) for x, m in names for key, t in ((x, document()), (m, mask))}
+
+
+def relative_error(got: torch.Tensor | np.ndarray, expected: torch.Tensor) -> float:
+    """max |got - expected| / max |expected|: how far a runtime's logits are from PyTorch's, at the
+    scale of the output (got: a tensor or numpy array of expected's shape)."""
+    got = torch.as_tensor(got).to(expected)
+    scale = expected.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
+    return float((got - expected).abs().max() / scale)
 
 
 def to_device(batch: Batch, device: str | torch.device) -> Batch:

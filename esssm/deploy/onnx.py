@@ -35,7 +35,7 @@ from esssm.batch import Batch
 from esssm.checkpoints import require_finite_weights
 from esssm.deploy.dft import MatmulConvolution
 from esssm.deploy.export import truncate
-from esssm.deploy.model import batch_logits, synthetic_batch
+from esssm.deploy.model import batch_logits, relative_error, synthetic_batch
 from esssm.files import atomic_write, verify_checksum
 from esssm.layer import ESSSMLayer, check_budget
 
@@ -218,12 +218,6 @@ def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
     if CONFIG_KEY not in session.get_modelmeta().custom_metadata_map:
         raise ValueError(f"{path} is an ONNX model but not an `esssm export --format onnx` file (no {CONFIG_KEY})")
     return OnnxModel(session, path)
-
-
-def relative_error(got: np.ndarray, expected: torch.Tensor) -> float:
-    """max |got - expected| / max |expected|."""
-    expected = expected.detach().cpu().numpy()
-    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), np.finfo(np.float32).tiny))
 
 
 def check_batches(config: Mapping[str, Any], batch: int, seq_len: int) -> list[Batch]:

@@ -29,7 +29,7 @@ from torch import nn
 
 from esssm.batch import Batch, model_inputs
 from esssm.deploy.export import reference_copy, truncate
-from esssm.deploy.model import to_device
+from esssm.deploy.model import relative_error, to_device
 from esssm.files import atomic_write, verify_checksum
 from esssm.layer import ESSSMLayer
 
@@ -191,8 +191,7 @@ def check_package(
     worst = 0.0
     with torch.no_grad():
         for inputs in probes:
-            expected, got = reference(*inputs), runner(*inputs)
-            error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+            error = relative_error(runner(*inputs), reference(*inputs))
             if not error <= tol:  # NaN fails too
                 raise RuntimeError(
                     f"{name}: the AOTInductor package disagrees with the PyTorch model on inputs of shape "
