@@ -28,12 +28,7 @@ CLASSIFIER = FIXTURES / "listops_esssm.ckpt"  # ES-SSM on ListOps, k_max 8, seq_
 TINY_DATA = FIXTURES / "listops_tiny"  # 64 train, 32 val, 32 test examples
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors
 
 
 def data_config(folder: Path, data_dir: Path) -> Path:
