@@ -10,7 +10,7 @@ damaged file, an existing output, a wrong kind of checkpoint, a bad value; `EXPE
 ends in one line on stderr and exit status 1; `--debug` or ESSSM_DEBUG=1 shows its traceback.
 
 OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE unless set): torch's spinning threads
-slowed a training step on 2 busy cores 8-16x (docs/benchmarks.md, "Threads under load").
+slowed a training step on 2 busy cores up to 16x (docs/benchmarks.md, "Threads under load").
 """
 
 from __future__ import annotations
