@@ -90,10 +90,11 @@ def check_arguments(args: argparse.Namespace) -> int:
         raise SystemExit(f"{', '.join(given)} only apply to --launcher slurm (got --launcher {args.launcher})")
     if args.status and args.collect:
         raise SystemExit("--status and --collect are separate steps; give one of them")
-    if args.launcher == "slurm" and not (args.status or args.collect) and shutil.which("sbatch") is None:
-        raise SystemExit("--launcher slurm: there is no `sbatch` on this machine's PATH, so no SLURM cluster to "
-                         "submit to. Run this on the cluster's login node, or use --launcher local (submitit's "
-                         "local executor) or the default in-process runner.")
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if args.launcher == "slurm" and not (args.status or args.collect) and missing:
+        raise SystemExit(f"--launcher slurm: there is no `{'` or `'.join(missing)}` on this machine's PATH, so no "
+                         "SLURM cluster to submit to. Run this on the cluster's login node, or use --launcher local "
+                         "(submitit's local executor) or the default in-process runner.")
     if args.launcher == "slurm" and args.gpus_per_run is not None:
         if args.devices not in (1, args.gpus_per_run):
             raise SystemExit(f"--devices {args.devices} and --gpus-per-run {args.gpus_per_run} disagree; "
