@@ -132,7 +132,7 @@ class FitJob:
         the fit stops it waits for SLURM to end this attempt, so the attempt records no result."""
         env = JobEnvironment()
         requeued: list[int] = []
-        signal.signal(JobEnvironment._usr_sig(), lambda signum, frame: requeued.append(signum))
+        signal.signal(requeue_signal(), lambda signum, frame: requeued.append(signum))
         extra = [*self.extra, *slurm_fit_arguments(self.run), *hpc_resume(self.run)]
         if env.global_rank == 0:
             release_stale_lock(self.run, str(env.job_id), socket.gethostname())
@@ -142,7 +142,8 @@ class FitJob:
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "a") as stream:
                 command = reproduce.fit_command(self.run, self.overrides, self.devices, extra)
-                ok = subprocess.run(command, cwd=reproduce.REPO, stdout=stream, stderr=subprocess.STDOUT).returncode == 0
+                code = subprocess.run(command, cwd=reproduce.REPO, stdout=stream, stderr=subprocess.STDOUT).returncode
+            ok = code == 0
         while requeued:
             print(f"{self.run.label}: requeued on the preemption signal; waiting for SLURM to stop this attempt",
                   flush=True)
@@ -150,11 +151,17 @@ class FitJob:
         return ok
 
 
+def requeue_signal() -> signal.Signals:
+    """The signal submitit asks sbatch to send before the time limit (USR2 unless
+    SUBMITIT_PREEMPT_SIGNAL names another)."""
+    return getattr(signal, f"SIG{JobEnvironment.USR_SIG}")
+
+
 def slurm_fit_arguments(run: Run) -> list[str]:
     """Lightning's SLURM environment with auto-requeue on the signal submitit asks sbatch to send
     (`--signal USR2@90`), and the run folder as default_root_dir, where its hpc checkpoint goes."""
     plugin = {"class_path": "lightning.pytorch.plugins.environments.SLURMEnvironment",
-              "init_args": {"auto_requeue": True, "requeue_signal": f"SIG{JobEnvironment.USR_SIG}"}}
+              "init_args": {"auto_requeue": True, "requeue_signal": requeue_signal().name}}
     return [f"--trainer.plugins={json.dumps(plugin)}", f"--trainer.default_root_dir={run.log_dir}"]
 
 
@@ -252,7 +259,42 @@ def train_all(args: argparse.Namespace, plans: list[Plan], extra: list[str]) -> 
     runs. A failed job stops no other; its log's tail and paths are printed."""
     devices = check_arguments(args)
     folder = launch_folder(args.out.resolve())
-    records = read_jobs(folder)
+    todo, live = sort_runs(plans, read_jobs(folder))
+    executor = make_executor(args.launcher, folder, args, devices)
+    slurm = args.launcher == "slurm"
+    runs = len(todo) + len(live)
+    workers, threads = (runs, None) if slurm else reproduce.parallel_plan(args.jobs, runs)
+    failed: list[str] = []
+    with ProgressBoard(runs, workers, interval=args.progress_every) as board:
+        for run in live:
+            board.start(run.label, run.progress)
+        try:
+            while todo or live:
+                room = max(0, workers - len(live))
+                if todo and room:
+                    batch, todo = todo[:room], todo[room:]
+                    jobs = [FitJob(run, overrides, devices, tuple(extra), threads, slurm) for run, overrides in batch]
+                    live.update(submit(executor, folder, args.launcher, jobs, board))
+                records = read_jobs(folder)
+                for run, handle in list(live.items()):
+                    state = job_state(run, records[run.label], handle)
+                    if state not in ("pending", "running"):
+                        del live[run]
+                        board.finish(run.label, ok=state == "done")
+                        if state != "done":
+                            failed.append(report_failure(run, records[run.label], board))
+                time.sleep(POLL_S if live or todo else 0)
+        except KeyboardInterrupt:
+            raise SystemExit("stopped waiting; submitted jobs that still run keep running: see them with the same "
+                             "command and --status, and rerun it (or --collect) once they are done") from None
+    if failed:
+        print("FAILED jobs:\n  " + "\n  ".join(failed), flush=True)
+    return finished_runs(plans)
+
+
+def sort_runs(plans: list[Plan], records: dict[str, dict[str, str]]) -> tuple[list[Plan], dict[Run, None]]:
+    """(the runs to submit, the runs whose earlier job is still queued or running); finished runs
+    are only named."""
     todo, live = [], {}
     for run, overrides in plans:
         state = job_state(run, records.get(run.label))
@@ -263,45 +305,29 @@ def train_all(args: argparse.Namespace, plans: list[Plan], extra: list[str]) -> 
             live[run] = None
         else:
             todo.append((run, overrides))
-    executor = make_executor(args.launcher, folder, args, devices)
-    slurm = args.launcher == "slurm"
-    workers, threads = (len(todo) or 1, None) if slurm else reproduce.parallel_plan(args.jobs, len(todo) + len(live))
-    failed: list[str] = []
-    with ProgressBoard(len(todo) + len(live), workers, interval=args.progress_every) as board:
-        for run in live:
-            board.start(run.label, run.progress)
-        try:
-            while todo or live:
-                room = max(0, workers - len(live))
-                if todo and room:
-                    batch, todo = todo[:room], todo[room:]
-                    jobs = [FitJob(run, overrides, devices, tuple(extra), threads, slurm) for run, overrides in batch]
-                    with executor.batch():
-                        submitted = [executor.submit(job) for job in jobs]
-                    record_jobs(folder, args.launcher, {job.run: s for job, s in zip(jobs, submitted)})
-                    records = read_jobs(folder)
-                    for job, handle in zip(jobs, submitted):
-                        board.say(f"[{job.run.label}] submitted as {job_logs(job.run, records[job.run.label])}")
-                        board.start(job.run.label, job.run.progress)
-                        live[job.run] = handle
-                for run, handle in list(live.items()):
-                    state = job_state(run, records[run.label], handle)
-                    if state in ("pending", "running"):
-                        continue
-                    del live[run]
-                    board.finish(run.label, ok=state == "done")
-                    if state != "done":
-                        log = run.log_dir / "fit.log"
-                        board.say(tail(log) or tail(JobPaths(records[run.label]["folder"], records[run.label]["job_id"]).stderr))
-                        board.say(f"[{run.label}] FAILED: {job_logs(run, records[run.label])}")
-                        failed.append(f"{run.label} ({job_logs(run, records[run.label])})")
-                time.sleep(POLL_S if live or todo else 0)
-        except KeyboardInterrupt:
-            raise SystemExit("stopped waiting; submitted jobs that still run keep running: see them with the same "
-                             "command and --status, and rerun it (or --collect) once they are done") from None
-    if failed:
-        print("FAILED jobs:\n  " + "\n  ".join(failed), flush=True)
-    return finished_runs(plans)
+    return todo, live
+
+
+def submit(executor: submitit.Executor, folder: Path, launcher: str, jobs: list[FitJob],
+           board: ProgressBoard) -> dict[Run, submitit.Job]:
+    """Submit the jobs together (a job array under SLURM) and record their ids."""
+    with executor.batch():
+        handles = [executor.submit(job) for job in jobs]
+    submitted = {job.run: handle for job, handle in zip(jobs, handles)}
+    record_jobs(folder, launcher, submitted)
+    records = read_jobs(folder)
+    for run in submitted:
+        board.say(f"[{run.label}] submitted as {job_logs(run, records[run.label])}")
+        board.start(run.label, run.progress)
+    return submitted
+
+
+def report_failure(run: Run, record: dict[str, str], board: ProgressBoard) -> str:
+    """Print the tail of the run's fit log (or of the job's log when the fit never started) and
+    where both are; returns the run and its logs, for the final list."""
+    board.say(tail(run.log_dir / "fit.log") or tail(JobPaths(record["folder"], record["job_id"]).stderr))
+    board.say(f"[{run.label}] FAILED: {job_logs(run, record)}")
+    return f"{run.label} ({job_logs(run, record)})"
 
 
 # ----------------------------------------------------------------------------- status and collect
