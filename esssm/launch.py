@@ -39,7 +39,8 @@ from esssm.progress import ProgressBoard, describe, read_record
 from esssm.reproduce import Run
 
 LAUNCHERS = ("inprocess", "local", "slurm")
-SLURM_OPTIONS = ("slurm_partition", "slurm_account", "slurm_qos", "gpus_per_run", "cpus_per_run", "mem")
+SLURM_OPTIONS = ("slurm_partition", "slurm_account", "slurm_qos", "gpus_per_run", "cpus_per_run", "mem", "max_running")
+DEFAULT_MINUTES = 24 * 60  # --time
 POLL_S = 1.0
 ATTEMPT_FILE = "slurm_attempt.json"  # in a run folder: the SLURM job (and host) that last trained it
 # sacct states of a job that may still train; every other state without finished.json is a failure.
@@ -57,8 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="print each run's state (done, pending, running, failed with its logs) and exit")
     group.add_argument("--collect", action="store_true",
                        help="train nothing: evaluate the finished runs, write the tables, name the missing runs")
-    group.add_argument("--time", type=positive, default=24 * 60,
-                       help="minutes per job (local and slurm); at SLURM's limit a run saves and is requeued")
+    group.add_argument("--time", type=positive,
+                       help=f"minutes per job (local and slurm; default {DEFAULT_MINUTES}); at SLURM's limit a run "
+                            "saves and is requeued")
     group.add_argument("--slurm-partition", help="slurm: partition (sbatch --partition)")
     group.add_argument("--slurm-account", help="slurm: account to charge (sbatch --account)")
     group.add_argument("--slurm-qos", help="slurm: quality of service (sbatch --qos)")
@@ -67,8 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "--trainer.devices (default: --devices)")
     group.add_argument("--cpus-per-run", type=positive, help="slurm: CPU cores per run, split over its tasks")
     group.add_argument("--mem", type=positive, help="slurm: GB of memory per run (sbatch --mem)")
-    group.add_argument("--max-running", type=positive, default=256,
-                       help="slurm: runs of the array running at once (the array's %%N)")
+    group.add_argument("--max-running", type=positive,
+                       help="slurm: runs of the array running at once (the array's %%N; default 256)")
 
 
 def positive(text: str) -> int:
@@ -83,6 +85,8 @@ def positive(text: str) -> int:
 
 def check_arguments(args: argparse.Namespace) -> int:
     """The run's devices under the chosen launcher; refuses options that would be ignored."""
+    if args.time is not None and args.launcher == "inprocess":
+        raise SystemExit("--time only applies to --launcher local or slurm")
     if submitit is None and (args.launcher != "inprocess" or args.status):
         raise SystemExit("--launcher local|slurm and --status need submitit: pip install -e '.[launch]'")
     given = [f"--{name.replace('_', '-')}" for name in SLURM_OPTIONS if getattr(args, name) is not None]
@@ -199,17 +203,18 @@ def launch_folder(out: Path) -> Path:
 def make_executor(launcher: str, folder: Path, args: argparse.Namespace, devices: int) -> submitit.Executor:
     """submitit's executor with the run's resources (`check_arguments` checked them)."""
     executor = submitit.AutoExecutor(folder / "submitit", cluster=launcher)
+    minutes = args.time or DEFAULT_MINUTES
     if launcher == "local":
-        executor.update_parameters(timeout_min=args.time, gpus_per_node=devices if torch.cuda.is_available() else 0)
+        executor.update_parameters(timeout_min=minutes, gpus_per_node=devices if torch.cuda.is_available() else 0)
         return executor
     gpus = args.gpus_per_run or devices
     tasks = gpus  # one process per GPU: Lightning reads the SLURM ranks
     optional = {"slurm_partition": args.slurm_partition, "slurm_account": args.slurm_account,
-                "slurm_qos": args.slurm_qos, "mem_gb": args.mem,
+                "slurm_qos": args.slurm_qos, "mem_gb": args.mem, "slurm_array_parallelism": args.max_running,
                 "cpus_per_task": args.cpus_per_run and max(1, args.cpus_per_run // tasks)}
     executor.update_parameters(
-        name="esssm", timeout_min=args.time, nodes=1, tasks_per_node=tasks, gpus_per_node=gpus,
-        slurm_array_parallelism=args.max_running, slurm_additional_parameters={"requeue": True},
+        name="esssm", timeout_min=minutes, nodes=1, tasks_per_node=tasks, gpus_per_node=gpus,
+        slurm_additional_parameters={"requeue": True},
         **{key: value for key, value in optional.items() if value is not None},
     )
     return executor

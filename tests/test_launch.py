@@ -103,6 +103,8 @@ def test_slurm_without_sbatch_says_so_and_stops(tmp_path, monkeypatch):
     [(["--slurm-partition", "gpu"], r"--slurm-partition only apply to --launcher slurm"),
      (["--launcher", "local", "--mem", "64"], r"--mem only apply to --launcher slurm \(got --launcher local\)"),
      (["--status", "--collect"], r"--status and --collect are separate steps"),
+     (["--launcher", "local", "--max-running", "4"], r"--max-running only apply to --launcher slurm"),
+     (["--time", "60"], r"--time only applies to --launcher local or slurm"),
      (["--launcher", "slurm", "--devices", "2", "--gpus-per-run", "4"], r"--devices 2 and --gpus-per-run 4 disagree")],
 )
 def test_launcher_options_that_would_be_ignored_are_refused(tmp_path, monkeypatch, args, message):
@@ -124,6 +126,7 @@ def test_slurm_job_script_carries_the_resources_and_the_requeue(tmp_path, monkey
                  "--job-name=esssm"):
         assert f"#SBATCH {flag}\n" in script
     assert "srun --unbuffered" in script
+    assert executor._executor.parameters["array_parallelism"] == 8  # the array's %8, set when it is submitted
 
 
 def test_slurm_fits_use_lightnings_requeue_on_submitits_signal(tmp_path):
