@@ -1,254 +1,69 @@
-"""Command line: `lightning`/`esssm` fit|validate|test (LightningCLI), plus the project's tools
-(`esssm sweep|export|plan|cascade ...`, listed by `esssm --help`).
+"""Command line: `lightning`/`esssm` fit|validate|test (LightningCLI, esssm.lightning_cli), plus
+the project's tools (`esssm sweep|export|plan|cascade ...`, listed by `esssm --help`).
 
     lightning fit --config conf/listops/esssm.yaml
     esssm sweep --ckpt runs/.../checkpoints/last.ckpt --data-config conf/listops/esssm.yaml
+
+Arguments are read before anything heavy is imported: `--help` of every tool answers without
+torch, and Lightning is imported only for its subcommands. An expected mistake (a missing or
+damaged file, an existing output, a wrong kind of checkpoint, a bad value; `EXPECTED_ERRORS`)
+ends in one line on stderr and exit status 1; `--debug` or ESSSM_DEBUG=1 shows its traceback.
+
+OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE unless set): torch's spinning threads
+slowed a training step on 2 busy cores up to 16x (docs/benchmarks.md, "Threads under load").
 """
 
 from __future__ import annotations
 
-import argparse
-import atexit
 import os
-import shutil
-import socket
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-import lightning as L
-import torch
-from jsonargparse import DefaultHelpFormatter, Namespace
-from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.plugins.io import TorchCheckpointIO
-
-from esssm.batch import DATA_FIELDS
-from esssm.callbacks import BudgetSweep
-from esssm.checkpoints import read_checkpoint, save_checked
-from esssm.files import remove_with_sidecar
-from esssm.lit import SequenceTask
-
-LOCK_FILE = "fit.lock"
-FIT_OUTPUTS = ("checkpoints", "config.yaml", "hparams.yaml", "events.out.tfevents.*")  # what a fit writes
 # Lightning's own predict needs a predict_dataloader, which the task datamodules do not have.
-SUBCOMMANDS = ("fit", "validate", "test")
-NAMED_CKPT_PATHS = ("last", "best", "hpc", "registry")
+SUBCOMMANDS = {
+    "fit": "train a model: --config conf/<task>/<model>.yaml (resume: --ckpt_path last)",
+    "validate": "evaluate a checkpoint (--ckpt_path) on the validation split",
+    "test": "evaluate a checkpoint (--ckpt_path) on the test split at every budget",
+}
+HELP_FLAGS = ("-h", "--help")
+DEBUG_FLAG, DEBUG_ENV = "--debug", "ESSSM_DEBUG"
+# Mistakes a user makes and fixes: files missing, damaged, foreign or in the way (OSError, the
+# datamodules' DataFolderError, RunFolderError), bad values and wrong kinds of checkpoint
+# (ValueError: CheckpointError, ChecksumError, MalformedDataError, ...), a diverging run
+# (FloatingPointError), and Lightning's MisconfigurationException (see `is_expected`). Anything
+# else is a bug and keeps its traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, FloatingPointError)
+# Set before torch is imported (the OpenMP runtime reads it once); see the module docstring.
+OPENMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+DEBUG_HINT = f"{DEBUG_FLAG} (or {DEBUG_ENV}=1) shows the traceback of an error instead of one line"
 
 
-class RunFolderError(RuntimeError):
-    """A fit would overwrite or share a run folder, or has nothing to resume."""
-
-
-# fit/validate/test never unpickle a checkpoint in full (Lightning's CLI itself reads a
-# --ckpt_path file weights-only to take its hyperparameters); the tools can, on request.
-FIT_TRUST_HINT = (
-    "fit, validate and test read checkpoints weights-only, so it cannot be resumed or evaluated here; if you "
-    "trust its source, the esssm tools (sweep, export, plan, cascade, generate) load it with --trust-checkpoint."
-)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written atomically (temporary file in the same folder, fsync, rename) with a
-    sha256 sidecar, refusing NaN/inf weights; reads check the sidecar and name the file on error.
-    A failed write (full disk, a kill) leaves the previous last.ckpt intact. Reads are always
-    weights-only (Lightning's weights_only argument, `--weights_only`, is not honoured): a
-    pickle that names code is refused, not run."""
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
-        save_checked(path, checkpoint, checkpoint.get("state_dict", {}))
-
-    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
-        return read_checkpoint(path, map_location, trust_hint=FIT_TRUST_HINT)
-
-    def remove_checkpoint(self, path) -> None:
-        remove_with_sidecar(path)
-
-
-class ESSSMCLI(LightningCLI):
-    """LightningCLI with the datamodule's shape facts linked into the model, a budget sweep,
-    best/last checkpoints written atomically with checksums, TensorBoard logging by default,
-    AMP on GPUs, and a fit that never overwrites or shares a run folder."""
-
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        return {name: args for name, args in LightningCLI.subcommands().items() if name in SUBCOMMANDS}
-
-    def add_arguments_to_parser(self, parser) -> None:
-        for name in DATA_FIELDS:
-            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
-        parser.add_argument(
-            "--overwrite", type=bool, default=False,
-            help="fit: replace the run in an existing run folder (its checkpoints, config and TensorBoard "
-        "events are deleted) instead of refusing",
-        )
-        parser.add_lightning_class_args(BudgetSweep, "sweep")
-        # Two checkpoints: the best by full-budget validation accuracy, and last.ckpt rewritten at
-        # every epoch end. Lightning's own save_last only refreshes last.ckpt when a new best is
-        # saved, so a resume would silently drop the epochs since the last improvement.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val/acc",
-                "checkpoint.mode": "max",
-                "checkpoint.filename": "best-epoch{epoch}-step{step}",
-                "checkpoint.auto_insert_metric_name": False,
-                "last_checkpoint.filename": "last",
-                "last_checkpoint.enable_version_counter": False,
-            }
-        )
-
-    def parse_arguments(self, parser, args) -> None:
-        """Parse, then check a --ckpt_path file (checksum, readable, weights-only) before
-        Lightning reads it."""
-        super().parse_arguments(parser, args)
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and ckpt_path not in NAMED_CKPT_PATHS:
-            read_checkpoint(ckpt_path, trust_hint=FIT_TRUST_HINT)
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config.get(self.config.get("subcommand"), self.config)
-        trainer = config["trainer"]
-        if trainer.get("precision") is None and torch.cuda.is_available():
-            trainer["precision"] = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-
-    def instantiate_trainer(self, **kwargs) -> L.Trainer:
-        """The trainer, with AtomicCheckpointIO unless the config names another CheckpointIO."""
-        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
-        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
-        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
-            plugins.append(AtomicCheckpointIO())
-        return super().instantiate_trainer(**kwargs, plugins=plugins)
-
-    def before_fit(self) -> None:
-        """Lock the run folder first (so nothing of a run that another live fit is training is
-        touched), then refuse to resume nothing or to overwrite a run unless told to."""
-        if not self.trainer.is_global_zero:
-            return
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        release = lock_run_folder(run_dir)
-        try:
-            prepare_run_folder(run_dir, checkpoint_dir(self.trainer, run_dir), self.config["fit"])
-        except BaseException:
-            release()
-            raise
-        atexit.register(release)
-        self.release_lock = release
-
-    def after_fit(self) -> None:
-        if getattr(self, "release_lock", None) is not None:
-            self.release_lock()
-
-
-def prepare_run_folder(run_dir: Path, ckpt_dir: Path, config: Namespace) -> None:
-    """Refuse `--ckpt_path last` without a last.ckpt, and a new fit into a folder that holds a run
-    unless `--overwrite true`, which deletes that run's outputs. Call with the folder's lock held."""
-    if config.get("ckpt_path") == "last" and not (ckpt_dir / "last.ckpt").is_file():
-        raise RunFolderError(
-            f"--ckpt_path last: there is nothing to resume, {ckpt_dir / 'last.ckpt'} does not exist. "
-            "To resume a run, give the same fixed version it was trained with "
-            "(--trainer.logger.init_args.version NAME); to start a new run, drop --ckpt_path"
-        )
-    earlier = fit_outputs(run_dir)
-    if config.get("ckpt_path") is not None or not earlier:
-        return
-    if not config.get("overwrite"):
-        raise RunFolderError(
-            f"run folder {run_dir} already holds a run ({', '.join(earlier)}). "
-            "Resume it with --ckpt_path last, train into another folder "
-            "(--trainer.logger.init_args.version NAME), or replace it with --overwrite true"
-        )
-    print(f"--overwrite: deleting the earlier run's {', '.join(earlier)} in {run_dir}", file=sys.stderr)
-    for path in (run_dir / name for name in earlier):
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-
-
-def checkpoint_dir(trainer: L.Trainer, run_dir: Path) -> Path:
-    """Where the last.ckpt callback writes: its dirpath, else `run_dir`/checkpoints (as Lightning)."""
-    for callback in trainer.checkpoint_callbacks:
-        if callback.dirpath:
-            return Path(callback.dirpath)
-    return run_dir / "checkpoints"
-
-
-def fit_outputs(run_dir: Path) -> list[str]:
-    """What an earlier fit wrote into a run folder (checkpoints, config, TensorBoard events)."""
-    return sorted(p.name for pattern in FIT_OUTPUTS for p in run_dir.glob(pattern))
-
-
-def lock_run_folder(run_dir: Path) -> Callable[[], None]:
-    """Create run_dir/fit.lock (pid and host) or refuse while another live fit holds it.
-
-    A lock left by a process that is gone (killed) is taken over. Returns the release function,
-    which also removes run_dir if this call created it and it is still empty (a refused fit).
-    """
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock, owner = run_dir / LOCK_FILE, f"{os.getpid()} {socket.gethostname()}"
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = lock.read_text().split() if lock.exists() else []
-            if len(holder) == 2 and holder[1] == socket.gethostname() and not _alive(int(holder[0])):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            if holder and holder[0] == str(os.getpid()):
-                break  # this process's own earlier fit
-            raise RunFolderError(
-                f"another fit ({' on '.join(holder) or 'unknown process'}) is training into {run_dir} "
-                f"(lock {lock}); wait for it to finish, train into another folder, or delete the lock "
-                "if that process is gone"
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            f.write(owner)
-        break
-
-    def release() -> None:
-        if lock.exists() and lock.read_text() == owner:
-            lock.unlink()
-        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()
-
-    return release
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+def is_expected(error: BaseException) -> bool:
+    """Whether `error` is a user's mistake (EXPECTED_ERRORS, or Lightning's configuration error
+    when Lightning is loaded) rather than a bug."""
+    if isinstance(error, EXPECTED_ERRORS):
         return True
-    return True
+    exceptions = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return exceptions is not None and isinstance(error, exceptions.MisconfigurationException)
 
 
-def _cli(args: list[str] | None, description: str) -> ESSSMCLI:
-    return ESSSMCLI(
-        SequenceTask,
-        L.LightningDataModule,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        # Safe: before_fit refuses to fit into a folder that holds a run unless resuming or --overwrite.
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": "runs", "name": "esssm", "default_hp_metric": False},
-            },
-            "callbacks": [LearningRateMonitor(logging_interval="step")],
-        },
-        parser_kwargs={"description": description, "formatter_class": HelpFormatter},
-        args=args,
-    )
+def debugging(args: list[str]) -> bool:
+    """`--debug` among the arguments, or ESSSM_DEBUG set to anything but 0."""
+    return DEBUG_FLAG in args or os.environ.get(DEBUG_ENV, "0") not in ("", "0")
+
+
+def run_command(prog: str, command: Callable[[list[str]], int], args: list[str], debug: bool) -> int:
+    """`command(args)`; an expected error is printed as "`prog`: error: message" and gives exit
+    status 1, unless `debug`, where it propagates with its traceback."""
+    if debug:
+        return command(args)
+    try:
+        return command(args)
+    except Exception as error:
+        if not is_expected(error):
+            raise
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
 
 
 def _tools() -> dict[str, Callable[[list[str]], int]]:
@@ -257,32 +72,58 @@ def _tools() -> dict[str, Callable[[list[str]], int]]:
     return commands.TOOLS
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
-    """jsonargparse's help, with the description's lines (the tools table) kept as written."""
+def _first_doc_line(function: Callable) -> str:
+    return ((function.__doc__ or "").strip().splitlines() or [""])[0]
 
 
-def tools_help(tools: dict[str, Callable[[list[str]], int]]) -> str:
-    """One line per project tool: its name and the first line of its function's docstring."""
-    width = max(map(len, tools))
-    lines = [f"  {name:<{width}}  {((tool.__doc__ or '').strip().splitlines() or [''])[0]}" for name, tool in tools.items()]
-    return "\n".join(lines)
+def overview(prog: str, tools: dict[str, Callable[[list[str]], int]] | None) -> str:
+    """`prog --help`: the Lightning subcommands and, for `esssm`, the project's tools (the first
+    line of each tool function's docstring), without importing Lightning."""
+    entries = dict(SUBCOMMANDS) | {name: _first_doc_line(tool) for name, tool in (tools or {}).items()}
+    width = max(map(len, entries))
+    line = {name: f"  {name:<{width}}  {text}" for name, text in entries.items()}
+    text = [f"usage: {prog} [{DEBUG_FLAG}] {{{','.join(entries)}}} ...", "", "ES-SSM Lab.", "",
+            f"Lightning subcommands (`{prog} SUBCOMMAND --help` for the trainer, model and data options):",
+            *(line[name] for name in SUBCOMMANDS)]
+    if tools:
+        text += ["", f"Project tools (`{prog} TOOL --help` for each):", *(line[name] for name in tools)]
+    else:
+        text += ["", "The project's tools run as `esssm TOOL` (`esssm --help` lists them)."]
+    return "\n".join([*text, "", DEBUG_HINT, ""])
+
+
+def _lightning(description: str, from_command_line: bool) -> Callable[[list[str]], int]:
+    def run(args: list[str]) -> int:
+        from esssm.lightning_cli import run_cli
+
+        if from_command_line:  # LightningCLI reads sys.argv itself (and warns when also given args)
+            sys.argv[1:] = args
+        run_cli(None if from_command_line else args, description)
+        return 0
+
+    return run
+
+
+def _main(prog: str, argv: list[str] | None, tools: dict[str, Callable[[list[str]], int]] | None) -> int:
+    for name, value in OPENMP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = debugging(args)
+    args = [arg for arg in args if arg != DEBUG_FLAG]
+    if tools and args and args[0] in tools:
+        return run_command(f"{prog} {args[0]}", tools[args[0]], args[1:], debug)
+    if not args or args[0] in HELP_FLAGS:
+        print(overview(prog, tools), file=sys.stdout if args else sys.stderr, end="")
+        return 0 if args else 2
+    name = f"{prog} {args[0]}" if args[0] in SUBCOMMANDS else prog
+    return run_command(name, _lightning(overview(prog, tools), argv is None), args, debug)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`esssm`: the project's own tools (sweep, ...) or the Lightning subcommands."""
-    args = sys.argv[1:] if argv is None else argv
-    tools = _tools()
-    if args and args[0] in tools:
-        return tools[args[0]](args[1:])
-    description = (
-        f"ES-SSM Lab. Lightning subcommands: {', '.join(SUBCOMMANDS)} (below).\n\n"
-        f"Project tools (esssm TOOL --help for each):\n{tools_help(tools)}"
-    )
-    _cli(argv, description)  # None: LightningCLI reads sys.argv itself
-    return 0
+    return _main("esssm", argv, _tools())
 
 
 def lightning_main(argv: list[str] | None = None) -> int:
     """`lightning`: fit | validate | test with --config conf/<task>/<model>.yaml."""
-    _cli(argv, f"ES-SSM Lab: {', '.join(SUBCOMMANDS)} (below); the project's tools run as `esssm TOOL`.")
-    return 0
+    return _main("lightning", argv, None)

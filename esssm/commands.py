@@ -1,25 +1,25 @@
 """`esssm` tools that work on a trained checkpoint: sweep, export, plan, cascade, generate.
 
 Argument parsing only: each tool parses its options, checks them before any work, and calls
-the library (esssm.loading, esssm.sweep, esssm.deploy, esssm.generate).
+the library (esssm.loading, esssm.sweep, esssm.deploy, esssm.generate). The library is imported
+after parsing, so `esssm TOOL --help` answers without importing torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from esssm import deploy
-from esssm.budget import parse_budgets, select_budgets, sweep_budgets
 from esssm.files import atomic_write_bytes
-from esssm.lit import SequenceTask
-from esssm.loading import load_datamodule, load_eval_model, load_language_model, load_task
-from esssm.sweep import format_table, run_sweep
+
+if TYPE_CHECKING:
+    from esssm.lit import SequenceTask
 
 
 # --------------------------------------------------------------------------- argument types
@@ -65,6 +65,8 @@ def non_negative_float(text: str) -> float:
 
 def budget_list(text: str) -> list[int] | str:
     """'all', 'paper' or comma-separated distinct budgets >= 1, e.g. '2,4,8' (`parse_budgets`)."""
+    from esssm.budget import parse_budgets
+
     try:
         return parse_budgets(text)
     except ValueError as error:
@@ -82,6 +84,19 @@ def threshold_list(text: str) -> list[float]:
     return values
 
 
+def key_of(module: str, table: str) -> Callable[[str], str]:
+    """An argument type accepting the keys of `module.table` (e.g. esssm.deploy.RUNTIMES), imported
+    only when a value is parsed, so building the parser (and `--help`) stays light."""
+
+    def check(text: str) -> str:
+        keys = getattr(importlib.import_module(module), table)
+        if text not in keys:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(sorted(keys))}, got {text!r}")
+        return text
+
+    return check
+
+
 def add_checkpoint_arguments(
     parser: argparse.ArgumentParser, what: str = "checkpoint written by `lightning fit`"
 ) -> None:
@@ -97,6 +112,8 @@ def add_checkpoint_arguments(
 
 def check_budgets(task: SequenceTask, budgets: list[int] | str | None, ckpt: str) -> None:
     """Budgets outside 1..k_max of the checkpoint are refused before any data is read."""
+    from esssm.budget import sweep_budgets
+
     try:
         sweep_budgets(task.k_max, budgets, "--budgets")
     except ValueError as error:
@@ -114,6 +131,10 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--split", choices=["val", "test"], default="test")
     parser.add_argument("--accelerator", default="auto")
     args = parser.parse_args(argv)
+    from esssm import deploy
+    from esssm.loading import load_datamodule, load_task
+    from esssm.sweep import format_table, run_sweep
+
     overrides = {"data_dir": args.data_dir, "eval_batch_size": args.batch_size}
     datamodule = load_datamodule(args.data_config, {k: v for k, v in overrides.items() if v is not None})
     task = load_task(args.ckpt, trust=args.trust_checkpoint)
@@ -157,6 +178,9 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("--seq-len", type=positive_int, help="example length (default: the model's seq_len); "
                         "TorchScript graphs are specialised to it (ONNX: checked at it and about half)")
     args = parser.parse_args(argv)
+    from esssm import deploy
+    from esssm.loading import load_eval_model
+
     if args.torchscript and args.format != "torch":
         parser.error(f"--torchscript comes with --format torch; a {args.format} export is one file")
     if args.format == "pt2" and Path(args.out).suffix != ".pt2":
@@ -185,18 +209,21 @@ def plan_main(argv: list[str]) -> int:
     """Best budget for a latency target on this machine, from the checkpoint's own budget curve."""
     parser = _ckpt_parser("plan", "Best budget for a latency target on this machine.")
     parser.add_argument("--latency-ms", type=positive_float, required=True, help="latency target per batch")
-    parser.add_argument("--runtime", choices=sorted(deploy.RUNTIMES), default="torch",
+    parser.add_argument("--runtime", type=key_of("esssm.deploy", "RUNTIMES"), default="torch",
                         help="what runs the model: torch (eager), compile (torch.compile; the first rounds compile), "
                         "onnxruntime (each budget exported to ONNX; CPU) or pt2 (each budget compiled to an "
                         "AOTInductor package; tens of seconds each)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torch)")
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size of the timed forward pass")
     parser.add_argument("--seq-len", type=positive_int, help="input length (default: the model's seq_len)")
-    parser.add_argument("--curve", help="budget-accuracy CSV measured on this checkpoint (default: the one "
-                        "`esssm sweep` or training wrote beside --ckpt for it)")
+    parser.add_argument("--curve", help="validation budget-accuracy CSV measured on this checkpoint (default: the one "
+                        "`esssm sweep --split val` or training wrote beside --ckpt for it; test curves are refused)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed rounds over all budgets (median)")
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds first")
     args = parser.parse_args(argv)
+    from esssm import deploy
+    from esssm.loading import load_eval_model
+
     model, config, source = load_eval_model(args.ckpt, args.trust_checkpoint)
     deploy.elastic_k_max(model)
     curve_path = deploy.curve_for(args.ckpt, source, args.curve)
@@ -231,8 +258,15 @@ def cascade_main(argv: list[str]) -> int:
                         help="confidence (max softmax prob) below which an input escalates")
     parser.add_argument("--split", choices=["val", "test"], default="val",
                         help="choose thresholds on val; report the chosen one on test")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     args = parser.parse_args(argv)
+    import torch
+
+    from esssm import deploy
+    from esssm.budget import select_budgets
+    from esssm.loading import load_datamodule, load_eval_model
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, _, _ = load_eval_model(args.ckpt, args.trust_checkpoint)
     k_max = deploy.elastic_k_max(model)
     default = sorted({k for k in (2, 4, 8) if k < k_max} | {k_max})
@@ -241,8 +275,8 @@ def cascade_main(argv: list[str]) -> int:
     datamodule = load_datamodule(args.data_config, {k: v for k, v in overrides.items() if v is not None})
     datamodule.setup("test" if args.split == "test" else "validate")
     loader = datamodule.test_dataloader if args.split == "test" else datamodule.val_dataloader
-    rows = deploy.cascade_sweep(model, loader, budgets, args.thresholds, args.device)
-    print(f"{args.split} split, {rows[0]['count']} examples, device {args.device}")
+    rows = deploy.cascade_sweep(model, loader, budgets, args.thresholds, device)
+    print(f"{args.split} split, {rows[0]['count']} examples, device {device}")
     print(deploy.format_cascade(rows))
     return 0
 
@@ -252,8 +286,6 @@ def cascade_main(argv: list[str]) -> int:
 
 def generate_main(argv: list[str]) -> int:
     """Generate bytes from a byte-level LM at any budget (FutureFill or naive recomputation)."""
-    from esssm import generate
-
     parser = argparse.ArgumentParser(
         prog="esssm generate",
         description="Generate bytes from a byte-level LM (training checkpoint or `esssm export` "
@@ -271,13 +303,16 @@ def generate_main(argv: list[str]) -> int:
     parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (argmax)")
     parser.add_argument("--top-k", type=positive_int, help="sample among the k most likely bytes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
-    parser.add_argument("--method", choices=generate.METHODS, default="futurefill",
+    parser.add_argument("--method", type=key_of("esssm.generate", "METHODS"), default="futurefill",
                         help="futurefill (fast) or naive (full forward per byte, the reference)")
     parser.add_argument("--out", help="write the text (raw bytes) here instead of printing it")
-    parser.add_argument("--force", action="store_true", help="let --out replace an existing file")
+    parser.add_argument("--overwrite", action="store_true", help="let --out replace an existing file")
     args = parser.parse_args(argv)
-    if args.out and Path(args.out).exists() and not args.force:
-        parser.error(f"--out {args.out} exists; choose another path or pass --force to replace it")
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        parser.error(f"--out {args.out} exists; choose another path or pass --overwrite to replace it")
+    from esssm import generate
+    from esssm.loading import load_language_model
+
     prompt_bytes = Path(args.prompt_file).read_bytes() if args.prompt_file else args.prompt.encode()
     model = load_language_model(args.ckpt, args.trust_checkpoint)
     k_max = generate.lm_k_max(model)

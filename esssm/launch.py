@@ -33,7 +33,7 @@ except ImportError:
     submitit = None
 
 from esssm import reproduce
-from esssm.cli import LOCK_FILE, _alive
+from esssm.lightning_cli import LOCK_FILE, _alive
 from esssm.files import atomic_write_text
 from esssm.progress import ProgressBoard, describe, read_record
 from esssm.reproduce import Run

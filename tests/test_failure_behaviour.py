@@ -15,7 +15,8 @@ import torch
 
 from esssm import deploy
 from esssm.checkpoints import CheckpointError, save_checked
-from esssm.cli import AtomicCheckpointIO, RunFolderError, lightning_main, main
+from esssm.cli import lightning_main, main
+from esssm.lightning_cli import AtomicCheckpointIO, RunFolderError
 from esssm.commands import TOOLS
 from esssm.loading import load_task
 from esssm.files import ChecksumError, sidecar_path, verify_checksum
@@ -265,7 +266,7 @@ def test_failed_checkpoint_write_keeps_the_previous_last_ckpt(run, tmp_path, mon
 FULL_DISK = """
 import resource, signal, sys, torch
 sys.path[:0] = {paths!r}
-from esssm.cli import AtomicCheckpointIO
+from esssm.lightning_cli import AtomicCheckpointIO
 from esssm.files import verify_checksum
 path = {path!r}
 before = open(path, "rb").read()
@@ -368,7 +369,7 @@ def test_fit_refuses_an_existing_run_unless_resuming_or_overwrite(tmp_path):
     with pytest.raises(RunFolderError, match=f"run folder {run_dir} already holds a run .*--ckpt_path last"):
         fit(tmp_path)
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == before
-    fit(tmp_path, "--overwrite", "true")
+    fit(tmp_path, "--overwrite")
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # the earlier run's files are gone, not mixed
     assert not (run_dir / "fit.lock").exists()
 
@@ -386,7 +387,7 @@ def test_overwrite_of_a_run_that_is_training_now_deletes_nothing(tmp_path):
         before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
         assert any(p.name.startswith("best-") for p in before) and run_dir / "config.yaml" in before
         with pytest.raises(RunFolderError, match=f"another fit \\({other.pid} on .*\\) is training into {run_dir}"):
-            fit(tmp_path, "--overwrite", "true")
+            fit(tmp_path, "--overwrite")
         assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
     finally:
         other.kill()
@@ -551,14 +552,17 @@ def test_export_to_an_unwritable_path_names_it_before_loading(tmp_path, monkeypa
 
 def test_help_lists_every_subcommand_and_lightning_warns_nothing(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["esssm", "--help"])
-    with warnings.catch_warnings(record=True) as caught, pytest.raises(SystemExit):
-        warnings.simplefilter("always")
-        main()
+    assert main() == 0
     text = capsys.readouterr().out
     for name in ["fit", "validate", "test", *TOOLS]:
         assert f"  {name} " in text
     assert "predict" not in text  # the task datamodules have no predict loader
-    assert not [w for w in caught if "not recommended" in str(w.message)]
+    monkeypatch.setattr(sys, "argv", ["esssm", "fit", "--help"])
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(SystemExit):
+        warnings.simplefilter("always")
+        main()
+    assert "--trainer.max_epochs" in capsys.readouterr().out
+    assert not [str(w.message) for w in caught if "not recommended" in str(w.message)]
 
 
 def test_seq_len_shorter_than_the_data_fails_at_setup_with_the_fix(tmp_path):

@@ -173,7 +173,7 @@ def test_generate_command_on_checkpoint_and_export(trained, tmp_path, capsys):
     assert main(["generate", "--ckpt", str(export), "--prompt-file", str(prompt_file),
                  "--max-new-bytes", "30", "--method", "naive", "--out", str(out)]) == 0
     assert out.read_bytes() == expected  # the export's full budget is k=3 of the checkpoint
-    with pytest.raises(SystemExit):  # an existing --out is never replaced without --force
+    with pytest.raises(SystemExit):  # an existing --out is never replaced without --overwrite
         main(["generate", "--ckpt", ckpt, "--max-new-bytes", "5", "--out", str(out)])
     assert out.read_bytes() == expected
     capsys.readouterr()

@@ -16,7 +16,8 @@ import torch
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
 from esssm.checkpoints import CheckpointError, UnsafeCheckpointError
-from esssm.cli import AtomicCheckpointIO, lightning_main, main
+from esssm.cli import lightning_main, main
+from esssm.lightning_cli import AtomicCheckpointIO
 from esssm.files import sidecar_path, sidecar_text
 from esssm.loading import load_task
 from test_cli import write_config

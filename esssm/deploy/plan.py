@@ -128,13 +128,16 @@ def curve_problem(path: str | Path, source: Mapping[str, Any]) -> str | None:
 
 
 def curve_for(ckpt: str | Path, source: Mapping[str, Any], curve: str | Path | None = None) -> Path:
-    """The budget curve measured on this checkpoint: `curve` if given, else, beside it, the one
-    `esssm sweep` wrote for it or the one training wrote at its step; validation before test
-    (choosing a budget on the test split would leak it). A curve of another checkpoint is refused."""
+    """The validation budget curve measured on this checkpoint: `curve` if given, else, beside it,
+    the one `esssm sweep --split val` wrote for it or the one training wrote at its step. A test
+    curve is never used (choosing a budget on the test split would leak it), nor a curve of
+    another checkpoint; without a validation curve the error says how to measure one."""
     folder = Path(ckpt).parent
-    candidates = [Path(curve)] if curve else [
-        folder / name for split in ("val", "test") for name in (curve_name(ckpt, split), f"budget_curve_{split}.csv")
-    ]
+    measure = (f"Measure one with `esssm sweep --ckpt {ckpt} --data-config <fit config> --split val` "
+               f"(it writes {folder / curve_name(ckpt, 'val')})")
+    if curve and Path(curve).name.endswith("_test.csv"):
+        raise ValueError(f"--curve {curve} is a test-split curve; planning on the test split would leak it. {measure}")
+    candidates = [Path(curve)] if curve else [folder / curve_name(ckpt, "val"), folder / "budget_curve_val.csv"]
     problems = []
     for path in candidates:
         if curve or path.is_file():  # a curve asked for by name must be readable
@@ -142,11 +145,8 @@ def curve_for(ckpt: str | Path, source: Mapping[str, Any], curve: str | Path | N
             if problem is None:
                 return path
             problems.append(problem)
-    found = "; ".join(problems) if problems else f"no budget curve beside {ckpt}"
-    raise FileNotFoundError(
-        f"no budget curve of {ckpt} ({found}). Measure one with `esssm sweep --ckpt {ckpt} "
-        f"--data-config <fit config> --split val` (it writes {folder / curve_name(ckpt, 'val')})"
-    )
+    found = "; ".join(problems) if problems else f"no validation curve beside {ckpt}"
+    raise FileNotFoundError(f"no validation budget curve of {ckpt} ({found}). {measure}")
 
 
 Forward = Callable[[], object]
