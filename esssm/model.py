@@ -192,7 +192,7 @@ class ESSSM(SequenceBackbone):
         convolutions in backward instead of storing (B, k, D, L) per layer (long sequences).
         init_filters=False: filters left NaN, to be
         filled by load_state_dict (see ESSSMLayer). mixer_dropout: Dropout on the mixer branch
-        (0 = the authors' block; earlier versions of this project used `dropout` there).
+        (0 = the authors' block).
         mix_init_std: std of the mixing matrices M_j at init (the authors: 1e-3). weight_sum:
         "one" (the method: the active channels' weights sum to 1) or "k" (scaled to sum to k, the
         plain sum's total weight; an ablation of the spectral path's gain)."""
@@ -321,8 +321,8 @@ class LanguageModel(SequenceClassifier):
 
     Token ids (B, L) -> logits (B, L, vocab_size) at every position. Tying the output matrix
     to the input embedding is the authors' byte-LM choice: it saves vocab x D parameters and
-    keeps the head in the embedding space. Their head has no bias (head_bias=False); checkpoints
-    of earlier project versions have one (True). Embeddings start N(0, embed_std^2), the
+    keeps the head in the embedding space. Their head has no bias (head_bias=False, the
+    default). Embeddings start N(0, embed_std^2), the
     authors' 0.02 by default. Every part is causal when the backbone is (ES-SSM is), so
     position t never sees bytes after t.
     """
