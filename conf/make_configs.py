@@ -88,7 +88,8 @@ QUICK_SIZE = {"d_model": 64, "n_layers": 2, "k_max": 16}
 def spectral_models(size: dict, seq_len: int) -> dict[str, tuple[dict, dict]]:
     """ES-SSM, its ablations and the fixed-budget SSM: name -> (backbone spec, model overrides)."""
     base = {"d_model": size["d_model"], "n_layers": size["n_layers"], "seq_len": seq_len, "k_max": size["k_max"]}
-    esssm = lambda **kw: {"class_path": "esssm.model.ESSSM", "init_args": {**base, **kw}}  # noqa: E731
+    esssm = lambda **layer: {"class_path": "esssm.model.ESSSM",  # noqa: E731
+                             "init_args": {**base, **({"layer": layer} if layer else {})}}
     return {
         "esssm": (esssm(), {}),
         # The elastic plain sum: unit channel weights (no gate, no normalisation), budget dropout.

@@ -49,7 +49,29 @@ def record_lm_head_bias(settings: dict[str, Any], has: Callable[[str], bool]) ->
         settings["lm_head_bias"] = True
 
 
-STEPS: tuple[Step, ...] = (fold_budget_arguments, record_lm_head_bias)
+# 2 -> 3: the spectral layers' switches were flat arguments of these backbones.
+FLAT_LAYER_ARGS = {
+    "ESSSM": ("gate", "rms_rescale", "normalize", "channel_chunk", "checkpoint", "init_filters", "mix_init_std",
+              "weight_sum", "fast"),
+    "FixedSpectralSSM": ("normalize", "channel_chunk"),
+    "ARSTU": ("channel_chunk",),
+}
+
+
+def nest_layer_settings(settings: dict[str, Any], has: Callable[[str], bool]) -> None:
+    """2 -> 3: move the flat layer switches of an ES-SSM, fixed spectral or AR-STU backbone spec
+    into its `layer` argument (the fields that differ from the class's defaults, absent ones keep them)."""
+    spec = settings.get("backbone")
+    if not isinstance(spec, dict) or "layer" in spec.get("init_args", {}):
+        return
+    flat = FLAT_LAYER_ARGS.get(str(spec.get("class_path", "")).rpartition(".")[2], ())
+    init_args = spec.setdefault("init_args", {})
+    layer = {name: init_args.pop(name) for name in flat if name in init_args}
+    if layer:
+        init_args["layer"] = layer
+
+
+STEPS: tuple[Step, ...] = (fold_budget_arguments, record_lm_head_bias, nest_layer_settings)
 SCHEMA_VERSION = len(STEPS)
 
 

@@ -42,8 +42,7 @@ def test_language_model_transformer_is_causal(task):
 @pytest.mark.parametrize("path", sorted(CONF.rglob("esssm_sum.yaml")), ids=lambda p: str(p.parent.relative_to(CONF)))
 def test_elastic_plain_sum_has_unit_weights_and_budget_dropout(path):
     model = yaml.safe_load(path.read_text())["model"]
-    assert model["backbone"]["init_args"]["gate"] is False
-    assert model["backbone"]["init_args"]["normalize"] is False
+    assert model["backbone"]["init_args"]["layer"] == {"gate": False, "normalize": False}
     assert model["budget"], "the elastic plain sum trains under budget dropout"
 
 

@@ -76,3 +76,22 @@ def test_an_export_from_a_newer_version_is_refused(tmp_path):
     sidecar_path(path).unlink()
     with pytest.raises(ValueError, match="exported model .*future.pt was written by a newer ES-SSM Lab"):
         deploy.load_exported(path)
+
+
+@pytest.mark.parametrize("class_path, size, flat, expected", [
+    ("esssm.model.ESSSM", {"k_max": 4}, {"gate": False, "fast": False}, {"gate": False, "fast": False, "normalize": True}),
+    ("baselines.stu.FixedSpectralSSM", {"k_max": 4}, {"normalize": True, "channel_chunk": 2},
+     {"gate": False, "rms_rescale": False, "normalize": True, "channel_chunk": 2}),
+    ("baselines.ARSTU", {"num_filters": 2}, {"channel_chunk": 3}, {"channel_chunk": 3, "init_filters": True}),
+])
+def test_flat_layer_switches_nest_into_the_layer_setting(class_path, size, flat, expected):
+    """Old specs had the switches flat; they become `layer`, over the class's own defaults."""
+    from esssm.migrations import nest_layer_settings
+    from esssm.model import build_module
+
+    settings = {"backbone": {"class_path": class_path, "init_args": {"d_model": 8, "n_layers": 1, "seq_len": 12,
+                                                                      **size, **flat}}}
+    nest_layer_settings(settings, lambda name: False)
+    assert settings["backbone"]["init_args"] == {"d_model": 8, "n_layers": 1, "seq_len": 12, **size, "layer": flat}
+    recorded = build_module(settings["backbone"]).init_args["layer"]
+    assert {name: recorded[name] for name in expected} == expected

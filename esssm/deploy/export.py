@@ -5,7 +5,7 @@ gate_out rows [:k], phi[:, :k], sigma[:k]) and computes exactly what the full mo
 budget k. The truncated filters are the stored ones, never recomputed: the top-k eigenvectors of
 an (L, k) problem agree with those of (L, K) only up to numerics in the near-null space.
 An exported file loads with `load_exported` and nothing but the model classes of this package.
-TorchScript copies trace the reference mixing (`ESSSMLayer(fast=False)`); ONNX files are
+TorchScript copies trace the reference mixing (`ESSSMSettings(fast=False)`); ONNX files are
 written by esssm.deploy.onnx.
 """
 
@@ -16,6 +16,7 @@ import io
 import os
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ def reference_copy(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     for layer in model.modules():
         if isinstance(layer, ESSSMLayer):
-            layer.fast = False
+            layer.settings = replace(layer.settings, fast=False)
     return model
 
 
