@@ -14,7 +14,6 @@ from esssm.layer import ESSSMLayer
 from esssm.loading import load_datamodule
 from esssm.model import build_module, build_task_model, count_parameters
 from esssm.reproduce import QUICK_LISTOPS
-from esssm.smoke import PG19_TRAIN_BYTES, TRAIN_EXAMPLES
 from esssm.spectral import filter_scale, spectral_filters
 
 CONF = Path(__file__).parents[1] / "conf"
@@ -113,7 +112,7 @@ def training_examples(path: Path) -> int:
         return QUICK_LISTOPS["train"]
     if task == "quick/lm":
         return data["max_bytes"] // data["seq_len"]
-    return PG19_TRAIN_BYTES // data["seq_len"] if task == "lm" else TRAIN_EXAMPLES[task]
+    return load_datamodule(path).train_examples
 
 
 ELASTIC = [p for p in CONFIGS if yaml.safe_load(p.read_text())["model"].get("budget", {}) is not None
