@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from baselines.common import CausalConv1d, depthwise_fft_conv
+from esssm.layer import ESSSMSettings, SpectralSettings
 from esssm.model import ESSSM, SequenceBackbone, records_init_args
 from esssm.spectral import (
     causal_fft_conv, fast_fft_size, fft_dtype, filter_scale, filter_spectra, spectral_filters,
@@ -46,6 +50,8 @@ class ARSTUMixer(nn.Module):
     original zero init of M^y), so y is an exact cascade of k_y stable first-order IIR filters
     applied by FFT: fully parallel, and stable by construction. The filters are persistent
     buffers, so a checkpoint never depends on recomputing them. Causal; `mask`, `budget` ignored.
+    `settings`: the spectral switches it shares with ES-SSM (channel_chunk None: all 2K filters
+    in one GEMM).
     """
 
     def __init__(
@@ -55,15 +61,15 @@ class ARSTUMixer(nn.Module):
         num_filters: int = 24,
         k_u: int = 3,
         k_y: int = 2,
-        mix_init_std: float = 1e-3,
-        channel_chunk: int | None = None,
+        settings: SpectralSettings = SpectralSettings(),  # noqa: B008 (frozen)
     ) -> None:
         super().__init__()
         self.seq_len, self.n_filters = seq_len, 2 * num_filters
-        self.channel_chunk = channel_chunk or self.n_filters
-        self.register_buffer("filters", signed_filter_bank(seq_len, num_filters))
+        self.channel_chunk = settings.channel_chunk or self.n_filters
+        filters = torch.full((seq_len, self.n_filters), math.nan)
+        self.register_buffer("filters", signed_filter_bank(seq_len, num_filters) if settings.init_filters else filters)
         # Stored transposed (M_k^T, (D_in, D_out)) so a prefix of filters is one GEMM operand.
-        self.mix = nn.Parameter(torch.randn(self.n_filters, d_model, d_model) * mix_init_std)
+        self.mix = nn.Parameter(torch.randn(self.n_filters, d_model, d_model) * settings.mix_init_std)
         self.ar_input = CausalConv1d(d_model, k_u, depthwise=False, bias=False)
         self.ar_output = nn.Parameter(torch.zeros(k_y, d_model))
 
@@ -88,7 +94,8 @@ class ARSTUMixer(nn.Module):
 @records_init_args
 class ARSTU(SequenceBackbone):
     """AR-STU backbone: (B, L, D) -> (B, L, D), causal. No gate and no budget (k_max None):
-    `budget` is accepted and ignored. Blocks are STU + FFN (ffn_mult=4), as in Flash STU."""
+    `budget` is accepted and ignored. Blocks are STU + FFN (ffn_mult=4), as in Flash STU.
+    layer: the mixers' `SpectralSettings` (or a dict of the fields that differ from its defaults)."""
 
     def __init__(
         self,
@@ -101,21 +108,28 @@ class ARSTU(SequenceBackbone):
         ffn_mult: int = 4,
         dropout: float = 0.1,
         drop_path: float = 0.05,
-        channel_chunk: int | None = None,
+        layer: SpectralSettings = SpectralSettings(),  # noqa: B008 (frozen)
     ) -> None:
-        def mixer(_: int) -> ARSTUMixer:
-            return ARSTUMixer(d_model, seq_len, num_filters, k_u, k_y, channel_chunk=channel_chunk)
-
-        super().__init__(mixer, d_model, n_layers, ffn_mult, dropout, drop_path)
+        settings = SpectralSettings.of(layer)
+        super().__init__(
+            lambda _: ARSTUMixer(d_model, seq_len, num_filters, k_u, k_y, settings),
+            d_model, n_layers, ffn_mult, dropout, drop_path,
+        )
         self.seq_len = seq_len
+
+
+# A plain spectral SSM: unit channel weights, no gate, no normalisation.
+FIXED_LAYER = ESSSMSettings(gate=False, rms_rescale=False, normalize=False)
 
 
 @records_init_args
 class FixedSpectralSSM(ESSSM):
     """The fixed-budget spectral SSM: a plain spectral SSM (STU's positive branch,
     y = sum_j sigma_j^(1/4) M_j (phi_j * u) + D u, no gate and no normalisation), built on the
-    ES-SSM backbone so everything else (blocks, filters, sizes) is identical.
-    normalize=True instead weights each active channel 1/k (ES-SSM without its gate).
+    ES-SSM backbone so everything else (blocks, filters, sizes, every switch) is identical: it is
+    `ESSSM` with `FIXED_LAYER` as its layer defaults. `layer={"normalize": True}` instead weights
+    each active channel 1/k (ES-SSM without its gate); `layer={"fast": False}` or
+    `{"checkpoint": True}` work as for ES-SSM. The other arguments are ESSSM's, by keyword.
 
     It is trained at full K_max only, i.e. WITHOUT budget dropout (a training-module setting,
     configured with the experiment, not here). It keeps k_max, so the budget sweep can still
@@ -123,28 +137,5 @@ class FixedSpectralSSM(ESSSM):
     reports when such a model is truncated).
     """
 
-    def __init__(
-        self,
-        d_model: int = 256,
-        n_layers: int = 8,
-        seq_len: int = 2048,
-        k_max: int = 32,
-        ffn_mult: int = 4,
-        dropout: float = 0.1,
-        drop_path: float = 0.05,
-        channel_chunk: int | None = None,
-        normalize: bool = False,
-    ) -> None:
-        super().__init__(
-            d_model,
-            n_layers,
-            seq_len,
-            k_max,
-            gate=False,
-            rms_rescale=False,
-            normalize=normalize,
-            ffn_mult=ffn_mult,
-            dropout=dropout,
-            drop_path=drop_path,
-            channel_chunk=channel_chunk,
-        )
+    def __init__(self, *, layer: ESSSMSettings = FIXED_LAYER, **backbone: Any) -> None:
+        super().__init__(layer=ESSSMSettings.of(layer, FIXED_LAYER), **backbone)

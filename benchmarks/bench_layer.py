@@ -28,7 +28,7 @@ from benchmarks.timing import (
     start,
     workload,
 )
-from esssm.layer import ESSSMLayer
+from esssm.layer import ESSSMLayer, ESSSMSettings
 from esssm.model import ESSSM
 from esssm.ops.gemm import matmul_nt
 from esssm.spectral import fast_fft_size
@@ -66,10 +66,10 @@ def bench_length(length: int, args, device: torch.device) -> list[dict]:
     batch = args.batch or max(1, args.tokens // length)
     d = args.d_model
     torch.manual_seed(0)
-    layer = ESSSMLayer(d, length, args.k_max, checkpoint=args.checkpoint).to(device)
+    layer = ESSSMLayer(d, length, args.k_max, ESSSMSettings(checkpoint=args.checkpoint)).to(device)
     model = None
     if args.model_layers:
-        model = ESSSM(d, args.model_layers, length, args.k_max, checkpoint=args.checkpoint).to(device).eval()
+        model = ESSSM(d, args.model_layers, length, args.k_max, layer={"checkpoint": args.checkpoint}).to(device).eval()
     x = torch.randn(batch, length, d, device=device)
     rows = []
     for k in args.budgets:

@@ -16,7 +16,7 @@ import os
 import platform
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -40,7 +40,7 @@ def reference_twin(layer: ESSSMLayer) -> ESSSMLayer:
     """The naive yardstick: a copy of `layer` (same weights and filters) that mixes its channels
     with the plain reference of the formula (`fast=False`, every convolution materialised)."""
     twin = copy.deepcopy(layer)
-    twin.fast = False
+    twin.settings = replace(twin.settings, fast=False)
     return twin
 
 

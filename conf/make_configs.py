@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import inspect
 import sys
 from pathlib import Path
 
@@ -22,10 +23,12 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from baselines.sizing import match_width  # noqa: E402
-from esssm.budget import PAPER_EVAL_BUDGETS  # noqa: E402
+from esssm.budget import PAPER_EVAL_BUDGETS, BudgetSampler  # noqa: E402
 from esssm.callbacks import VAL_SWEEP_EVERY_N_EPOCHS  # noqa: E402
 from esssm.files import atomic_write_text  # noqa: E402
+from esssm.lit import SequenceTask  # noqa: E402
 from esssm.model import build_module, build_task_model, count_parameters  # noqa: E402
+from esssm.reproduce import QUICK_LISTOPS  # noqa: E402
 
 # Every truncation level is swept: at test always, at validation every 10 epochs (a sweep of all
 # k costs about one training epoch at the sCIFAR size; docs/design.md) and at the last epoch.
@@ -33,9 +36,13 @@ from esssm.model import build_module, build_task_model, count_parameters  # noqa
 SWEEP = {"val_budgets": "all", "test_budgets": "all", "every_n_epochs": VAL_SWEEP_EVERY_N_EPOCHS}
 # Authors' recipe (docs/design.md section 1): AdamW lr 2e-4, betas (0.9, 0.95), wd 0.03, warm-up
 # 6% then cosine to 0.1x, clip 1.0, EMA 0.999, budget dropout (2 warm-up epochs, every 8th step
-# full, the paper's grid 2..32). The same optimiser recipe is used for every model of a task so
-# the comparison is fair.
-FULL_RECIPE = {"lr": 2e-4, "ema_decay": 0.999, "budget": {"warmup_epochs": 2}, "sweep": SWEEP}
+# full, the paper's grid 2..32). Its values live in the defaults of SequenceTask (optimiser, EMA)
+# and BudgetSampler (budget dropout), which the configs state explicitly. The same optimiser
+# recipe is used for every model of a task so the comparison is fair.
+TASK_DEFAULTS = {name: p.default for name, p in inspect.signature(SequenceTask).parameters.items()}
+FULL_EVERY = inspect.signature(BudgetSampler).parameters["full_every"].default
+FULL_RECIPE = {"lr": TASK_DEFAULTS["lr"], "ema_decay": TASK_DEFAULTS["ema_decay"], "budget": {"warmup_epochs": 2},
+               "sweep": SWEEP}
 # The authors' byte LM counts its warm-up in updates: 2 "epochs" of 4000 updates = 8,000 optimizer
 # steps at full budget, then budget dropout; it validates at their budgets {32, 24, ..., 2}.
 LM_RECIPE = {**FULL_RECIPE, "budget": {"warmup_steps": 8000},
@@ -46,15 +53,17 @@ LM_RECIPE = {**FULL_RECIPE, "budget": {"warmup_steps": 8000},
 QUICK_RECIPE = {"lr": 2e-3, "ema_decay": 0.99, "sweep": SWEEP,
                 "budget": {"warmup_epochs": 1, "grid": [1, 2, 3, 4, 6, 8, 12, 16], "k_min": 1}}
 
+# Each task states its sequence length once, `seq_len`: the backbone's, and the datamodule's
+# `length_arg` where its length is a setting (the other data sets have one length).
 TASKS = {
-    "listops": {"data": "datamodules.ListOpsDataModule", "args": {"max_len": 2000}, "seq_len": 2000,
+    "listops": {"data": "datamodules.ListOpsDataModule", "length_arg": "max_len", "seq_len": 2000,
                 "batch": 32, "epochs": 40},
-    "text": {"data": "datamodules.IMDBDataModule", "args": {"max_len": 4096}, "seq_len": 4096,
+    "text": {"data": "datamodules.IMDBDataModule", "length_arg": "max_len", "seq_len": 4096,
              "batch": 16, "epochs": 32},
     # Retrieval and Speech keep 16 examples per update, in micro-batches: 16 at once is 128k or
     # 256k tokens per step, and float32 training at 65k tokens already takes 26 GB (ES-SSM) to
     # 52 GB (Mamba-2) on an H100 (docs/benchmarks.md), so one 80 GB GPU would not hold it.
-    "retrieval": {"data": "datamodules.AANDataModule", "args": {"max_len": 4000}, "seq_len": 4000,
+    "retrieval": {"data": "datamodules.AANDataModule", "length_arg": "max_len", "seq_len": 4000,
                   "batch": 8, "trainer": {"accumulate_grad_batches": 2}, "epochs": 20},
     "scifar": {"data": "datamodules.SCIFARDataModule", "args": {"mode": "gray"}, "seq_len": 1024,
                "batch": 50, "epochs": 200},
@@ -69,15 +78,17 @@ TASKS = {
 # causal Transformer of matched size as the reference row. One pass over PG19's books at the
 # authors' shape: L = 4096, 4 sequences x 4 accumulation = 65,536 tokens per optimizer step,
 # validation every 4000 updates (16,000 micro-batches, the authors' "epoch").
-LM = {"data": "datamodules.ByteLMDataModule", "args": {"hf_dataset": "deepmind/pg19", "seq_len": 4096},
+LM = {"data": "datamodules.ByteLMDataModule", "args": {"hf_dataset": "deepmind/pg19"}, "length_arg": "seq_len",
       "seq_len": 4096, "batch": 4, "epochs": 1, "recipe": LM_RECIPE,
       "trainer": {"accumulate_grad_batches": 4, "val_check_interval": 16000},
       "checkpoint": {"monitor": "val/bpb", "mode": "min"}}
-# The quick profile: generated short ListOps and the Python stdlib as LM text; minutes on 2 CPU cores.
-QUICK = {"data": "datamodules.ListOpsDataModule", "args": {"max_len": 256, "data_dir": "data/listops-quick"},
-         "seq_len": 256, "batch": 32, "epochs": 8, "recipe": QUICK_RECIPE}
+# The quick profile: generated short ListOps (esssm.reproduce generates it) and the Python stdlib as
+# LM text; minutes on 2 CPU cores.
+QUICK = {"data": "datamodules.ListOpsDataModule", "args": {"data_dir": QUICK_LISTOPS["folder"]},
+         "length_arg": "max_len", "seq_len": QUICK_LISTOPS["max_len"], "batch": 32, "epochs": 8,
+         "recipe": QUICK_RECIPE}
 QUICK_LM = {"data": "datamodules.ByteLMDataModule",
-            "args": {"python_stdlib": True, "seq_len": 256, "max_bytes": 1_000_000},
+            "args": {"python_stdlib": True, "max_bytes": 1_000_000}, "length_arg": "seq_len",
             "seq_len": 256, "batch": 16, "epochs": 2, "recipe": QUICK_RECIPE,
             "checkpoint": {"monitor": "val/bpb", "mode": "min"}}
 
@@ -88,7 +99,8 @@ QUICK_SIZE = {"d_model": 64, "n_layers": 2, "k_max": 16}
 def spectral_models(size: dict, seq_len: int) -> dict[str, tuple[dict, dict]]:
     """ES-SSM, its ablations and the fixed-budget SSM: name -> (backbone spec, model overrides)."""
     base = {"d_model": size["d_model"], "n_layers": size["n_layers"], "seq_len": seq_len, "k_max": size["k_max"]}
-    esssm = lambda **kw: {"class_path": "esssm.model.ESSSM", "init_args": {**base, **kw}}  # noqa: E731
+    esssm = lambda **layer: {"class_path": "esssm.model.ESSSM",  # noqa: E731
+                             "init_args": {**base, **({"layer": layer} if layer else {})}}
     return {
         "esssm": (esssm(), {}),
         # The elastic plain sum: unit channel weights (no gate, no normalisation), budget dropout.
@@ -126,7 +138,7 @@ def matched(class_path: str, args: dict, multiple: int, target: int, data: dict)
 
 def config(task: dict, run_name: str, backbone: dict, overrides: dict) -> dict:
     recipe = task.get("recipe", FULL_RECIPE)
-    budget = {"budget": {**recipe["budget"], "full_every": 8}}  # esssm.budget.BudgetSampler's arguments
+    budget = {"budget": {**recipe["budget"], "full_every": FULL_EVERY}}  # esssm.budget.BudgetSampler's arguments
     return {
         "seed_everything": 0,
         "trainer": {
@@ -143,23 +155,29 @@ def config(task: dict, run_name: str, backbone: dict, overrides: dict) -> dict:
         "model": {
             "backbone": backbone,
             "lr": recipe["lr"],
-            "weight_decay": 0.03,
-            "warmup_ratio": 0.06,
+            "weight_decay": TASK_DEFAULTS["weight_decay"],
+            "warmup_ratio": TASK_DEFAULTS["warmup_ratio"],
             "ema_decay": recipe["ema_decay"],
             **(budget if "k_max" in backbone["init_args"] else {}),  # baselines have no budget
             **overrides,
         },
-        "data": {"class_path": task["data"], "init_args": {**task["args"], "batch_size": task["batch"]}},
+        "data": {"class_path": task["data"], "init_args": {**data_args(task), "batch_size": task["batch"]}},
         "sweep": recipe["sweep"],
         **({"checkpoint": task["checkpoint"]} if "checkpoint" in task else {}),
     }
+
+
+def data_args(task: dict) -> dict:
+    """The datamodule's arguments of a task: its own, and its sequence length where that is one."""
+    length = {task["length_arg"]: task["seq_len"]} if "length_arg" in task else {}
+    return {**task.get("args", {}), **length}
 
 
 def data_facts(task: dict) -> dict:
     """build_task_model's task, num_classes, vocab_size and input_dim, from the datamodule (no data needed)."""
     from esssm.loading import instantiate_datamodule
 
-    dm = instantiate_datamodule({"class_path": task["data"], "init_args": task["args"]})
+    dm = instantiate_datamodule({"class_path": task["data"], "init_args": data_args(task)})
     return {"task": dm.task, "num_classes": dm.num_classes, "vocab_size": dm.vocab_size,
             "input_dim": dm.input_dim}
 

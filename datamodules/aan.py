@@ -63,6 +63,7 @@ class AANDataModule(LRAReleaseDataModule):
     folder_name = "aan"
     expected_files = tuple(aan_file_name(split) for split in FILE_SPLITS)
     lra_folder = "tsv_data"
+    train_examples = 147_086  # LRA AAN training pairs
 
     def __init__(self, max_len: int = 4000, **kwargs: Any) -> None:
         """Common arguments (data_dir, batch_size, ...): see TaskDataModule.

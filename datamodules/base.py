@@ -50,12 +50,15 @@ class TaskDataModule(L.LightningDataModule):
     ``expected_files`` (relative paths the data folder must hold) and ``subfolders``
     (where a download or archive puts them below data_dir), and implement ``how_to_get``
     (text for the missing-data error), ``_download`` (called by prepare_data when
-    ``download`` is set and the data is absent) and ``_load_splits``.
+    ``download`` is set and the data is absent) and ``_load_splits``. ``train_examples`` is the
+    real data set's training size (what an epoch of the full run covers; the smoke projection's
+    steps per epoch).
     """
 
     folder_name: str
     expected_files: tuple[str, ...]
     subfolders: tuple[str, ...] = ()
+    train_examples: int
 
     def __init__(
         self,

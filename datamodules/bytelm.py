@@ -78,6 +78,12 @@ class ByteLMDataModule(TaskDataModule):
 
     folder_name = "bytelm"
     expected_files = ()
+    PG19_TRAIN_BYTES = 11_425_076_324  # characters of PG19's training split (HF dataset card)
+
+    @property
+    def train_examples(self) -> int:  # type: ignore[override]
+        """seq_len-byte segments of PG19's training split, the full run's data."""
+        return self.PG19_TRAIN_BYTES // self.seq_len
 
     def __init__(
         self,

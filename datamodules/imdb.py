@@ -61,6 +61,7 @@ class IMDBDataModule(TaskDataModule):
     folder_name = "imdb"
     expected_files = ACLIMDB_FILES
     subfolders = ("aclImdb",)
+    train_examples = 25_000  # IMDb's training reviews
 
     def __init__(
         self,

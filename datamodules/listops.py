@@ -245,6 +245,7 @@ class ListOpsDataModule(LRAReleaseDataModule):
     folder_name = "listops"
     expected_files = tuple(f"basic_{split}.tsv" for split in SPLITS)
     lra_folder = "listops-1000"
+    train_examples = 96_000  # LRA ListOps
 
     def __init__(self, max_len: int = 2000, **kwargs: Any) -> None:
         """Common arguments (data_dir, batch_size, ...): see TaskDataModule.
@@ -287,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "Kept expressions have min-len < length < max-len tokens (parentheses not counted), as in LRA.",
     )
     generate.add_argument("--out", type=Path, required=True, help="output folder")
-    generate.add_argument("--train", type=int, default=96_000, help="training examples")
+    generate.add_argument("--train", type=int, default=ListOpsDataModule.train_examples, help="training examples")
     generate.add_argument("--val", type=int, default=2_000, help="validation examples")
     generate.add_argument("--test", type=int, default=2_000, help="test examples")
     generate.add_argument("--min-len", type=int, default=500, help="lengths must exceed this")

@@ -177,6 +177,7 @@ class PathfinderDataModule(LRAReleaseDataModule):
     """
 
     folder_name = "pathfinder"
+    train_examples = 160_000  # LRA Pathfinder's 200,000 images less 10% + 10% held out
 
     def __init__(
         self,

@@ -125,6 +125,7 @@ class SCIFARDataModule(TaskDataModule):
     folder_name = "cifar10"
     expected_files = (*TRAIN_BATCHES, TEST_BATCH)
     subfolders = (BATCH_FOLDER,)
+    train_examples = 45_000  # CIFAR-10 after the 5,000 validation images
 
     def __init__(
         self, mode: Literal["tokens", "gray", "rgb"] = "gray", val_size: int = 5000, **kwargs: Any

@@ -221,6 +221,7 @@ class SpeechCommandsDataModule(TaskDataModule):
     folder_name = "speech_commands"
     expected_files = (*LIST_FILES.values(), *SC35_WORDS)
     subfolders = ("SpeechCommands/speech_commands_v0.02",)
+    train_examples = 84_843  # Speech Commands v0.02 SC35 training clips (official lists)
 
     def __init__(
         self,

@@ -30,6 +30,7 @@ from esssm.checkpoints import read_checkpoint, save_checked
 from esssm.cli import SUBCOMMANDS
 from esssm.files import remove_with_sidecar
 from esssm.lit import SequenceTask
+from esssm.migrations import migrate_checkpoint
 
 LOCK_FILE = "fit.lock"
 FIT_OUTPUTS = ("checkpoints", "config.yaml", "hparams.yaml", "events.out.tfevents.*")  # what a fit writes
@@ -57,7 +58,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     sha256 sidecar, refusing NaN/inf weights; reads check the sidecar and name the file on error.
     A failed write (full disk, a kill) leaves the previous last.ckpt intact. Reads are always
     weights-only (Lightning's weights_only argument, `--weights_only`, is not honoured): a
-    pickle that names code is refused, not run."""
+    pickle that names code is refused, not run. A checkpoint read to resume is brought to the
+    current schema (esssm.migrations)."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
@@ -65,7 +67,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         save_checked(path, checkpoint, checkpoint.get("state_dict", {}))
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
-        return read_checkpoint(path, map_location, trust_hint=FIT_TRUST_HINT)
+        return migrate_checkpoint(read_checkpoint(path, map_location, trust_hint=FIT_TRUST_HINT), f"checkpoint {path}")
 
     def remove_checkpoint(self, path) -> None:
         remove_with_sidecar(path)

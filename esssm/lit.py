@@ -16,8 +16,9 @@ from torch.optim.swa_utils import AveragedModel
 from torchmetrics.classification import MulticlassAccuracy
 
 from esssm.batch import PAD, model_inputs
-from esssm.budget import PAPER_GRID, BudgetSampler
+from esssm.budget import BudgetSampler
 from esssm.metrics import ExactAccuracy
+from esssm.migrations import stamp
 from esssm.model import build_module, build_task_model, module_spec
 
 Batch = dict[str, torch.Tensor]
@@ -300,26 +301,19 @@ class SequenceTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # torch's random state (dropout, DropPath) goes with the weights, so a resumed run draws
         # the same masks as the uninterrupted one and ends with the same weights. Tensors only:
-        # resuming loads checkpoints with weights_only.
+        # resuming loads checkpoints with weights_only. The schema version tells esssm.migrations
+        # how to read the file.
+        stamp(checkpoint)
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "torch.cuda": cuda}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._add_legacy_head_bias(checkpoint["state_dict"])
         states = checkpoint.get("rng_states")
         if states is None:
             return
         torch.set_rng_state(states["torch"])
         if len(states["torch.cuda"]) == torch.cuda.device_count() > 0:  # else saved on other devices
             torch.cuda.set_rng_state_all(states["torch.cuda"])
-
-    def _add_legacy_head_bias(self, state: dict[str, torch.Tensor]) -> None:
-        """LM checkpoints of earlier versions hold a head bias: give the head one to load it into."""
-        if "model.head.bias" in state and self.hparams.task == "lm" and not self.hparams.lm_head_bias:
-            self.hparams.lm_head_bias = True
-            for model in (self.model, self.ema and self.ema.module):
-                if model is not None:
-                    model.head.bias = nn.Parameter(torch.zeros_like(state["model.head.bias"]))
 
     def on_train_start(self) -> None:
         # configure_optimizers reads estimated_stepping_batches, which builds the training loader
@@ -337,29 +331,6 @@ class SequenceTask(L.LightningModule):
         schedule = warmup_cosine(total, round(hp.warmup_ratio * total), hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-LEGACY_BUDGET_ARGS = {
-    "budget_grid": "grid", "budget_k_min": "k_min", "budget_warmup_epochs": "warmup_epochs",
-    "budget_warmup_steps": "warmup_steps", "budget_full_every": "full_every", "budget_bias": "bias",
-    "budget_seed": "seed",
-}
-
-
-def upgrade_hparams(hparams: dict[str, Any]) -> bool:
-    """Fold the flat budget arguments of checkpoints written before `budget` existed
-    (`budget_dropout` and the names of LEGACY_BUDGET_ARGS) into `budget`, in place.
-
-    Returns whether there were any. `esssm.loading.load_task` applies it before rebuilding a task.
-    """
-    legacy = {name: hparams.pop(name) for name in [*LEGACY_BUDGET_ARGS, "budget_dropout"] if name in hparams}
-    if not legacy:
-        return False
-    if list(legacy.get("budget_grid") or []) == list(PAPER_GRID):
-        del legacy["budget_grid"]  # the old default, stored even where it reached past k_max: "paper"
-    dropout = legacy.pop("budget_dropout", True)
-    hparams["budget"] = {LEGACY_BUDGET_ARGS[name]: value for name, value in legacy.items()} if dropout else None
-    return True
 
 
 def check_seq_len(data_seq_len: int | None, backbone: nn.Module) -> None:

@@ -3,7 +3,6 @@ and the datamodule of a config. Used by the `esssm` tools, ./reproduce.sh and th
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,8 @@ from esssm.checkpoints import LOAD_ERRORS, CheckpointError, read_checkpoint, req
 from esssm.deploy.export import EXPORT_FORMAT, load_exported
 from esssm.deploy.model import model_config
 from esssm.files import file_sha256
-from esssm.lit import SequenceTask, upgrade_hparams
+from esssm.lit import SequenceTask
+from esssm.migrations import migrate_checkpoint
 
 
 def load_task(ckpt: str | Path, map_location: str = "cpu", trust: bool = False) -> SequenceTask:
@@ -23,27 +23,33 @@ def load_task(ckpt: str | Path, map_location: str = "cpu", trust: bool = False) 
 
     The file is checked first (sha256 sidecar, truncation; errors name it) and loaded weights
     only; trust=True (`--trust-checkpoint`) unpickles it in full, which runs any code it names.
-    `task.source` records which file it came from: checkpoint name, sha256, epoch and global step.
-    Checkpoints written before the `budget` setting existed are upgraded in memory first.
+    The checkpoint is brought to the current schema first (esssm.migrations); one from a newer
+    version of the project is refused. `task.source` records which file it came from: checkpoint
+    name, sha256, epoch and global step.
     """
     path = Path(ckpt)
     checkpoint = read_checkpoint(path, map_location, weights_only=not trust)
-    source: Path | io.BytesIO = path
-    if upgrade_hparams(checkpoint.get("hyper_parameters", {})):
-        source = io.BytesIO()
-        torch.save(checkpoint, source)
-        source.seek(0)
     try:
-        # compile=False: compiling is a training setting; tools evaluate, export and trace the model.
-        task = SequenceTask.load_from_checkpoint(
-            source, map_location=map_location, weights_only=not trust, compile=False
-        )
-    except ValueError as error:  # e.g. a backbone spec that names no backbone class
+        migrate_checkpoint(checkpoint, f"checkpoint {path}")
+        task = task_from_checkpoint(checkpoint)
+    except ValueError as error:  # a newer schema, or a backbone spec that names no backbone class
         raise CheckpointError(f"checkpoint {path} cannot be rebuilt: {error}") from error
     task.source = {
         "checkpoint": path.name, "sha256": file_sha256(path),
         "epoch": checkpoint.get("epoch"), "step": checkpoint.get("global_step"),
     }
+    return task.to(map_location)
+
+
+def task_from_checkpoint(checkpoint: dict[str, Any]) -> SequenceTask:
+    """The task of a checkpoint dict at the current schema: built from its hyperparameters with
+    compile=False (compiling is a training setting; tools evaluate, export and trace the model),
+    then its weights and random state loaded. Keys starting with "_" are Lightning's CLI records
+    (`_instantiator`), not arguments."""
+    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    task = SequenceTask(**{**hparams, "compile": False})
+    task.on_load_checkpoint(checkpoint)
+    task.load_state_dict(checkpoint["state_dict"])
     return task
 
 

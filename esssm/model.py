@@ -16,13 +16,14 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, is_dataclass, replace
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from esssm.layer import ESSSMLayer, check_budget
+from esssm.layer import ESSSMLayer, ESSSMSettings, check_budget
 
 MixerFactory = Callable[[int], nn.Module]
 
@@ -89,21 +90,37 @@ Backbone = TypeVar("Backbone", bound=type)
 
 def records_init_args(cls: Backbone) -> Backbone:
     """Class decorator: an instance of `cls` keeps its constructor's arguments (defaults filled
-    in) as `init_args`, the form `module_spec` stores in checkpoints. Only the class actually
-    built records, so a decorated subclass of a decorated class records its own arguments."""
+    in, settings dataclasses as plain dicts, so a checkpoint of them loads weights only) as
+    `init_args`, the form `module_spec` stores in checkpoints. The class actually built records
+    its own arguments; a constructor that passes **kwargs on to its parent's records the
+    arguments its parent recorded for them."""
     init = cls.__init__
+    signature = inspect.signature(init)
+    passes_on = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
 
     @functools.wraps(init)
     def recording_init(self: nn.Module, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
-        if type(self) is cls:
-            bound = inspect.signature(init).bind(self, *args, **kwargs)
-            bound.apply_defaults()
-            self.init_args = dict(list(bound.arguments.items())[1:])
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        own = {
+            name: _plain(signature.parameters[name].default, value)
+            for name, value in list(bound.arguments.items())[1:]
+            if signature.parameters[name].kind is not inspect.Parameter.VAR_KEYWORD
+        }
+        self.init_args = {**own, **(vars(self).get("init_args", {}) if passes_on else {})}
 
     recording_init.records_init_args = True  # what `is_backbone_class` looks for
     cls.__init__ = recording_init
     return cls
+
+
+def _plain(default: Any, value: Any) -> Any:
+    """An argument as a checkpoint stores it: a settings dataclass as the dict of all its fields
+    (a dict given for one holds the fields that differ from the parameter's default)."""
+    if is_dataclass(default) and isinstance(value, Mapping):
+        value = replace(default, **value)
+    return asdict(value) if is_dataclass(value) else value
 
 
 def is_backbone_class(obj: Any) -> bool:
@@ -165,7 +182,10 @@ class SequenceBackbone(nn.Module):
 
 @records_init_args
 class ESSSM(SequenceBackbone):
-    """The ES-SSM backbone: ESSSMLayer mixers; one model, evaluated at any budget k <= k_max."""
+    """The ES-SSM backbone: ESSSMLayer mixers; one model, evaluated at any budget k <= k_max.
+
+    layer: the layers' switches (`esssm.layer.ESSSMSettings`, or a dict of the fields that differ
+    from its defaults); the other arguments are `SequenceBackbone`'s."""
 
     def __init__(
         self,
@@ -173,38 +193,17 @@ class ESSSM(SequenceBackbone):
         n_layers: int = 8,
         seq_len: int = 2048,
         k_max: int = 32,
-        gate: bool = True,
-        rms_rescale: bool = True,
-        normalize: bool = True,
         ffn_mult: int = 4,
         dropout: float = 0.1,
         drop_path: float = 0.05,
-        channel_chunk: int | None = None,
-        checkpoint: bool = False,
-        init_filters: bool = True,
         mixer_dropout: float = 0.0,
-        mix_init_std: float = 1e-3,
-        weight_sum: str = "one",
-        fast: bool = True,
+        layer: ESSSMSettings = ESSSMSettings(),  # noqa: B008 (frozen)
     ) -> None:
-        """fast=False: the layers mix channels with the plain reference of the formula instead
-        of the kernel (esssm.ops; same function, more memory). checkpoint: recompute the spectral
-        convolutions in backward instead of storing (B, k, D, L) per layer (long sequences).
-        init_filters=False: filters left NaN, to be
-        filled by load_state_dict (see ESSSMLayer). mixer_dropout: Dropout on the mixer branch
-        (0 = the authors' block; earlier versions of this project used `dropout` there).
-        mix_init_std: std of the mixing matrices M_j at init (the authors: 1e-3). weight_sum:
-        "one" (the method: the active channels' weights sum to 1) or "k" (scaled to sum to k, the
-        plain sum's total weight; an ablation of the spectral path's gain)."""
-
-        def mixer(_: int) -> ESSSMLayer:
-            return ESSSMLayer(
-                d_model, seq_len, k_max, gate, rms_rescale, normalize, channel_chunk=channel_chunk,
-                checkpoint=checkpoint, init_filters=init_filters, mix_init_std=mix_init_std,
-                weight_sum=weight_sum, fast=fast,
-            )
-
-        super().__init__(mixer, d_model, n_layers, ffn_mult, dropout, drop_path, mixer_dropout)
+        settings = ESSSMSettings.of(layer)
+        super().__init__(
+            lambda _: ESSSMLayer(d_model, seq_len, k_max, settings),
+            d_model, n_layers, ffn_mult, dropout, drop_path, mixer_dropout,
+        )
         self.k_max, self.seq_len = k_max, seq_len
 
     def forward(
@@ -321,8 +320,8 @@ class LanguageModel(SequenceClassifier):
 
     Token ids (B, L) -> logits (B, L, vocab_size) at every position. Tying the output matrix
     to the input embedding is the authors' byte-LM choice: it saves vocab x D parameters and
-    keeps the head in the embedding space. Their head has no bias (head_bias=False); checkpoints
-    of earlier project versions have one (True). Embeddings start N(0, embed_std^2), the
+    keeps the head in the embedding space. Their head has no bias (head_bias=False, the
+    default). Embeddings start N(0, embed_std^2), the
     authors' 0.02 by default. Every part is causal when the backbone is (ES-SSM is), so
     position t never sees bytes after t.
     """
@@ -361,7 +360,7 @@ def build_task_model(
 def module_spec(module: SequenceBackbone) -> dict[str, Any]:
     """{"class_path", "init_args"} of a backbone: the form configs and checkpoints store."""
     cls = type(module)
-    if "init_args" not in vars(module):
+    if not is_backbone_class(cls):
         raise TypeError(f"{cls.__qualname__} records no init_args: decorate the class with @records_init_args")
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(module.init_args)}
 

@@ -37,7 +37,8 @@ PROFILES = {
     "full": {"conf": "conf", "tasks": (*TASKS, "lm"), "models": ("esssm", "fixed", *BASELINES, *ABLATION_ONLY)},
 }
 # The quick profile's ListOps: the LRA generator at short lengths (no download).
-QUICK_LISTOPS = {"train": 4000, "val": 500, "test": 500, "min_len": 20, "max_len": 256}
+# conf/make_configs.py reads its length and folder (under the output folder) for the quick configs.
+QUICK_LISTOPS = {"train": 4000, "val": 500, "test": 500, "min_len": 20, "max_len": 256, "folder": "data/listops-quick"}
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def generate_quick_listops(folder: Path, train_size: int) -> None:
 
 def data_overrides(run: Run, profile: str) -> dict[str, Any]:
     if profile == "quick" and run.task == "listops":
-        return {"data_dir": str(run.out / "data" / "listops-quick")}
+        return {"data_dir": str(run.out / QUICK_LISTOPS["folder"])}
     return {}
 
 
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{task}] no config {', '.join(sorted(set(missing)))}; skipping those models", flush=True)
             task_runs = [r for r in task_runs if r.config.exists()]
         if args.profile == "quick" and task == "listops":
-            generate_quick_listops(out / "data" / "listops-quick", args.data_size)
+            generate_quick_listops(out / QUICK_LISTOPS["folder"], args.data_size)
         problem = task_runs and data_problem(task_runs[0], data_overrides(task_runs[0], args.profile))
         if problem:
             print(f"[{task}] SKIPPED, data missing:\n{problem}\n", flush=True)

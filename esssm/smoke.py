@@ -36,13 +36,6 @@ from esssm.files import atomic_write_text
 from esssm.model import count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
-# Training examples of the real data sets (the projection's steps per epoch): LRA ListOps 96,000;
-# IMDb 25,000; LRA AAN 147,086 pairs; CIFAR-10 45,000 after the 5,000 validation images; LRA
-# Pathfinder 200,000 images less 10% + 10% held out; Speech Commands v0.02 SC35 84,843 clips
-# (official lists); PG19 train 11,425,076,324 characters (HF dataset card), as L-byte segments.
-TRAIN_EXAMPLES = {"listops": 96_000, "text": 25_000, "retrieval": 147_086, "scifar": 45_000,
-                  "pathfinder": 160_000, "speech": 84_843}
-PG19_TRAIN_BYTES = 11_425_076_324
 # Data-side overrides that make each task read the generated sample instead of the real set.
 SAMPLE_ARGS = {"scifar": {"val_size": 8},
                "lm": {"hf_dataset": None, "python_stdlib": True, "max_bytes": 2_000_000}}
@@ -120,20 +113,20 @@ class SmokeProbe(L.Callback):
 
 
 def config_facts(config: Path) -> dict[str, Any]:
-    """Batch, accumulation, epochs, k_max and sequence length (the datamodule's) a config trains with."""
+    """Batch, accumulation, epochs, k_max, sequence length and the real data set's training examples
+    (the datamodule's) of a config."""
     from esssm.loading import load_datamodule
 
-    raw = yaml.safe_load(config.read_text())
+    raw, datamodule = yaml.safe_load(config.read_text()), load_datamodule(config)
     data = raw["data"]["init_args"]
     return {"batch": data["batch_size"], "accumulate": raw["trainer"].get("accumulate_grad_batches", 1),
             "epochs": raw["trainer"]["max_epochs"], "k_max": raw["model"]["backbone"]["init_args"].get("k_max"),
-            "seq_len": load_datamodule(config).seq_len}
+            **{fact: getattr(datamodule, fact) for fact in ("seq_len", "train_examples")}}
 
 
-def full_run_steps(task: str, facts: dict[str, Any]) -> int:
+def full_run_steps(facts: dict[str, Any]) -> int:
     """Optimizer steps of the full run: epochs x batches per epoch of the real data / accumulation."""
-    examples = PG19_TRAIN_BYTES // facts["seq_len"] if task == "lm" else TRAIN_EXAMPLES[task]
-    return facts["epochs"] * math.ceil(math.ceil(examples / facts["batch"]) / facts["accumulate"])
+    return facts["epochs"] * math.ceil(math.ceil(facts["train_examples"] / facts["batch"]) / facts["accumulate"])
 
 
 def fit_arguments(config: Path, data_dir: Path | None, task: str, batch: int, work: Path,
@@ -198,7 +191,7 @@ def projection_row(task: str, model: str, config: Path, record: dict[str, Any], 
     facts = config_facts(config)
     measured = record["step_seconds"][-1]
     scale = facts["batch"] / batch
-    steps = full_run_steps(task, facts)
+    steps = full_run_steps(facts)
     return {"task": task, "model": model, "seq_len": facts["seq_len"], "params": record["params"],
             "batch": batch, "config_batch": facts["batch"], "accumulate": facts["accumulate"],
             "s_per_step": measured, "s_per_step_at_config_batch": measured * scale,

@@ -27,7 +27,7 @@ BUILDERS = {
     "s4d": lambda: S4D(D, LAYERS, d_state=8),
     "s4d_inv_bidirectional": lambda: S4D(D, LAYERS, d_state=8, init="inv", bidirectional=True),
     "arstu": lambda: ARSTU(D, LAYERS, seq_len=SEQ, num_filters=4),
-    "fixed_spectral": lambda: FixedSpectralSSM(D, LAYERS, seq_len=SEQ, k_max=6),
+    "fixed_spectral": lambda: FixedSpectralSSM(d_model=D, n_layers=LAYERS, seq_len=SEQ, k_max=6),
 }
 CAUSAL = ["transformer_causal", "mamba", "mamba2", "s4d", "arstu", "fixed_spectral"]
 NON_CAUSAL = ["transformer", "transformer_learned", "s4d_inv_bidirectional"]
@@ -103,7 +103,8 @@ def test_budget_accepted_and_ignored(name: str) -> None:
 def test_fixed_spectral_ssm_honours_budget() -> None:
     model, k = build("fixed_spectral"), 3
     assert model.k_max == 6
-    assert all(not m.gate and not m.rms_rescale and not m.normalize for m in (b.mixer for b in model.blocks))
+    settings = [b.mixer.settings for b in model.blocks]
+    assert all(not s.gate and not s.rms_rescale and not s.normalize for s in settings)
     x = inputs()
     y = model(x, budget=k)
     y.sum().backward()
@@ -116,6 +117,59 @@ def test_fixed_spectral_ssm_honours_budget() -> None:
         assert (model(x) - y).abs().max() > 1e-4
     with pytest.raises(ValueError):
         model(x, budget=7)
+
+
+def fixed(**kw) -> FixedSpectralSSM:
+    torch.manual_seed(0)
+    return FixedSpectralSSM(d_model=D, n_layers=LAYERS, seq_len=SEQ, k_max=6, dropout=0.0, drop_path=0.0, **kw)
+
+
+@pytest.mark.parametrize("switch", [{"fast": False}, {"checkpoint": True}, {"channel_chunk": 2}])
+def test_fixed_spectral_ssm_takes_every_layer_switch_of_esssm(switch):
+    """Only the layer defaults differ: a switch changes how it computes, never what it computes."""
+    model, plain = fixed(layer=switch), fixed()
+    assert all(getattr(b.mixer.settings, k) == v for b in model.blocks for k, v in switch.items())
+    assert not model.blocks[0].mixer.settings.gate  # the fixed defaults stay under an override
+    x = inputs().requires_grad_()
+    torch.testing.assert_close(model(x, budget=3), plain(x, budget=3), rtol=1e-4, atol=1e-5)
+    grad, = torch.autograd.grad(model(x, budget=3).sum(), x)
+    plain_grad, = torch.autograd.grad(plain(x, budget=3).sum(), x)
+    torch.testing.assert_close(grad, plain_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_settings_parse_as_a_nested_config_over_the_class_defaults():
+    """`--model.backbone.init_args.layer.fast false` on the fixed config keeps its other defaults."""
+    from dataclasses import replace
+
+    from jsonargparse import ArgumentParser
+
+    from baselines.stu import FIXED_LAYER
+
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(torch.nn.Module, "backbone")
+    spec = {"class_path": "baselines.FixedSpectralSSM",
+            "init_args": {"d_model": D, "n_layers": 1, "seq_len": SEQ, "k_max": 4, "layer": {"fast": False}}}
+    built = parser.instantiate(parser.parse_object({"backbone": spec})).backbone
+    assert built.blocks[0].mixer.settings == replace(FIXED_LAYER, fast=False)
+    with pytest.raises(ValueError, match=r"layer has no setting \['gates'\]"):
+        fixed(layer={"gates": False})
+
+
+@pytest.mark.parametrize("name", ["fixed_spectral", "arstu"])
+def test_spectral_backbones_round_trip_through_a_weights_only_file(name, tmp_path):
+    """module_spec stores the layer settings as a plain dict; build_module rebuilds the same model."""
+    from esssm.model import build_module, module_spec
+
+    model = build(name).eval()
+    path = tmp_path / "spec.pt"
+    torch.save({"spec": module_spec(model), "state": model.state_dict()}, path)
+    saved = torch.load(path, weights_only=True)
+    assert isinstance(saved["spec"]["init_args"]["layer"], dict)
+    rebuilt = build_module(saved["spec"])
+    rebuilt.load_state_dict(saved["state"])
+    assert module_spec(rebuilt) == saved["spec"]
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(inputs()), model(inputs()))
 
 
 # ------------------------------------------------------------------------ scans vs references

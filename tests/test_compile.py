@@ -22,9 +22,9 @@ def fresh_dynamo():
 D, L, K = 16, 48, 6
 BACKBONES = {
     "esssm": lambda: ESSSM(D, 2, seq_len=L, k_max=K, dropout=0.0, drop_path=0.0),
-    "esssm_reference": lambda: ESSSM(D, 2, seq_len=L, k_max=K, dropout=0.0, drop_path=0.0, fast=False),
-    "esssm_checkpoint": lambda: ESSSM(D, 2, seq_len=L, k_max=K, dropout=0.0, drop_path=0.0, checkpoint=True),
-    "fixed": lambda: FixedSpectralSSM(D, 2, seq_len=L, k_max=K, dropout=0.0, drop_path=0.0),
+    "esssm_reference": lambda: ESSSM(D, 2, seq_len=L, k_max=K, dropout=0.0, drop_path=0.0, layer={"fast": False}),
+    "esssm_checkpoint": lambda: ESSSM(D, 2, seq_len=L, k_max=K, dropout=0.0, drop_path=0.0, layer={"checkpoint": True}),
+    "fixed": lambda: FixedSpectralSSM(d_model=D, n_layers=2, seq_len=L, k_max=K, dropout=0.0, drop_path=0.0),
     "arstu": lambda: ARSTU(D, 2, seq_len=L, num_filters=4, dropout=0.0, drop_path=0.0),
 }
 

@@ -14,7 +14,6 @@ from esssm.layer import ESSSMLayer
 from esssm.loading import load_datamodule
 from esssm.model import build_module, build_task_model, count_parameters
 from esssm.reproduce import QUICK_LISTOPS
-from esssm.smoke import PG19_TRAIN_BYTES, TRAIN_EXAMPLES
 from esssm.spectral import filter_scale, spectral_filters
 
 CONF = Path(__file__).parents[1] / "conf"
@@ -42,8 +41,7 @@ def test_language_model_transformer_is_causal(task):
 @pytest.mark.parametrize("path", sorted(CONF.rglob("esssm_sum.yaml")), ids=lambda p: str(p.parent.relative_to(CONF)))
 def test_elastic_plain_sum_has_unit_weights_and_budget_dropout(path):
     model = yaml.safe_load(path.read_text())["model"]
-    assert model["backbone"]["init_args"]["gate"] is False
-    assert model["backbone"]["init_args"]["normalize"] is False
+    assert model["backbone"]["init_args"]["layer"] == {"gate": False, "normalize": False}
     assert model["budget"], "the elastic plain sum trains under budget dropout"
 
 
@@ -114,7 +112,7 @@ def training_examples(path: Path) -> int:
         return QUICK_LISTOPS["train"]
     if task == "quick/lm":
         return data["max_bytes"] // data["seq_len"]
-    return PG19_TRAIN_BYTES // data["seq_len"] if task == "lm" else TRAIN_EXAMPLES[task]
+    return load_datamodule(path).train_examples
 
 
 ELASTIC = [p for p in CONFIGS if yaml.safe_load(p.read_text())["model"].get("budget", {}) is not None

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from esssm.layer import ESSSMLayer
+from esssm.layer import ESSSMLayer, ESSSMSettings
 from esssm.spectral import SIGMA_FLOOR
 
 
@@ -13,17 +13,17 @@ def reference_layer(layer: ESSSMLayer, u: torch.Tensor, k: int) -> torch.Tensor:
     """The formula of docs/design.md section 1 written out directly in float64, channel by channel."""
     u = u.double()
     p = {name: t.detach().double() for name, t in layer.named_parameters()}
-    sigma, phi = layer.sigma.double(), layer.phi.double()
+    sigma, phi, settings = layer.sigma.double(), layer.phi.double(), layer.settings
     batch, length, d = u.shape
-    if layer.gate:
+    if settings.gate:
         hidden = torch.nn.functional.gelu(u @ p["gate_in.weight"].T + p["gate_in.bias"])
         s = (hidden @ p["gate_out.weight"].T + p["gate_out.bias"])[..., :k]
-        if layer.rms_rescale:
-            s = s * math.sqrt(k) / s.norm(dim=-1, keepdim=True).clamp_min(layer.eps)
+        if settings.rms_rescale:
+            s = s * math.sqrt(k) / s.norm(dim=-1, keepdim=True).clamp_min(settings.eps)
         alpha = torch.softmax(s, dim=-1)
     else:
-        alpha = torch.full((batch, length, k), 1.0 / k if layer.normalize else 1.0, dtype=torch.float64)
-    if layer.weight_sum == "k":
+        alpha = torch.full((batch, length, k), 1.0 / k if settings.normalize else 1.0, dtype=torch.float64)
+    if settings.weight_sum == "k":
         alpha = alpha * k
     t = torch.arange(length)
     lag = t[:, None] - t[None, :]
@@ -38,8 +38,8 @@ def reference_layer(layer: ESSSMLayer, u: torch.Tensor, k: int) -> torch.Tensor:
 
 def make_layer(d=8, seq_len=32, k_max=6, **kw) -> ESSSMLayer:
     torch.manual_seed(0)
-    layer = ESSSMLayer(d, seq_len, k_max, mix_init_std=0.3, **kw)
-    if layer.gate:
+    layer = ESSSMLayer(d, seq_len, k_max, ESSSMSettings(mix_init_std=0.3, **kw))
+    if layer.settings.gate:
         with torch.no_grad():  # non-trivial gate so the softmax weights differ per channel
             layer.gate_out.weight.normal_(0, 1.0)
             layer.gate_out.bias.normal_(0, 1.0)
@@ -85,8 +85,8 @@ def test_unnormalised_layer_is_the_plain_spectral_sum():
     u = torch.randn(2, 10, 8)
     for k in (1, 4, 6):
         assert torch.equal(layer.channel_weights(u, k), torch.ones(2, 10, k))
-    with pytest.raises(ValueError, match="normalize=False .* needs gate=False"):
-        ESSSMLayer(8, 32, 6, gate=True, normalize=False)
+    with pytest.raises(ValueError, match="layer.normalize=False .* needs layer.gate=False"):
+        ESSSMSettings(gate=True, normalize=False)
 
 
 def test_weights_scaled_to_k_give_the_plain_sum_gain():
@@ -98,10 +98,10 @@ def test_weights_scaled_to_k_give_the_plain_sum_gain():
         assert torch.allclose(gated.channel_weights(u, k).sum(-1), torch.full((2, 10), float(k)), atol=1e-5)
     scaled, plain = make_layer(gate=False, weight_sum="k"), make_layer(gate=False, normalize=False)
     assert torch.allclose(scaled(u, budget=4), plain(u, budget=4))
-    with pytest.raises(ValueError, match="weight_sum must be one of"):
-        ESSSMLayer(8, 32, 6, weight_sum="two")
-    with pytest.raises(ValueError, match="with normalize=False they are 1 already"):
-        ESSSMLayer(8, 32, 6, gate=False, normalize=False, weight_sum="k")
+    with pytest.raises(ValueError, match="layer.weight_sum must be one of"):
+        ESSSMSettings(weight_sum="two")
+    with pytest.raises(ValueError, match="with layer.normalize=False they are 1 already"):
+        ESSSMSettings(gate=False, normalize=False, weight_sum="k")
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from esssm.budget import BudgetSampler, curve_summary, sweep_budgets
 from esssm.callbacks import BudgetSweep
-from esssm.lit import SequenceTask, parameter_groups, upgrade_hparams, warmup_cosine
+from esssm.lit import SequenceTask, parameter_groups, warmup_cosine
 from esssm.metrics import ExactAccuracy
 from esssm.model import ESSSM
 from toy_data import ToyDataModule
@@ -177,20 +177,6 @@ def test_budget_curve_figure_places_baselines_beside_the_curves():
     star = by_params.lines[-1]  # and as one point at its parameter count
     assert list(star.get_xdata()) == [350] and list(star.get_ydata()) == [0.5]
     assert [t.get_text() for t in by_params.get_legend().get_texts()] == ["esssm", "transformer"]
-
-
-def test_flat_budget_hyperparameters_of_earlier_checkpoints_fold_into_budget():
-    hparams = {"lr": 1.0, "budget_dropout": True, "budget_grid": [2, 8], "budget_k_min": 2,
-               "budget_warmup_epochs": 1, "budget_full_every": 4, "budget_seed": 3}
-    assert upgrade_hparams(hparams)
-    assert hparams == {"lr": 1.0, "budget": {"grid": [2, 8], "k_min": 2, "warmup_epochs": 1, "full_every": 4,
-                                             "seed": 3}}
-    task = make_task(budget=hparams["budget"])
-    assert task.sampler.grid == [2, 8] and task.sampler.sample(0, 0) == 8
-    fixed = {"budget_dropout": False, "budget_grid": [2, 8]}
-    assert upgrade_hparams(fixed) and fixed == {"budget": None}
-    assert not upgrade_hparams(fixed)
-    assert make_task(budget=None).sampler.sample(5, 3) == 8
 
 
 class SweepRecorder(L.Callback):

@@ -108,8 +108,10 @@ def test_default_block_is_the_authors():
     assert dropouts and all(".ffn." in name for name in dropouts)
 
 
-def test_checkpoint_with_an_lm_head_bias_still_loads(tmp_path):
-    """Checkpoints of earlier versions (head bias, no `lm_head_bias` hyperparameter) load with it."""
+def test_checkpoint_with_an_lm_head_bias_and_no_flag_loads_with_the_bias(tmp_path):
+    """A schema-0 LM checkpoint (head bias, no `lm_head_bias` hyperparameter) loads with it."""
+    from esssm.loading import load_task
+
     backbone = ESSSM(d_model=16, n_layers=1, seq_len=40, k_max=4)
     old = SequenceTask(backbone, vocab_size=257, task="lm", lm_head_bias=True)
     with torch.no_grad():
@@ -119,21 +121,28 @@ def test_checkpoint_with_an_lm_head_bias_still_loads(tmp_path):
     path = tmp_path / "old.ckpt"
     torch.save({"state_dict": old.state_dict(), "hyper_parameters": hparams,
                 "pytorch-lightning_version": L.__version__}, path)
-    loaded = SequenceTask.load_from_checkpoint(path, weights_only=False).eval()
+    loaded = load_task(path).eval()
     assert torch.equal(loaded.model.head.bias, old.model.head.bias)
     x = torch.randint(1, 257, (2, 40))
     with torch.no_grad():
         torch.testing.assert_close(loaded.evaluate({"x": x}, 2), old.eval().evaluate({"x": x}, 2))
 
 
-def test_lm_export_with_a_head_bias_from_an_earlier_version_still_loads(tmp_path):
+def test_lm_export_with_a_head_bias_and_no_flag_loads_with_the_bias(tmp_path):
+    """A schema-0 export (written before the version and the `lm_head_bias` flag were recorded)."""
     from esssm import deploy
+    from esssm.files import sidecar_path
+    from esssm.migrations import SCHEMA_KEY
 
     backbone = ESSSM(d_model=16, n_layers=1, seq_len=40, k_max=4)
     task = SequenceTask(backbone, vocab_size=257, task="lm", lm_head_bias=True)
     config = deploy.model_config(task.hparams)
     del config["lm_head_bias"]  # as written before the flag existed
     deploy.save_exported(task.eval_model.eval(), config, tmp_path / "old.pt")
+    payload = torch.load(tmp_path / "old.pt", weights_only=True)
+    del payload[SCHEMA_KEY]
+    torch.save(payload, tmp_path / "old.pt")
+    sidecar_path(tmp_path / "old.pt").unlink()
     loaded = deploy.load_exported(tmp_path / "old.pt")
     assert loaded.head.bias is not None
     x = torch.randint(1, 257, (2, 40))

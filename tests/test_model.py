@@ -124,7 +124,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpoint in (False, True):
         torch.manual_seed(0)
-        backbone = tiny_backbone(checkpoint=checkpoint)
+        backbone = tiny_backbone(layer={"checkpoint": checkpoint})
         backbone(x, budget=3).square().sum().backward()
         grads.append((x.grad.clone(), backbone.blocks[0].mixer.mix.grad.clone()))
         x.grad = None
@@ -134,6 +134,6 @@ def test_activation_checkpointing_gives_the_same_gradients():
 def test_mixing_matrices_start_at_the_configured_scale():
     """The backbone passes mix_init_std to every layer (the authors' 1e-3 by default)."""
     for std in (1e-3, 1.6e-2):
-        model = ESSSM(d_model=64, n_layers=2, seq_len=32, k_max=8, mix_init_std=std)
+        model = ESSSM(d_model=64, n_layers=2, seq_len=32, k_max=8, layer={"mix_init_std": std})
         for layer in (block.mixer for block in model.blocks):
             assert layer.mix.std().item() == pytest.approx(std, rel=0.05)

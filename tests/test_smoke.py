@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from datamodules import ByteLMDataModule
 from esssm import smoke
 from esssm.lit import SequenceTask
 from esssm.model import ESSSM
@@ -37,7 +38,7 @@ def check_config(task: str, model: str, sample_root: Path) -> None:
     assert record["params"] > 0 and record["peak_memory_mb"] > 0
     row = smoke.projection_row(task, model, config, record, 1, "test")
     assert row["s_per_step_at_config_batch"] == pytest.approx(record["step_seconds"][-1] * facts["batch"])
-    assert row["full_run_steps"] == smoke.full_run_steps(task, facts) > 0
+    assert row["full_run_steps"] == smoke.full_run_steps(facts) > 0
     assert f"| {task}/{model} | {facts['seq_len']} |" in smoke.smoke_table([row], [], "test", "cmd")
 
 
@@ -55,8 +56,8 @@ def test_every_other_config_runs_two_steps_at_its_real_length(task, model, sampl
 
 def test_full_run_steps_of_the_lm_count_optimizer_steps():
     facts = smoke.config_facts(CONF / "lm" / "esssm.yaml")
-    segments = smoke.PG19_TRAIN_BYTES // 4096
-    assert smoke.full_run_steps("lm", facts) == -(-(-(-segments // 4)) // 4)  # ceil(ceil(n/4)/4)
+    segments = ByteLMDataModule.PG19_TRAIN_BYTES // 4096
+    assert smoke.full_run_steps(facts) == -(-(-(-segments // 4)) // 4)  # ceil(ceil(n/4)/4)
 
 
 def test_non_finite_logits_fail_naming_the_config(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ gate_out rows [:k], phi[:, :k], sigma[:k]) and computes exactly what the full mo
 budget k. The truncated filters are the stored ones, never recomputed: the top-k eigenvectors of
 an (L, k) problem agree with those of (L, K) only up to numerics in the near-null space.
 An exported file loads with `load_exported` and nothing but the model classes of this package.
-TorchScript copies trace the reference mixing (`ESSSMLayer(fast=False)`); ONNX files are
+TorchScript copies trace the reference mixing (`ESSSMSettings(fast=False)`); ONNX files are
 written by esssm.deploy.onnx.
 """
 
@@ -16,6 +16,7 @@ import io
 import os
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from esssm.checkpoints import load_checked, save_checked
 from esssm.deploy.model import batch_logits, build_model, elastic_k_max, model_config
 from esssm.files import atomic_write, verify_checksum
 from esssm.layer import ESSSMLayer, check_budget
+from esssm.migrations import migrate_export, stamp
 from esssm.model import count_parameters
 
 EXPORT_FORMAT, EXPORT_VERSION = "esssm-export", 1
@@ -74,14 +76,15 @@ def save_exported(
     before it replaces `path`, so a failed export leaves an earlier file untouched."""
     state = model.state_dict()
     payload = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "config": dict(config), "state_dict": state}
-    return save_checked(path, payload, state, check)
+    return save_checked(path, stamp(payload), state, check)
 
 
 def load_exported(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """The model of an exported file, in eval mode; its config is kept as `.export_config`.
 
     Needs no Lightning, training code or data; loads with weights_only=True (no pickled code).
-    The file is checked against its sha256 sidecar; errors name it.
+    The file is checked against its sha256 sidecar and brought to the current schema
+    (esssm.migrations); errors name it.
     """
     path = Path(path)
     payload = load_checked(path, "exported model", map_location, weights_only=True)
@@ -92,8 +95,7 @@ def load_exported(path: str | Path, map_location: str | torch.device = "cpu") ->
         )
     if payload.get("version") != EXPORT_VERSION:
         raise ValueError(f"{path} has export version {payload.get('version')}, expected {EXPORT_VERSION}")
-    # Exports written before `lm_head_bias` existed record no flag; their LM heads have a bias.
-    config = {"lm_head_bias": "head.bias" in payload["state_dict"], **payload["config"]}
+    config = migrate_export(payload, f"exported model {path}")["config"]
     model = build_model(config, init_filters=False)
     model.load_state_dict(payload["state_dict"], strict=True)
     model.export_config = payload["config"]
@@ -113,7 +115,7 @@ def reference_copy(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     for layer in model.modules():
         if isinstance(layer, ESSSMLayer):
-            layer.fast = False
+            layer.settings = replace(layer.settings, fast=False)
     return model
 
 

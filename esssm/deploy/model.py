@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,18 +27,13 @@ def model_config(hparams: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _accepts(spec: Mapping[str, Any], argument: str) -> bool:
-    module_name, _, class_name = spec["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return argument in inspect.signature(cls).parameters
-
-
 def build_model(config: Mapping[str, Any], init_filters: bool = True) -> nn.Module:
     """The task's plain-torch model (classifier, retrieval or LM) from `model_config`. init_filters=False skips the
-    eigendecomposition where the backbone allows it (the state dict brings the filters)."""
+    eigendecomposition of a spectral backbone (one with `layer` settings; the state dict brings the filters)."""
     spec = copy.deepcopy(dict(config["backbone"]))
-    if not init_filters and _accepts(spec, "init_filters"):
-        spec["init_args"] = {**spec.get("init_args", {}), "init_filters": False}
+    layer = spec.get("init_args", {}).get("layer")
+    if not init_filters and layer is not None:
+        spec["init_args"]["layer"] = {**layer, "init_filters": False}
     backbone = build_module(spec)
     return build_task_model(
         config["task"], backbone, config["num_classes"], config["vocab_size"], config["input_dim"],
