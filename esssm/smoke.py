@@ -38,10 +38,10 @@ from esssm.model import count_parameters
 REPO = Path(__file__).resolve().parents[1]
 # Training examples of the real data sets (the projection's steps per epoch): LRA ListOps 96,000;
 # IMDb 25,000; LRA AAN 147,086 pairs; CIFAR-10 45,000 after the 5,000 validation images; LRA
-# Pathfinder 200,000 images less 10% + 10% held out; Speech Commands v0.02 SC35 84,843 clips
-# (official lists); PG19 train 11,425,076,324 characters (HF dataset card), as L-byte segments.
+# Pathfinder and Path-X 200,000 images less 10% + 10% held out; Speech Commands v0.02 SC35 84,843
+# clips (official lists); PG19 train 11,425,076,324 characters (HF dataset card), as L-byte segments.
 TRAIN_EXAMPLES = {"listops": 96_000, "text": 25_000, "retrieval": 147_086, "scifar": 45_000,
-                  "pathfinder": 160_000, "speech": 84_843}
+                  "pathfinder": 160_000, "pathx": 160_000, "speech": 84_843}
 PG19_TRAIN_BYTES = 11_425_076_324
 # Data-side overrides that make each task read the generated sample instead of the real set.
 SAMPLE_ARGS = {"scifar": {"val_size": 8},
@@ -120,20 +120,28 @@ class SmokeProbe(L.Callback):
 
 
 def config_facts(config: Path) -> dict[str, Any]:
-    """Batch, accumulation, epochs, k_max and sequence length (the datamodule's) a config trains with."""
+    """Batch, accumulation, epochs (-1: no limit), max_steps (-1: none), k_max and sequence length
+    (the datamodule's) a config trains with."""
     from esssm.loading import load_datamodule
 
     raw = yaml.safe_load(config.read_text())
     data = raw["data"]["init_args"]
     return {"batch": data["batch_size"], "accumulate": raw["trainer"].get("accumulate_grad_batches", 1),
-            "epochs": raw["trainer"]["max_epochs"], "k_max": raw["model"]["backbone"]["init_args"].get("k_max"),
+            "epochs": raw["trainer"]["max_epochs"], "max_steps": raw["trainer"].get("max_steps", -1),
+            "k_max": raw["model"]["backbone"]["init_args"].get("k_max"),
             "seq_len": load_datamodule(config).seq_len}
 
 
 def full_run_steps(task: str, facts: dict[str, Any]) -> int:
-    """Optimizer steps of the full run: epochs x batches per epoch of the real data / accumulation."""
+    """Optimizer steps of the full run: epochs x batches per epoch of the real data / accumulation,
+    or max_steps where that comes first (as Lightning stops)."""
     examples = PG19_TRAIN_BYTES // facts["seq_len"] if task == "lm" else TRAIN_EXAMPLES[task]
-    return facts["epochs"] * math.ceil(math.ceil(examples / facts["batch"]) / facts["accumulate"])
+    limits = [facts["max_steps"]] if facts.get("max_steps", -1) != -1 else []
+    if facts["epochs"] != -1:
+        limits.append(facts["epochs"] * math.ceil(math.ceil(examples / facts["batch"]) / facts["accumulate"]))
+    if not limits:
+        raise ValueError(f"{task}: the config sets neither max_epochs nor max_steps, so the run never ends")
+    return min(limits)
 
 
 def fit_arguments(config: Path, data_dir: Path | None, task: str, batch: int, work: Path,
