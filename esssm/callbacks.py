@@ -18,6 +18,7 @@ from esssm.budget import curve_summary, parse_budgets, sweep_budgets
 from esssm.files import atomic_write_csv
 from esssm.metrics import ExactAccuracy
 from esssm.model import active_parameters
+from esssm.trackers import log_curve, log_figure, shows_curves
 
 
 # Validation sweeps every k on every 10th epoch (and the last): at the paper-scale sCIFAR config a
@@ -39,8 +40,9 @@ class BudgetSweep(L.Callback):
     zero-padded to the width of k_max (`acc@k01` ... `acc@k32`, so tags sort in budget order),
     `{stage}/budget_auc` (mean accuracy over log2 k) and `{stage}/k98` (smallest budget with
     >= 98% of full-budget accuracy). With TensorBoard it also writes a custom-scalars layout
-    (one multiline chart per metric over every k), the test curve as a series whose step is k
-    (`test/acc_vs_k`, so runs overlay on one chart) and the curve figure. A CSV of the curve goes
+    (one multiline chart per metric over every k); to TensorBoard, MLflow and W&B it sends the
+    test curve as a series whose step is k (`test/acc_vs_k`, so runs overlay on one chart) and
+    the curve figure (`esssm.trackers`). A CSV of the curve goes
     next to the checkpoints. The full-budget logits come from the module's own evaluation step,
     so a sweep costs one forward pass per additional budget. Per-example results are
     de-duplicated by dataset index, so DDP's padded samples are never counted twice.
@@ -228,26 +230,26 @@ class BudgetSweep(L.Callback):
             write_curve(path, rows, epoch=epoch, step=trainer.global_step)
 
     def _write_figure(self, stage: str, rows: list[dict], trainer: L.Trainer) -> None:
-        loggers = _tensorboards(trainer)
+        loggers = [logger for logger in trainer.loggers if shows_curves(logger)]
         if not loggers or len(rows) < 2:
             return
         figure = plot_budget_curve({"model": rows}, metric=curve_metric(rows))
         for logger in loggers:
-            logger.experiment.add_figure(f"{stage}/budget_curve", figure, trainer.global_step)
+            log_figure(logger, f"{stage}/budget_curve", figure, trainer.global_step)
         import matplotlib.pyplot as plt
 
         plt.close(figure)
 
     @staticmethod
     def _write_curve_series(rows: list[dict], trainer: L.Trainer) -> None:
-        """The test curve as scalars with step = k: TensorBoard then draws accuracy (and loss or
-        bits per byte) against k, and overlays every run's curve on one chart."""
-        for logger in _tensorboards(trainer):
-            for row in (r for r in rows if r["budget"] != "full"):
-                for metric in ("acc", "loss", "bpb"):
-                    if metric in row:
-                        logger.experiment.add_scalar(f"test/{metric}_vs_k", row[metric], global_step=row["budget"])
-            logger.experiment.flush()
+        """The test curve as scalars with step = k: TensorBoard (or MLflow) then draws accuracy
+        (and loss or bits per byte) against k, and overlays every run's curve on one chart."""
+        budgets = [r for r in rows if r["budget"] != "full"]
+        curve = {f"test/{metric}_vs_k": {r["budget"]: r[metric] for r in budgets if metric in r}
+                 for metric in ("acc", "loss", "bpb") if any(metric in r for r in budgets)}
+        for logger in trainer.loggers:
+            if shows_curves(logger):
+                log_curve(logger, curve)
 
 
 def check_sweep_schedule(every_n_epochs: int | None, every_n_steps: int | None) -> None:
