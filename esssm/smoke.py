@@ -120,15 +120,15 @@ class SmokeProbe(L.Callback):
 
 
 def config_facts(config: Path) -> dict[str, Any]:
-    """Batch, accumulation, epochs (-1: no limit), max_steps (-1: none), k_max and sequence length
-    (the datamodule's) a config trains with."""
+    """Batch, accumulation, epochs (-1: no limit), max_steps (-1: none), k_max, the byte LM's cached
+    evaluation segments and sequence length (the datamodule's) a config trains with."""
     from esssm.loading import load_datamodule
 
     raw = yaml.safe_load(config.read_text())
     data = raw["data"]["init_args"]
     return {"batch": data["batch_size"], "accumulate": raw["trainer"].get("accumulate_grad_batches", 1),
             "epochs": raw["trainer"]["max_epochs"], "max_steps": raw["trainer"].get("max_steps", -1),
-            "k_max": raw["model"]["backbone"]["init_args"].get("k_max"),
+            "k_max": raw["model"]["backbone"]["init_args"].get("k_max"), "eval_segments": data.get("eval_segments"),
             "seq_len": load_datamodule(config).seq_len}
 
 
@@ -157,6 +157,8 @@ def fit_arguments(config: Path, data_dir: Path | None, task: str, batch: int, wo
     data = {"batch_size": batch, "eval_batch_size": batch, **SAMPLE_ARGS.get(task, {})}
     if data_dir is not None:
         data["data_dir"] = str(data_dir)
+    if facts["eval_segments"]:  # the sample text is far shorter than the real evaluation cache
+        data["eval_segments"] = batch
     args = [
         "fit", "--config", str(config),
         "--trainer.max_steps=2", "--trainer.num_sanity_val_steps=0",

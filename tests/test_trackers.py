@@ -1,5 +1,6 @@
-"""MLflow through the CLI's logger setting, offline (a local file store): every budget's
-metrics, the step = k test curve and the budget-curve figure reach the tracker."""
+"""MLflow and W&B through the CLI's logger setting, offline (a local MLflow file store, W&B's
+offline mode): every budget's metrics, the step = k test curve and the budget-curve figure
+reach the tracker. W&B is not in the [dev] extra: its test runs where `wandb` is installed."""
 
 import sys
 
@@ -10,8 +11,23 @@ from test_cli import write_config
 from esssm.cli import lightning_main
 from esssm.trackers import mlflow_name
 
-mlflow = pytest.importorskip("mlflow", reason="MLflow is in the [dev] extra (mlflow-skinny)")
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def config_with_loggers(tmp_path, *loggers: dict):
+    """The toy config logging to TensorBoard (first: it names the run folder) and `loggers`."""
+    config = yaml.safe_load(write_config(tmp_path).read_text())
+    config["trainer"]["logger"] = [config["trainer"]["logger"], *loggers]
+    path = tmp_path / "toy_trackers.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def fit_then_test(tmp_path, config) -> None:
+    """One epoch of the toy fit, then `lightning test` of its last checkpoint."""
+    lightning_main(["fit", "--config", str(config), "--trainer.max_epochs", "1"])
+    last = tmp_path / "runs" / "toy" / "run1" / "checkpoints" / "last.ckpt"
+    lightning_main(["test", "--config", str(config), "--ckpt_path", str(last)])
 
 
 def test_mlflow_names_keep_the_budget():
@@ -19,22 +35,14 @@ def test_mlflow_names_keep_the_budget():
 
 
 def test_fit_and_test_log_budget_curves_to_a_local_mlflow_store(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow", reason="MLflow is in the [dev] extra (mlflow-skinny)")
     monkeypatch.setattr(sys, "argv", ["lightning"])
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # nothing but the store below
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for this to use a local folder
     store = f"file:{tmp_path / 'mlruns'}"
-    config = yaml.safe_load(write_config(tmp_path).read_text())
-    tensorboard = config["trainer"]["logger"]  # first: it names the run folder and checkpoints
-    mlflow_logger = {"class_path": "esssm.trackers.MLFlowLogger",
-                     "init_args": {"tracking_uri": store, "experiment_name": "toy"}}
-    config["trainer"]["logger"] = [tensorboard, mlflow_logger]
-    path = tmp_path / "toy_mlflow.yaml"
-    path.write_text(yaml.safe_dump(config))
-
-    lightning_main(["fit", "--config", str(path), "--trainer.max_epochs", "1"])
-    last = tmp_path / "runs" / "toy" / "run1" / "checkpoints" / "last.ckpt"
-    lightning_main(["test", "--config", str(path), "--ckpt_path", str(last)])  # a second MLflow run
+    fit_then_test(tmp_path, config_with_loggers(tmp_path, {
+        "class_path": "esssm.trackers.MLFlowLogger", "init_args": {"tracking_uri": store, "experiment_name": "toy"}}))
 
     client = mlflow.tracking.MlflowClient(tracking_uri=store)
     experiment = client.get_experiment_by_name("toy")
@@ -51,3 +59,17 @@ def test_fit_and_test_log_budget_curves_to_a_local_mlflow_store(tmp_path, monkey
     assert sorted(m.step for m in series) == list(budgets)  # step = k
     by_k = {m.step: m.value for m in series}
     assert all(by_k[k] == pytest.approx(test_run.data.metrics[f"test/acc_at_k{k}"]) for k in budgets)
+
+
+def test_fit_and_test_log_budget_curves_to_wandb_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="W&B is optional: pip install wandb")
+    monkeypatch.setattr(sys, "argv", ["lightning"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb_logger = {"class_path": "lightning.pytorch.loggers.WandbLogger",
+                    "init_args": {"save_dir": str(tmp_path / "wandb"), "project": "toy", "offline": True}}
+    fit_then_test(tmp_path, config_with_loggers(tmp_path, wandb_logger))
+    # W&B names an image file <key>_<step>_<hash>.png under media/images/<stage>/
+    images = {f"{p.parent.name}/{p.name.rsplit('_', 2)[0]}" for p in (tmp_path / "wandb").rglob("media/images/*/*.png")}
+    assert {"val/budget_curve", "test/budget_curve"} <= images, images
+    assert list((tmp_path / "wandb").rglob("run-*.wandb"))  # the offline run, for `wandb sync`
