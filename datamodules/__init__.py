@@ -2,7 +2,7 @@
 and byte-level language modelling.
 
 Each exposes num_classes, vocab_size or input_dim, seq_len and task right after
-construction, and yields dict batches (see datamodules.base.pad_collate).
+construction, and yields dict batches (see datamodules.batching.pad_collate).
 
 Names are imported on first use, so ``python -m datamodules.listops`` does not import
 its own module twice and ``import datamodules`` stays cheap.
@@ -14,10 +14,10 @@ from typing import Any
 _EXPORTS = {
     "AANDataModule": "datamodules.aan",
     "ByteLMDataModule": "datamodules.bytelm",
-    "DataFolderError": "datamodules.base",
+    "DataFolderError": "datamodules.sources",
     "IMDBDataModule": "datamodules.imdb",
     "ListOpsDataModule": "datamodules.listops",
-    "MalformedDataError": "datamodules.base",
+    "MalformedDataError": "datamodules.parsing",
     "PathfinderDataModule": "datamodules.pathfinder",
     "SCIFARDataModule": "datamodules.scifar",
     "SpeechCommandsDataModule": "datamodules.speech_commands",

@@ -12,18 +12,17 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from datamodules.base import (
-    LRA_RELEASE_ROOT,
-    LRA_RELEASE_URL,
-    LRAReleaseDataModule,
+from datamodules.base import LRAReleaseDataModule
+from datamodules.batching import TokenDataset
+from datamodules.parsing import (
     MalformedDataError,
-    TokenDataset,
     bytes_to_array,
     iter_tsv_rows,
     malformed,
     parse_label,
     require_nonempty,
 )
+from datamodules.sources import LRA_RELEASE_ROOT, LRA_RELEASE_URL
 from esssm.batch import BYTE_VOCAB_SIZE
 
 FILE_SPLITS = {"train": "train", "val": "eval", "test": "test"}  # datamodule split -> file name part

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from datamodules.base import SPLITS, DataFolderError, TaskDataModule, load_hf_cache
+from datamodules.base import SPLITS, TaskDataModule
+from datamodules.sources import DataFolderError, load_hf_cache
 from esssm.batch import BYTE_VOCAB_SIZE
 
 HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}

@@ -13,16 +13,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from torch.utils.data import Dataset
 
-from datamodules.base import (
-    TaskDataModule,
-    TokenDataset,
-    bytes_to_array,
-    check_labels,
-    first_folder_with,
-    load_hf_cache,
-    require_nonempty,
-    seeded_split,
-)
+from datamodules.base import TaskDataModule
+from datamodules.batching import TokenDataset, seeded_split
+from datamodules.parsing import bytes_to_array, check_labels, require_nonempty
+from datamodules.sources import first_folder_with, load_hf_cache
 from esssm.batch import BYTE_VOCAB_SIZE
 
 if TYPE_CHECKING:

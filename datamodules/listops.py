@@ -21,19 +21,10 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from datamodules.base import (
-    LRA_RELEASE_ROOT,
-    LRA_RELEASE_URL,
-    SPLITS,
-    LRAReleaseDataModule,
-    MalformedDataError,
-    TokenDataset,
-    generate_command,
-    iter_tsv_rows,
-    malformed,
-    parse_label,
-    require_nonempty,
-)
+from datamodules.base import SPLITS, LRAReleaseDataModule, generate_command
+from datamodules.batching import TokenDataset
+from datamodules.parsing import MalformedDataError, iter_tsv_rows, malformed, parse_label, require_nonempty
+from datamodules.sources import LRA_RELEASE_ROOT, LRA_RELEASE_URL
 from esssm.files import atomic_write_text
 
 MIN, MAX, MED, SUM_MOD = "[MIN", "[MAX", "[MED", "[SM"

@@ -33,19 +33,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from datamodules import base
+from datamodules import sources
 from datamodules.archives import extract_tar
-from datamodules.base import (
-    LRA_RELEASE_ROOT,
-    DataFolderError,
-    LRAReleaseDataModule,
-    MalformedDataError,
-    generate_command,
-    lra_release,
-    malformed,
-    parse_label,
-    seeded_split,
-)
+from datamodules.base import LRAReleaseDataModule, generate_command
+from datamodules.batching import seeded_split
+from datamodules.parsing import MalformedDataError, malformed, parse_label
 from datamodules.pathfinder_generator import (
     CONTOUR_LENGTHS,
     RESOLUTIONS,
@@ -54,6 +46,7 @@ from datamodules.pathfinder_generator import (
     generate_dataset,
     lra_style,
 )
+from datamodules.sources import LRA_RELEASE_ROOT, DataFolderError, lra_release
 from esssm.batch import BYTE_VOCAB_SIZE
 
 NUM_CLASSES = 2
@@ -228,11 +221,11 @@ class PathfinderDataModule(LRAReleaseDataModule):
             "generate them (no download) with `python -m datamodules.pathfinder generate "
             f"--out {self.data_dir} --resolution {self.resolution} --difficulty {self.difficulty}`, "
             f"or extract {LRA_RELEASE_ROOT}/{self.lra_folder}/{self.difficulty} from the LRA release "
-            f"lra_release.gz ({base.LRA_RELEASE_URL}) there, or set download: true to stream it."
+            f"lra_release.gz ({sources.LRA_RELEASE_URL}) there, or set download: true to stream it."
         )
 
     def _download(self) -> None:
-        extract_lra_folder(self.data_dir, f"{self.lra_folder}/{self.difficulty}", base.LRA_RELEASE_URL)
+        extract_lra_folder(self.data_dir, f"{self.lra_folder}/{self.difficulty}", sources.LRA_RELEASE_URL)
 
     def _load_splits(self) -> dict[str, Dataset]:
         folder = self.data_root() / self.difficulty

@@ -21,7 +21,9 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.archives import extract_tar_file
-from datamodules.base import MalformedDataError, TaskDataModule, check_labels, seeded_split
+from datamodules.base import TaskDataModule
+from datamodules.batching import seeded_split
+from datamodules.parsing import MalformedDataError, check_labels
 from esssm.batch import BYTE_VOCAB_SIZE
 
 BATCH_FOLDER = "cifar-10-batches-py"

@@ -20,7 +20,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from datamodules.archives import extract_tar_file
-from datamodules.base import DataFolderError, MalformedDataError, TaskDataModule, malformed
+from datamodules.base import TaskDataModule
+from datamodules.parsing import MalformedDataError, malformed
+from datamodules.sources import DataFolderError
 
 SAMPLE_RATE = 16_000
 NUM_SAMPLES = 16_000  # one second; longer files are cropped, shorter ones padded

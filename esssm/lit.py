@@ -324,7 +324,7 @@ class SequenceTask(L.LightningModule):
     def on_train_start(self) -> None:
         # configure_optimizers reads estimated_stepping_batches, which builds the training loader
         # before Lightning restores its loops from a checkpoint, so Lightning never hands the saved
-        # loader position (datamodules.base.ResumableLoader) over; do it now, before the first
+        # loader position (datamodules.batching.ResumableLoader) over; do it now, before the first
         # batch. A no-op unless resuming with a stateful loader.
         self.trainer.fit_loop._load_combined_loader_states()
 

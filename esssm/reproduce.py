@@ -26,7 +26,7 @@ import yaml
 from esssm.budget import sweep_budgets
 from esssm.commands import budget_list
 from esssm.files import atomic_write_text
-from esssm.progress import ProgressBoard
+from esssm.progress import ProgressBoard, read_record
 from esssm.tables import ABLATION_ONLY, NoResultsError, write_curves, write_tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,6 +163,8 @@ def train(run: Run, overrides: dict[str, Any], devices: int, extra: list[str], t
     board.start(run.label, run.progress)
     with open(log, "a") as stream:
         code = subprocess.run(command, cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
+    if code == 0 and not (read_record(run.progress) or {}).get("done"):
+        code = 1  # a fit stopped by a signal (SIGTERM) exits 0 without finishing training
     board.finish(run.label, ok=code == 0)
     if code != 0:
         board.say("".join(log.read_text().splitlines(keepends=True)[-20:]))
@@ -252,6 +254,8 @@ def load_or_evaluate(run: Run, overrides: dict[str, Any], budgets) -> dict[str, 
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    from esssm import launch  # imports this module
+
     parser = argparse.ArgumentParser(prog="./reproduce.sh", description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="profile", action="store_const", const="quick",
@@ -286,6 +290,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="seconds between progress lines when stdout is not a terminal (CI, nohup)")
     parser.add_argument("extra", nargs=argparse.REMAINDER,
                         help="after --: extra `esssm fit` arguments for every run, e.g. -- --trainer.max_epochs=1")
+    launch.add_arguments(parser)
     parser.set_defaults(profile="quick")
     return parser.parse_args(argv)
 
@@ -361,6 +366,8 @@ def report(results: dict[tuple[str, str], list[dict]], out: Path, profile: str) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from esssm import launch  # imports this module
+
     args = parse_args(sys.argv[1:] if argv is None else argv)
     profile = PROFILES[args.profile]
     out = args.out.resolve()
@@ -377,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = {task: [Run(task, m, REPO / profile["conf"] / task / f"{m}.yaml", out, seed)
                    for seed in seeds for m in models] for task in tasks}
     check_budgets([r for task_runs in runs.values() for r in task_runs if r.config.exists()], budgets)
+    launch.check_arguments(args)
+    if args.status:
+        return launch.print_status([r for task_runs in runs.values() for r in task_runs], out)
     plans, skipped = [], []
     for task, task_runs in runs.items():
         missing = [str(r.config) for r in task_runs if not r.config.exists()]
@@ -391,7 +401,12 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append(task)
             continue
         plans += [(run, data_overrides(run, args.profile)) for run in task_runs]
-    trained = train_all(plans, args.devices, extra, args.jobs, args.progress_every)
+    if args.collect:
+        trained = launch.finished_runs(plans)
+    elif args.launcher == "inprocess":
+        trained = train_all(plans, args.devices, extra, args.jobs, args.progress_every)
+    else:
+        trained = launch.train_all(args, plans, extra)
     # Evaluated one at a time after all training, so the latencies are measured on an idle machine.
     results: dict[tuple[str, str], list[dict]] = {}
     for run, overrides in plans:
@@ -401,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         print(f"skipped for missing data: {', '.join(skipped)}")
     if failed:
-        print(f"FAILED runs (rerun to resume): {', '.join(failed)}")
+        print(f"MISSING runs (not finished): {', '.join(failed)}" if args.collect
+              else f"FAILED runs (rerun to resume): {', '.join(failed)}")
     try:
         report(results, out, args.profile)
     except NoResultsError as error:

@@ -16,7 +16,7 @@ import torch
 
 from datamodules import DataFolderError, SCIFARDataModule, SpeechCommandsDataModule
 from datamodules.archives import UnsafeArchiveError, extract_tar_file
-from datamodules.base import LRA_RELEASE_ROOT, download_lra_files
+from datamodules.sources import LRA_RELEASE_ROOT, download_lra_files
 from datamodules.pathfinder import extract_lra_folder
 from datamodules.samples import write_cifar, write_speech_commands
 

@@ -19,16 +19,9 @@ from datamodules import (
     SCIFARDataModule,
     SpeechCommandsDataModule,
 )
-from datamodules.base import (
-    LRA_RELEASE_ROOT,
-    SPLITS,
-    IndexedSubset,
-    TokenDataset,
-    download_lra_files,
-    pad_collate,
-    resolve_data_dir,
-    seeded_split,
-)
+from datamodules.base import SPLITS
+from datamodules.batching import IndexedSubset, TokenDataset, pad_collate, seeded_split
+from datamodules.sources import LRA_RELEASE_ROOT, download_lra_files, resolve_data_dir
 
 ALL_MODULES = [ListOpsDataModule, IMDBDataModule, AANDataModule, SCIFARDataModule, SpeechCommandsDataModule]
 LISTOPS_ROWS = "( ( ( [MAX 2 ) 9 ) ] )\t9\n( ( ( [MIN 2 ) 9 ) ] )\t2\n"
@@ -188,7 +181,7 @@ def test_prepare_data_downloads_only_when_asked_and_missing(
     assert opened == []  # download=False never touches the network
     module = ListOpsDataModule(data_dir=str(tmp_path / "a"), download=True)
     module.prepare_data()
-    assert opened == [datamodules.base.LRA_RELEASE_URL]
+    assert opened == [datamodules.sources.LRA_RELEASE_URL]
     module.prepare_data()  # data present: no second download
     assert len(opened) == 1
     module.setup()

@@ -19,7 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from datamodules import DataFolderError, MalformedDataError, PathfinderDataModule, base
+from datamodules import DataFolderError, MalformedDataError, PathfinderDataModule, sources
 from datamodules.pathfinder import main, read_metadata
 from datamodules.pathfinder_generator import PathStyle, draw_image, generate_dataset, lra_style
 
@@ -233,9 +233,9 @@ def test_download_streams_only_the_difficulty_folder(tmp_path: Path, monkeypatch
     write_pathfinder(release, difficulty="curv_baseline")
     archive = tmp_path / "lra_release.gz"
     with tarfile.open(archive, "w:gz") as tar:
-        tar.add(release / "pathfinder32", arcname=f"{base.LRA_RELEASE_ROOT}/pathfinder32")
+        tar.add(release / "pathfinder32", arcname=f"{sources.LRA_RELEASE_ROOT}/pathfinder32")
         tar.addfile(tarfile.TarInfo("lra_release/lra_release/listops-1000/basic_train.tsv"), io.BytesIO())
-    monkeypatch.setattr(base, "LRA_RELEASE_URL", archive.as_uri())
+    monkeypatch.setattr(sources, "LRA_RELEASE_URL", archive.as_uri())
     module = PathfinderDataModule(data_dir=str(tmp_path / "data"), download=True)
     module.prepare_data()
     module.setup()

@@ -12,7 +12,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from datamodules import ByteLMDataModule, ListOpsDataModule
-from datamodules.base import SPLITS, ResumableLoader
+from datamodules.base import SPLITS
+from datamodules.batching import ResumableLoader
 from esssm.lit import SequenceTask
 from esssm.model import ESSSM
 from test_datamodules_common import LISTOPS_ROWS
