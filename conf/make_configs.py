@@ -12,6 +12,7 @@ Edit this file, not the YAML it writes.
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import inspect
 import sys
@@ -53,6 +54,9 @@ LM_RECIPE = {**FULL_RECIPE, "budget": {"warmup_steps": 8000},
 QUICK_RECIPE = {"lr": 2e-3, "ema_decay": 0.99, "sweep": SWEEP,
                 "budget": {"warmup_epochs": 1, "grid": [1, 2, 3, 4, 6, 8, 12, 16], "k_min": 1}}
 
+FULL_SIZE_K_MAX = 32
+FULL_SIZE = {"d_model": 256, "n_layers": 8, "k_max": FULL_SIZE_K_MAX}
+
 # Each task states its sequence length once, `seq_len`: the backbone's, and the datamodule's
 # `length_arg` where its length is a setting (the other data sets have one length).
 TASKS = {
@@ -73,15 +77,34 @@ TASKS = {
                    "seq_len": 1024, "batch": 64, "epochs": 200},
     "speech": {"data": "datamodules.SpeechCommandsDataModule", "args": {"subset": "sc35"},
                "seq_len": 16000, "batch": 2, "trainer": {"accumulate_grad_batches": 8}, "epochs": 40},
+    # LRA Path-X (128 x 128, L = 16384) with S4's recipe size: 16 images per update, 50 epochs, in
+    # micro-batches of 2 (32k tokens) like Speech Commands' L = 16000.
+    "pathx": {"data": "datamodules.PathfinderDataModule",
+              "args": {"resolution": 128, "difficulty": "curv_contour_length_14", "mode": "gray"},
+              "seq_len": 16384, "batch": 2, "trainer": {"accumulate_grad_batches": 8}, "epochs": 50},
 }
 # Byte-level LM (the authors' PG19 setting), scored in bits per byte: the spectral models and a
 # causal Transformer of matched size as the reference row. One pass over PG19's books at the
 # authors' shape: L = 4096, 4 sequences x 4 accumulation = 65,536 tokens per optimizer step,
 # validation every 4000 updates (16,000 micro-batches, the authors' "epoch").
+# Its early_stopping setting (off) and checkpoint watch bits per byte at K_max; TF32 matmuls on, as
+# the authors'.
+LM_MONITOR = {"monitor": "val/bpb", "mode": "min"}
 LM = {"data": "datamodules.ByteLMDataModule", "args": {"hf_dataset": "deepmind/pg19"}, "length_arg": "seq_len",
       "seq_len": 4096, "batch": 4, "epochs": 1, "recipe": LM_RECIPE,
       "trainer": {"accumulate_grad_batches": 4, "val_check_interval": 16000},
-      "checkpoint": {"monitor": "val/bpb", "mode": "min"}}
+      "checkpoint": LM_MONITOR, "early_stopping": LM_MONITOR, "matmul_precision": "high"}
+# The authors' whole LM recipe (conf/lm/*_authors.yaml; docs/fidelity.md): 300 "epochs" x 4,000 =
+# 1.2M optimizer steps (warm-up 6% = 72,000, cosine to 0.1x at 1.2M), early stopping after 10
+# validations without a 1e-4 gain in bits per byte at K_max, validation on 25 batches of 1,024
+# segments cached per split from a shuffled book stream, the budget curve every 12,000 steps
+# and the test at K_max only (on the best checkpoint's EMA weights: `lightning test --ckpt_path`).
+LM_AUTHORS = {**LM, "args": {**LM["args"], "eval_segments": 1024},
+              "trainer": {**LM["trainer"], "max_epochs": -1, "max_steps": 1_200_000, "limit_val_batches": 25},
+              "recipe": {**LM_RECIPE, "sweep": {**LM_RECIPE["sweep"], "test_budgets": [FULL_SIZE_K_MAX],
+                                                 "every_n_epochs": None, "every_n_steps": 12_000}},
+              "early_stopping": {"enabled": True, **LM_MONITOR, "patience": 10, "min_delta": 1e-4}}
+AUTHORS_MODELS = ("esssm", "esssm_sum", "fixed")  # ES-SSM and its fixed-budget and plain-sum siblings
 # The quick profile: generated short ListOps (esssm.reproduce generates it) and the Python stdlib as
 # LM text; minutes on 2 CPU cores.
 QUICK = {"data": "datamodules.ListOpsDataModule", "args": {"data_dir": QUICK_LISTOPS["folder"]},
@@ -90,9 +113,8 @@ QUICK = {"data": "datamodules.ListOpsDataModule", "args": {"data_dir": QUICK_LIS
 QUICK_LM = {"data": "datamodules.ByteLMDataModule",
             "args": {"python_stdlib": True, "max_bytes": 1_000_000}, "length_arg": "seq_len",
             "seq_len": 256, "batch": 16, "epochs": 2, "recipe": QUICK_RECIPE,
-            "checkpoint": {"monitor": "val/bpb", "mode": "min"}}
+            "checkpoint": LM_MONITOR, "early_stopping": LM_MONITOR}
 
-FULL_SIZE = {"d_model": 256, "n_layers": 8, "k_max": 32}
 QUICK_SIZE = {"d_model": 64, "n_layers": 2, "k_max": 16}
 
 
@@ -163,7 +185,8 @@ def config(task: dict, run_name: str, backbone: dict, overrides: dict) -> dict:
         },
         "data": {"class_path": task["data"], "init_args": {**data_args(task), "batch_size": task["batch"]}},
         "sweep": recipe["sweep"],
-        **({"checkpoint": task["checkpoint"]} if "checkpoint" in task else {}),
+        # copies: a setting shared by two keys would be written as a YAML anchor and alias
+        **{key: copy.copy(task[key]) for key in ("checkpoint", "early_stopping", "matmul_precision") if key in task},
     }
 
 
@@ -188,9 +211,9 @@ def yaml_text(cfg: dict, header: str) -> str:
 
 
 def render_task(
-    run_name: str, task: dict, size: dict, models: tuple[str, ...], baselines: tuple[str, ...]
+    run_name: str, task: dict, size: dict, models: tuple[str, ...], baselines: tuple[str, ...], suffix: str = ""
 ) -> dict[str, str]:
-    """YAML text of each of the task's models, keyed "<run_name>/<model>.yaml" (its path under conf/)."""
+    """YAML text of each of the task's models, keyed "<run_name>/<model><suffix>.yaml" (its path under conf/)."""
     data = data_facts(task)
     specs = {k: v for k, v in spectral_models(size, task["seq_len"]).items() if k in models}
     target = whole_model_params(specs["esssm"][0], data)
@@ -201,6 +224,7 @@ def render_task(
     files = {}
     for name, (backbone, overrides) in specs.items():
         params = whole_model_params(backbone, data)
+        name += suffix
         header = f"{run_name} / {name}: {params / 1e6:.2f}M parameters (ES-SSM: {target / 1e6:.2f}M)"
         files[f"{run_name}/{name}.yaml"] = yaml_text(config(task, f"{run_name}/{name}", backbone, overrides), header)
     return files
@@ -215,6 +239,7 @@ def render() -> dict[str, str]:
     for name, task in TASKS.items():
         files |= render_task(name, task, FULL_SIZE, spectral, every)
     files |= render_task("lm", LM, FULL_SIZE, spectral, ("transformer",))
+    files |= render_task("lm", LM_AUTHORS, FULL_SIZE, AUTHORS_MODELS, (), suffix="_authors")
     files |= render_task("quick/listops", QUICK, QUICK_SIZE, spectral, ("transformer",))
     files |= render_task("quick/lm", QUICK_LM, QUICK_SIZE, spectral, ("transformer",))
     return files

@@ -70,6 +70,18 @@ def concatenate(documents: list[bytes], max_bytes: int | None) -> np.ndarray:
     return np.frombuffer(stream[:max_bytes] if max_bytes else stream, dtype=np.uint8)
 
 
+def shuffled_prefix(documents: list[bytes], seed: int, max_bytes: int) -> list[bytes]:
+    """The documents in a seeded random order, as few as give `max_bytes` of stream (the
+    authors' evaluation sets: the first segments of a shuffled book stream)."""
+    chosen, size = [], 0
+    for index in np.random.default_rng(seed).permutation(len(documents)):
+        if size >= max_bytes:
+            break
+        chosen.append(documents[index])
+        size += len(documents[index]) + 1
+    return chosen
+
+
 class ByteLMDataModule(TaskDataModule):
     """Next-byte prediction on fixed-length segments (vocab 257, targets are byte ids).
 
@@ -94,6 +106,7 @@ class ByteLMDataModule(TaskDataModule):
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         max_bytes: int | None = None,
+        eval_segments: int | None = None,
         **kwargs: Any,
     ) -> None:
         """
@@ -105,6 +118,10 @@ class ByteLMDataModule(TaskDataModule):
                 splits (e.g. deepmind/pg19), from data_dir (save_to_disk) or the local cache.
             val_fraction, test_fraction: documents held out (by path hash) for a folder source.
             max_bytes: cap on each split's stream, for quick runs.
+            eval_segments: the validation and test sets are this many segments from the start
+                of a stream of the split's documents in a random order (drawn from ``seed``,
+                the same on every run), as the authors cache 1,024 per split; None: every
+                segment of the split in its own order. Training always reads its whole split.
         """
         super().__init__(
             num_classes=BYTE_VOCAB_SIZE, seq_len=seq_len, vocab_size=BYTE_VOCAB_SIZE, input_dim=None,
@@ -114,6 +131,9 @@ class ByteLMDataModule(TaskDataModule):
             self.data_dir, pattern = Path(sysconfig.get_paths()["stdlib"]), "*.py"
         self.pattern, self.hf_dataset, self.max_bytes = pattern, hf_dataset, max_bytes
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        if eval_segments is not None and eval_segments < 1:
+            raise ValueError(f"eval_segments must be >= 1 (or null: the whole split), got {eval_segments}")
+        self.eval_segments = eval_segments
 
     def how_to_get(self) -> str:
         return (
@@ -158,6 +178,9 @@ class ByteLMDataModule(TaskDataModule):
         documents = self._hf_documents() if self.hf_dataset else self._folder_documents()
         splits = {}
         for split, docs in documents.items():
+            if self.eval_segments is not None and split != "train":
+                splits[split] = self._cached_segments(split, docs)
+                continue
             segments = ByteSegments(concatenate(docs, self.max_bytes), self.seq_len)
             if len(segments) == 0:
                 raise DataFolderError(
@@ -167,6 +190,17 @@ class ByteLMDataModule(TaskDataModule):
                 )
             splits[split] = segments
         return splits
+
+    def _cached_segments(self, split: str, docs: list[bytes]) -> ByteSegments:
+        """The first `eval_segments` segments of the split's documents in a seeded order."""
+        need = self.eval_segments * self.seq_len + 1
+        stream = concatenate(shuffled_prefix(docs, self.seed, need), need)
+        if len(stream) < need:
+            raise DataFolderError(
+                f"eval_segments: {self.eval_segments} segments of {self.seq_len} bytes need {need} bytes, but "
+                f"the {split} split of {self.data_dir} has {len(stream)}: lower eval_segments or add text"
+            )
+        return ByteSegments(stream, self.seq_len)  # exactly eval_segments windows
 
     def collate_fn(self):
         return collate_segments

@@ -102,13 +102,18 @@ def write_speech_commands(folder: Path, count: int, seed: int = 0) -> Path:
     return folder
 
 
-def write_pathfinder(folder: Path, count: int, seed: int = 0) -> Path:
-    """pathfinder32/curv_contour_length_14 (metadata + PNGs) from the project's generator."""
+def write_pathfinder(folder: Path, count: int, seed: int = 0, resolution: int = 32) -> Path:
+    """pathfinder<resolution>/curv_contour_length_14 (metadata + PNGs) from the project's generator."""
     from datamodules.pathfinder_generator import generate_dataset, lra_style
 
     difficulty = "curv_contour_length_14"
-    generate_dataset(folder, difficulty, 3 * count, seed, lra_style(32, difficulty))
+    generate_dataset(folder, difficulty, 3 * count, seed, lra_style(resolution, difficulty))
     return folder
+
+
+def write_pathx(folder: Path, count: int, seed: int = 0) -> Path:
+    """Path-X: pathfinder128/curv_contour_length_14."""
+    return write_pathfinder(folder, count, seed, resolution=128)
 
 
 # task -> writer(folder, examples per split); the LM needs none (it reads the Python stdlib).
@@ -119,4 +124,5 @@ WRITERS: dict[str, Callable[[Path, int], Path]] = {
     "scifar": write_cifar,
     "speech": write_speech_commands,
     "pathfinder": write_pathfinder,
+    "pathx": write_pathx,
 }

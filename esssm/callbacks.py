@@ -18,6 +18,7 @@ from esssm.budget import curve_summary, parse_budgets, sweep_budgets
 from esssm.files import atomic_write_csv
 from esssm.metrics import ExactAccuracy
 from esssm.model import active_parameters
+from esssm.trackers import log_curve, log_figure, shows_curves
 
 
 # Validation sweeps every k on every 10th epoch (and the last): at the paper-scale sCIFAR config a
@@ -28,8 +29,9 @@ VAL_SWEEP_EVERY_N_EPOCHS = 10
 
 class BudgetSweep(L.Callback):
     """Evaluates the model at every budget in `test_budgets` on each test pass, and at every
-    budget in `val_budgets` on the validation passes of every `every_n_epochs`-th epoch (and of
-    the last epoch or step); the other validation passes score the full budget only. However a
+    budget in `val_budgets` on the validation passes of every `every_n_epochs`-th epoch, or the
+    first pass at or after every `every_n_steps`-th optimizer step (and of the last epoch or
+    step); the other validation passes score the full budget only. However a
     fit ends (max_epochs, max_steps, max_time, early stopping, or SIGTERM right after a
     validation), its final validation is a sweep: when the last pass was not one, the sweep runs
     at the end of training on the same weights, so every run has a budget curve.
@@ -38,8 +40,9 @@ class BudgetSweep(L.Callback):
     zero-padded to the width of k_max (`acc@k01` ... `acc@k32`, so tags sort in budget order),
     `{stage}/budget_auc` (mean accuracy over log2 k) and `{stage}/k98` (smallest budget with
     >= 98% of full-budget accuracy). With TensorBoard it also writes a custom-scalars layout
-    (one multiline chart per metric over every k), the test curve as a series whose step is k
-    (`test/acc_vs_k`, so runs overlay on one chart) and the curve figure. A CSV of the curve goes
+    (one multiline chart per metric over every k); to TensorBoard, MLflow and W&B it sends the
+    test curve as a series whose step is k (`test/acc_vs_k`, so runs overlay on one chart) and
+    the curve figure (`esssm.trackers`). A CSV of the curve goes
     next to the checkpoints. The full-budget logits come from the module's own evaluation step,
     so a sweep costs one forward pass per additional budget. Per-example results are
     de-duplicated by dataset index, so DDP's padded samples are never counted twice.
@@ -49,21 +52,24 @@ class BudgetSweep(L.Callback):
         self,
         val_budgets: list[int] | str | None = "all",
         test_budgets: list[int] | str | None = "all",
-        every_n_epochs: int = VAL_SWEEP_EVERY_N_EPOCHS,
+        every_n_epochs: int | None = VAL_SWEEP_EVERY_N_EPOCHS,
         curve_file: str | None = "budget_curve_{stage}.csv",
+        every_n_steps: int | None = None,
     ) -> None:
         """Budgets: a list of ints, "all" (1..k_max) or "paper" (the paper's grid plus 1, k_max).
 
         every_n_epochs: validation sweeps every n-th epoch. The default keeps the sweep of every
         k of the paper-scale sCIFAR config near 10% of its training time (docs/design.md).
+        every_n_steps: instead, sweep the first validation pass at or after every n-th optimizer
+        step (runs that validate within an epoch: the authors' LM curve every 12,000 steps); needs
+        `every_n_epochs: null`, so one schedule is in force.
         curve_file: name of the curve CSV beside the checkpoints ({stage}: val or test); None: no CSV.
         """
         super().__init__()
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1 (1 = sweep at every validation), got {every_n_epochs}")
+        check_sweep_schedule(every_n_epochs, every_n_steps)
         self.budget_args = {s: parse_budgets(arg, f"sweep.{s}_budgets") for s, arg in
                             (("val", val_budgets), ("test", test_budgets))}
-        self.every_n_epochs = every_n_epochs
+        self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
         self.curve_file = curve_file
         self.budgets: dict[str, list[int | None]] = {"val": [], "test": []}
         self.metrics = nn.ModuleDict()
@@ -89,7 +95,8 @@ class BudgetSweep(L.Callback):
 
     def sweeps_validation(self, trainer: L.Trainer) -> bool:
         """Whether this validation pass sweeps: always in `validate`; while fitting, in every n-th
-        epoch, the last epoch and at max_steps; never in the sanity check. (A fit that ends
+        epoch (or the first pass since the latest multiple of every_n_steps that has no sweep
+        yet), the last epoch and at max_steps; never in the sanity check. (A fit that ends
         otherwise sweeps at its end: `on_train_end`.)"""
         if trainer.sanity_checking:
             return False
@@ -98,7 +105,11 @@ class BudgetSweep(L.Callback):
         epoch = trainer.current_epoch + 1
         last_epoch = trainer.max_epochs not in (None, -1) and epoch >= trainer.max_epochs
         last_step = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
-        return epoch % self.every_n_epochs == 0 or last_epoch or last_step
+        if self.every_n_steps is not None:
+            due = trainer.global_step // self.every_n_steps > (self.swept_step or 0) // self.every_n_steps
+        else:
+            due = epoch % self.every_n_epochs == 0
+        return due or last_epoch or last_step
 
     def _update(self, stage: str, pl_module: L.LightningModule, outputs: Any, batch: dict) -> None:
         self.metrics.to(pl_module.device)
@@ -219,26 +230,38 @@ class BudgetSweep(L.Callback):
             write_curve(path, rows, epoch=epoch, step=trainer.global_step)
 
     def _write_figure(self, stage: str, rows: list[dict], trainer: L.Trainer) -> None:
-        loggers = _tensorboards(trainer)
+        loggers = [logger for logger in trainer.loggers if shows_curves(logger)]
         if not loggers or len(rows) < 2:
             return
         figure = plot_budget_curve({"model": rows}, metric=curve_metric(rows))
         for logger in loggers:
-            logger.experiment.add_figure(f"{stage}/budget_curve", figure, trainer.global_step)
+            log_figure(logger, f"{stage}/budget_curve", figure, trainer.global_step)
         import matplotlib.pyplot as plt
 
         plt.close(figure)
 
     @staticmethod
     def _write_curve_series(rows: list[dict], trainer: L.Trainer) -> None:
-        """The test curve as scalars with step = k: TensorBoard then draws accuracy (and loss or
-        bits per byte) against k, and overlays every run's curve on one chart."""
-        for logger in _tensorboards(trainer):
-            for row in (r for r in rows if r["budget"] != "full"):
-                for metric in ("acc", "loss", "bpb"):
-                    if metric in row:
-                        logger.experiment.add_scalar(f"test/{metric}_vs_k", row[metric], global_step=row["budget"])
-            logger.experiment.flush()
+        """The test curve as scalars with step = k: TensorBoard (or MLflow) then draws accuracy
+        (and loss or bits per byte) against k, and overlays every run's curve on one chart."""
+        budgets = [r for r in rows if r["budget"] != "full"]
+        curve = {f"test/{metric}_vs_k": {r["budget"]: r[metric] for r in budgets if metric in r}
+                 for metric in ("acc", "loss", "bpb") if any(metric in r for r in budgets)}
+        for logger in trainer.loggers:
+            if shows_curves(logger):
+                log_curve(logger, curve)
+
+
+def check_sweep_schedule(every_n_epochs: int | None, every_n_steps: int | None) -> None:
+    """Exactly one validation-sweep schedule, each >= 1; else an error naming the settings."""
+    if (every_n_epochs is None) == (every_n_steps is None):
+        raise ValueError(
+            f"sweep.every_n_epochs ({every_n_epochs}) and sweep.every_n_steps ({every_n_steps}): set exactly "
+            "one validation-sweep schedule and the other to null (e.g. every_n_steps: 12000, every_n_epochs: null)"
+        )
+    for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+        if value is not None and value < 1:
+            raise ValueError(f"sweep.{name} must be >= 1 (1 = sweep at every validation), got {value}")
 
 
 def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:

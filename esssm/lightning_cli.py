@@ -15,12 +15,13 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -38,6 +39,7 @@ FIT_OUTPUTS = ("checkpoints", "config.yaml", "hparams.yaml", "events.out.tfevent
 # a killed run loses at most this much training; the write costs about a second at 20M parameters.
 MID_EPOCH_INTERVAL = timedelta(minutes=10)
 NAMED_CKPT_PATHS = ("last", "best", "hpc", "registry")
+MatmulPrecision = Literal["highest", "high", "medium"]  # torch.set_float32_matmul_precision's values
 
 
 class RunFolderError(OSError):
@@ -73,9 +75,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         remove_with_sidecar(path)
 
 
+class OptionalEarlyStopping(EarlyStopping):
+    """Lightning's EarlyStopping behind one switch, so every config has the `early_stopping`
+    setting and it stops nothing unless `enabled`. It checks after each validation pass (not at
+    the end of a training epoch), on the full-budget (K_max) metric the module logs: `val/acc`,
+    mode max, by default; the LM configs monitor `val/bpb`, mode min. The other arguments are
+    EarlyStopping's (patience counts validation passes without an improvement of min_delta).
+
+        early_stopping: {enabled: true, monitor: val/bpb, mode: min, patience: 10, min_delta: 1.0e-4}
+        --early_stopping.enabled true --early_stopping.patience 5
+    """
+
+    def __init__(self, enabled: bool = False, monitor: str = "val/acc", mode: str = "max",
+                 check_on_train_epoch_end: bool | None = False, **kwargs: Any) -> None:
+        super().__init__(monitor=monitor, mode=mode, check_on_train_epoch_end=check_on_train_epoch_end, **kwargs)
+        self.enabled = enabled
+
+    def _should_skip_check(self, trainer: L.Trainer) -> bool:
+        return not self.enabled or super()._should_skip_check(trainer)
+
+
 class ESSSMCLI(LightningCLI):
     """LightningCLI with the datamodule's shape facts linked into the model, a budget sweep,
-    best/last checkpoints written atomically with checksums, TensorBoard logging by default,
+    optional early stopping and float32 matmul precision, best/last checkpoints written
+    atomically with checksums, TensorBoard logging by default,
     AMP on GPUs, and a fit that never overwrites or shares a run folder."""
 
     @staticmethod
@@ -91,6 +114,13 @@ class ESSSMCLI(LightningCLI):
             "events are deleted) instead of refusing",
         )
         parser.add_lightning_class_args(BudgetSweep, "sweep")
+        parser.add_lightning_class_args(OptionalEarlyStopping, "early_stopping")
+        parser.add_argument(
+            "--matmul_precision", type=MatmulPrecision | None, default=None,
+            help="torch.set_float32_matmul_precision before the run: 'high' or 'medium' let float32 "
+            "matmuls use TF32 (or bf16) tensor cores on Ampere and later GPUs; 'highest' is full float32; "
+            "null (default) leaves PyTorch's setting",
+        )
         # Checkpoints: the best by full-budget validation accuracy, and last.ckpt rewritten at every
         # epoch end and, by a third callback, every MID_EPOCH_INTERVAL of training inside an epoch
         # (the loader's position is in it: resume continues with the next batch). Lightning's own
@@ -128,6 +158,8 @@ class ESSSMCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.config.get("subcommand"), self.config)
         trainer = config["trainer"]
+        if config.get("matmul_precision") is not None:
+            torch.set_float32_matmul_precision(config["matmul_precision"])
         if trainer.get("precision") is None and torch.cuda.is_available():
             trainer["precision"] = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 

@@ -113,20 +113,29 @@ class SmokeProbe(L.Callback):
 
 
 def config_facts(config: Path) -> dict[str, Any]:
-    """Batch, accumulation, epochs, k_max, sequence length and the real data set's training examples
-    (the datamodule's) of a config."""
+    """Batch, accumulation, epochs (-1: no limit), max_steps (-1: none), k_max, the byte LM's cached
+    evaluation segments, sequence length and the real data set's training examples (the
+    datamodule's) of a config."""
     from esssm.loading import load_datamodule
 
     raw, datamodule = yaml.safe_load(config.read_text()), load_datamodule(config)
     data = raw["data"]["init_args"]
     return {"batch": data["batch_size"], "accumulate": raw["trainer"].get("accumulate_grad_batches", 1),
-            "epochs": raw["trainer"]["max_epochs"], "k_max": raw["model"]["backbone"]["init_args"].get("k_max"),
+            "epochs": raw["trainer"]["max_epochs"], "max_steps": raw["trainer"].get("max_steps", -1),
+            "k_max": raw["model"]["backbone"]["init_args"].get("k_max"), "eval_segments": data.get("eval_segments"),
             **{fact: getattr(datamodule, fact) for fact in ("seq_len", "train_examples")}}
 
 
 def full_run_steps(facts: dict[str, Any]) -> int:
-    """Optimizer steps of the full run: epochs x batches per epoch of the real data / accumulation."""
-    return facts["epochs"] * math.ceil(math.ceil(facts["train_examples"] / facts["batch"]) / facts["accumulate"])
+    """Optimizer steps of the full run: epochs x batches per epoch of the real data / accumulation,
+    or max_steps where that comes first (as Lightning stops)."""
+    limits = [facts["max_steps"]] if facts.get("max_steps", -1) != -1 else []
+    if facts["epochs"] != -1:
+        batches = math.ceil(facts["train_examples"] / facts["batch"])
+        limits.append(facts["epochs"] * math.ceil(batches / facts["accumulate"]))
+    if not limits:
+        raise ValueError("the config sets neither max_epochs nor max_steps, so the run never ends")
+    return min(limits)
 
 
 def fit_arguments(config: Path, data_dir: Path | None, task: str, batch: int, work: Path,
@@ -142,6 +151,8 @@ def fit_arguments(config: Path, data_dir: Path | None, task: str, batch: int, wo
     data = {"batch_size": batch, "eval_batch_size": batch, **SAMPLE_ARGS.get(task, {})}
     if data_dir is not None:
         data["data_dir"] = str(data_dir)
+    if facts["eval_segments"]:  # the sample text is far shorter than the real evaluation cache
+        data["eval_segments"] = batch
     args = [
         "fit", "--config", str(config),
         "--trainer.max_steps=2", "--trainer.num_sanity_val_steps=0",

@@ -22,13 +22,14 @@ TASK_DIRS = sorted({p.parent for p in CONFIGS})
 
 
 def test_there_is_a_config_for_every_task_and_model():
-    for task in ("listops", "text", "retrieval", "scifar", "pathfinder", "speech"):
+    for task in ("listops", "text", "retrieval", "scifar", "pathfinder", "pathx", "speech"):
         names = {p.stem for p in (CONF / task).glob("*.yaml")}
         assert {"esssm", "fixed", "transformer", "mamba", "mamba2", "s4d", "arstu"} <= names
         assert {"esssm_sum", "esssm_nogate", "esssm_nodropout", "esssm_norms"} <= names
     spectral = {"esssm", "esssm_sum", "esssm_nogate", "esssm_nodropout", "esssm_norms", "fixed"}
-    for task in ("lm", "quick/lm"):  # language models: the spectral models and a causal Transformer
-        assert {p.stem for p in (CONF / task).glob("*.yaml")} == spectral | {"transformer"}
+    authors = {"esssm_authors", "esssm_sum_authors", "fixed_authors"}  # the authors' whole recipe
+    for task, extra in (("lm", authors), ("quick/lm", set())):  # the spectral models and a causal Transformer
+        assert {p.stem for p in (CONF / task).glob("*.yaml")} == spectral | {"transformer"} | extra
     assert spectral | {"transformer"} <= {p.stem for p in (CONF / "quick" / "listops").glob("*.yaml")}
 
 
@@ -129,7 +130,8 @@ def test_budget_dropout_starts_well_before_training_ends(path):
                             warmup_epochs=budget.get("warmup_epochs"), warmup_steps=budget.get("warmup_steps"))
     batches = math.ceil(training_examples(path) / config["data"]["init_args"]["batch_size"])
     steps_per_epoch = math.ceil(batches / trainer.get("accumulate_grad_batches", 1))
-    total = trainer["max_epochs"] * steps_per_epoch
+    total = min(trainer["max_epochs"] * steps_per_epoch if trainer["max_epochs"] != -1 else math.inf,
+                trainer.get("max_steps", -1) if trainer.get("max_steps", -1) != -1 else math.inf)
     start = sampler.dropout_start(steps_per_epoch)
     assert start <= total / 2, f"budget dropout starts at step {start} of {total}"
     epoch = start // steps_per_epoch
@@ -146,10 +148,54 @@ def test_lm_config_is_the_authors_shape():
     assert config["sweep"]["test_budgets"] == "all"
 
 
-@pytest.mark.parametrize("task, micro, per_update", [("retrieval", 8, 16), ("speech", 2, 16)])
+@pytest.mark.parametrize("model", ["esssm", "esssm_sum", "fixed"])
+def test_lm_authors_configs_are_the_authors_whole_recipe(model):
+    """1.2M optimizer steps, warm-up 72,000 then cosine to 0.1x at 1.2M, early stopping on bits
+    per byte at K_max (patience 10, min_delta 1e-4), validation every 4,000 updates on 25 batches
+    (100 segments) of 1,024 cached per split, the curve every 12,000 steps, the test at K_max
+    only, TF32 matmuls; the rest as conf/lm/<model>.yaml."""
+    from esssm.lit import warmup_cosine
+
+    config = yaml.safe_load((CONF / "lm" / f"{model}_authors.yaml").read_text())
+    base = yaml.safe_load((CONF / "lm" / f"{model}.yaml").read_text())
+    trainer, model_args, data = config["trainer"], config["model"], config["data"]["init_args"]
+    assert (trainer["max_epochs"], trainer["max_steps"]) == (-1, 1_200_000)
+    warmup = round(model_args["warmup_ratio"] * trainer["max_steps"])
+    schedule = warmup_cosine(trainer["max_steps"], warmup, model_args.get("min_lr_ratio", 0.1))
+    assert warmup == 72_000 and schedule(warmup - 1) == 1.0
+    assert schedule(trainer["max_steps"]) == pytest.approx(0.1)
+    assert config["early_stopping"] == {"enabled": True, "monitor": "val/bpb", "mode": "min",
+                                        "patience": 10, "min_delta": 1e-4}
+    updates_per_validation = trainer["val_check_interval"] // trainer["accumulate_grad_batches"]
+    assert updates_per_validation == 4000 and config["sweep"]["every_n_steps"] == 3 * updates_per_validation
+    assert config["sweep"]["every_n_epochs"] is None
+    assert trainer["limit_val_batches"] * data["batch_size"] == 100 and data["eval_segments"] == 1024
+    assert config["sweep"]["test_budgets"] == [model_args["backbone"]["init_args"]["k_max"]]
+    assert config["checkpoint"] == {"monitor": "val/bpb", "mode": "min"}  # the best EMA weights are tested
+    assert config["matmul_precision"] == base["matmul_precision"] == "high"
+    assert model_args == base["model"] and config["sweep"]["val_budgets"] == base["sweep"]["val_budgets"]
+
+
+def test_early_stopping_of_every_lm_config_watches_bits_per_byte():
+    for path in sorted(CONF.glob("lm/*.yaml")) + sorted(CONF.glob("quick/lm/*.yaml")):
+        stopping = yaml.safe_load(path.read_text())["early_stopping"]
+        assert (stopping["monitor"], stopping["mode"]) == ("val/bpb", "min"), path
+        assert stopping.get("enabled", False) == path.stem.endswith("_authors"), path
+
+
+def test_pathx_configs_are_128_by_128():
+    for path in sorted((CONF / "pathx").glob("*.yaml")):
+        config = yaml.safe_load(path.read_text())
+        assert config["data"]["init_args"]["resolution"] == 128, path
+        assert load_datamodule(path).seq_len == 16384, path
+        args = config["model"]["backbone"]["init_args"]
+        assert args.get("seq_len", args.get("max_len", 16384)) == 16384, path
+
+
+@pytest.mark.parametrize("task, micro, per_update", [("retrieval", 8, 16), ("speech", 2, 16), ("pathx", 2, 16)])
 def test_long_tasks_train_16_examples_per_update_in_micro_batches(task, micro, per_update):
-    """Every model of Retrieval and Speech updates on 16 examples, fed in micro-batches small
-    enough for one 80 GB GPU (16 at once is 128k or 256k tokens; conf/make_configs.py)."""
+    """Every model of Retrieval, Speech and Path-X updates on 16 examples, fed in micro-batches
+    small enough for one 80 GB GPU (16 at once is 128k or 256k tokens; conf/make_configs.py)."""
     for path in sorted((CONF / task).glob("*.yaml")):
         config = yaml.safe_load(path.read_text())
         batch = config["data"]["init_args"]["batch_size"]

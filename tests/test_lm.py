@@ -52,6 +52,34 @@ def test_python_stdlib_source_and_hf_folder(tmp_path):
     assert len(hf.datasets["val"]) == (3 * len(TEXT) + 2 - 1) // 100
 
 
+def test_eval_segments_cache_a_seeded_shuffled_book_stream(tmp_path):
+    """eval_segments: val and test are exactly N segments of the split's books in a seeded order
+    (the same on every run, another order for another seed); training keeps its whole split."""
+    import datasets
+
+    books = [f"book {i}: " + TEXT[: 50 * (i + 1)] for i in range(12)]
+    texts = {split: datasets.Dataset.from_dict({"text": books}) for split in ("train", "validation", "test")}
+    datasets.DatasetDict(texts).save_to_disk(str(tmp_path / "pg19"))
+
+    def setup(**kwargs):
+        dm = ByteLMDataModule(data_dir=str(tmp_path / "pg19"), hf_dataset="deepmind/pg19", seq_len=64, **kwargs)
+        dm.setup("fit")
+        return dm
+
+    whole, cached, again, other = setup(), setup(eval_segments=5), setup(eval_segments=5), setup(eval_segments=5, seed=1)
+    assert len(cached.datasets["val"]) == len(cached.datasets["test"]) == 5
+    assert len(cached.datasets["train"]) == len(whole.datasets["train"]) > 5
+    first = lambda dm: dm.datasets["val"][0]["x"]  # noqa: E731
+    assert torch.equal(first(cached), first(again)) and not torch.equal(first(cached), first(whole))
+    assert not torch.equal(first(cached), first(other))
+    text = bytes((cached.datasets["val"][0]["x"] - 1).tolist()).decode()
+    assert text.startswith("book ") and text != books[0][:64]  # a book from the shuffled order
+    with pytest.raises(DataFolderError, match="eval_segments: 500 segments"):
+        setup(eval_segments=500)
+    with pytest.raises(ValueError, match="eval_segments must be >= 1"):
+        ByteLMDataModule(python_stdlib=True, eval_segments=0)
+
+
 def test_missing_or_too_small_data_explains_the_fix(tmp_path):
     with pytest.raises(DataFolderError, match="python_stdlib"):
         ByteLMDataModule(data_dir=str(tmp_path / "none")).setup("fit")

@@ -76,3 +76,12 @@ def test_paper_budgets_option_checks_the_paper_grid(sample_root):
     data_dir = smoke.write_samples("scifar", sample_root / "scifar", 6)
     record = smoke.run_config(config, "scifar", data_dir, batch=1, in_process=True, width=(16, 1), budgets="paper")
     assert record["budgets"] == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
+
+
+def test_full_run_steps_stop_at_max_steps_and_count_pathx_epochs():
+    authors = smoke.config_facts(CONF / "lm" / "esssm_authors.yaml")
+    assert (authors["epochs"], smoke.full_run_steps(authors)) == (-1, 1_200_000)
+    pathx = smoke.config_facts(CONF / "pathx" / "esssm.yaml")
+    assert smoke.full_run_steps(pathx) == 50 * (160_000 // 2 // 8)  # S4's 500,000 steps
+    with pytest.raises(ValueError, match="neither max_epochs nor max_steps"):
+        smoke.full_run_steps({**authors, "max_steps": -1})
