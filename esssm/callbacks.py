@@ -38,8 +38,12 @@ class BudgetSweep(L.Callback):
     zero-padded to the width of k_max (`acc@k01` ... `acc@k32`, so tags sort in budget order),
     `{stage}/budget_auc` (mean accuracy over log2 k) and `{stage}/k98` (smallest budget with
     >= 98% of full-budget accuracy). With TensorBoard it also writes a custom-scalars layout
-    (one multiline chart per metric over every k), the test curve as a series whose step is k
-    (`test/acc_vs_k`, so runs overlay on one chart) and the curve figure. A CSV of the curve goes
+    (the test curve against k first, then one multiline chart per metric over every k), the test
+    curve as a series whose step is k (`test/acc_vs_k`, so runs overlay on one chart; a model
+    without a budget draws its score as a flat line over `reference_budgets`) and the curve
+    figure. Test scalars are logged at the evaluated model's training step and never touch the
+    training run's `epoch` series (a fresh evaluation trainer would log epoch 0 at step 0, and
+    TensorBoard then drops every later point of that series). A CSV of the curve goes
     next to the checkpoints. The full-budget logits come from the module's own evaluation step,
     so a sweep costs one forward pass per additional budget. Per-example results are
     de-duplicated by dataset index, so DDP's padded samples are never counted twice.
@@ -51,12 +55,16 @@ class BudgetSweep(L.Callback):
         test_budgets: list[int] | str | None = "all",
         every_n_epochs: int = VAL_SWEEP_EVERY_N_EPOCHS,
         curve_file: str | None = "budget_curve_{stage}.csv",
+        reference_budgets: list[int] | None = None,
     ) -> None:
         """Budgets: a list of ints, "all" (1..k_max) or "paper" (the paper's grid plus 1, k_max).
 
         every_n_epochs: validation sweeps every n-th epoch. The default keeps the sweep of every
         k of the paper-scale sCIFAR config near 10% of its training time (docs/design.md).
         curve_file: name of the curve CSV beside the checkpoints ({stage}: val or test); None: no CSV.
+        reference_budgets: for a model without a budget (a Transformer), the k values at which its
+        full test score is written to `test/acc_vs_k`: a flat reference line on the k chart of
+        the elastic models it is compared with (`./reproduce.sh` passes their budgets).
         """
         super().__init__()
         if every_n_epochs < 1:
@@ -65,6 +73,7 @@ class BudgetSweep(L.Callback):
                             (("val", val_budgets), ("test", test_budgets))}
         self.every_n_epochs = every_n_epochs
         self.curve_file = curve_file
+        self.reference_budgets = list(reference_budgets or [])
         self.budgets: dict[str, list[int | None]] = {"val": [], "test": []}
         self.metrics = nn.ModuleDict()
         self.last_results: dict[str, list[dict[str, Any]]] = {}
@@ -191,6 +200,8 @@ class BudgetSweep(L.Callback):
             )
         self.last_results[stage] = rows
         metrics = curve_metrics(stage, rows, pl_module.k_max)
+        if stage == "test":  # a logged "step" is used as the step, and Lightning adds no "epoch"
+            metrics["step"] = float(trained_step(trainer, pl_module))
         if in_loop:
             for name, value in metrics.items():
                 pl_module.log(name, value, sync_dist=False)
@@ -201,9 +212,9 @@ class BudgetSweep(L.Callback):
         folder = self.output_dir(trainer)  # on every rank: trainer.log_dir is a collective under DDP
         if trainer.is_global_zero:
             self._write_csv(stage, rows, trainer, folder, self._epoch(trainer, in_loop))
-            self._write_figure(stage, rows, trainer)
+            self._write_figure(stage, rows, trainer, pl_module)
             if stage == "test":
-                self._write_curve_series(rows, trainer)
+                self._write_curve_series(self.curve_series_rows(rows), trainer)
 
     @staticmethod
     def output_dir(trainer: L.Trainer) -> Path:
@@ -218,27 +229,44 @@ class BudgetSweep(L.Callback):
             path = folder / self.curve_file.format(stage=stage)
             write_curve(path, rows, epoch=epoch, step=trainer.global_step)
 
-    def _write_figure(self, stage: str, rows: list[dict], trainer: L.Trainer) -> None:
+    def _write_figure(self, stage: str, rows: list[dict], trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loggers = _tensorboards(trainer)
         if not loggers or len(rows) < 2:
             return
         figure = plot_budget_curve({"model": rows}, metric=curve_metric(rows))
+        step = trained_step(trainer, pl_module) if stage == "test" else trainer.global_step
         for logger in loggers:
-            logger.experiment.add_figure(f"{stage}/budget_curve", figure, trainer.global_step)
+            logger.experiment.add_figure(f"{stage}/budget_curve", figure, step)
         import matplotlib.pyplot as plt
 
         plt.close(figure)
+
+    def curve_series_rows(self, rows: list[dict]) -> list[dict]:
+        """The rows drawn against k: the per-budget rows, or for a model without a budget its
+        full-budget row repeated at every `reference_budgets` k (a flat line)."""
+        per_budget = [r for r in rows if r["budget"] != "full"]
+        full = [r for r in rows if r["budget"] == "full"]
+        if per_budget or not full:
+            return per_budget
+        return [{**full[0], "budget": k} for k in self.reference_budgets]
 
     @staticmethod
     def _write_curve_series(rows: list[dict], trainer: L.Trainer) -> None:
         """The test curve as scalars with step = k: TensorBoard then draws accuracy (and loss or
         bits per byte) against k, and overlays every run's curve on one chart."""
         for logger in _tensorboards(trainer):
-            for row in (r for r in rows if r["budget"] != "full"):
+            for row in rows:
                 for metric in ("acc", "loss", "bpb"):
                     if metric in row:
                         logger.experiment.add_scalar(f"test/{metric}_vs_k", row[metric], global_step=row["budget"])
             logger.experiment.flush()
+
+
+def trained_step(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+    """The training step of the evaluated weights: the checkpoint's (`load_task`'s `source`) in a
+    fresh evaluation trainer, else the trainer's global step."""
+    source = getattr(pl_module, "source", None) or {}
+    return trainer.global_step or int(source.get("step") or 0)
 
 
 def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
@@ -286,14 +314,15 @@ def budget_tag(stage: str, metric: str, budget: int | str | None, k_max: int | N
 
 
 def custom_scalars_layout(lm: bool) -> dict[str, dict[str, list]]:
-    """TensorBoard custom-scalars layout: one multiline chart per metric with a line per budget k,
-    and the test sweep against k (bits per byte for language models, else accuracy)."""
+    """TensorBoard custom-scalars layout, one category (the first, expanded): the test sweep
+    against k (bits per byte for language models, else accuracy; every run of the task on one
+    chart), then one multiline chart per metric with a line per budget k over training."""
     score = "bpb" if lm else "acc"
     return {
         "budget curves": {
+            f"test {score} vs budget k (x axis = k)": ["Multiline", [rf"^test/{score}_vs_k$"]],
             f"val {score} at every budget k": ["Multiline", [rf"^val/{score}@k\d+$"]],
             "val loss at every budget k": ["Multiline", [r"^val/loss@k\d+$"]],
-            f"test {score} vs budget k (x axis = k)": ["Multiline", [rf"^test/{score}_vs_k$"]],
         }
     }
 

@@ -21,6 +21,8 @@ def run_sweep(
     accelerator: str = "auto",
     output_dir: str | Path | None = None,
     logger: Logger | bool = False,
+    reference_budgets: list[int] | None = None,
+    callbacks: list[L.Callback] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate a trained task (from `load_task`) at every budget on one split; rows of budget,
     acc, loss, params. Raises FloatingPointError on a non-finite loss.
@@ -28,15 +30,18 @@ def run_sweep(
     With `output_dir`, the curve goes to `output_dir/<checkpoint stem>.budget_curve_{split}.csv`
     with the checkpoint's name, sha256, epoch and step on every row (so it never replaces the
     curve training wrote, and `esssm plan` can tell which checkpoint it belongs to). With a
-    TensorBoard `logger` the sweep is logged into that run too (the test curve as a series over k).
+    TensorBoard `logger` the sweep is logged into that run too (the test curve as a series over k;
+    a model without a budget as a flat line over `reference_budgets`). `callbacks` join the
+    sweep's trainer (e.g. `esssm.progress.SweepProgress`).
     """
-    sweep = BudgetSweep(val_budgets=budgets, test_budgets=budgets, every_n_epochs=1, curve_file=None)
+    sweep = BudgetSweep(val_budgets=budgets, test_budgets=budgets, every_n_epochs=1, curve_file=None,
+                        reference_budgets=reference_budgets)
     trainer = L.Trainer(
         default_root_dir=output_dir,
         accelerator=accelerator,
         devices=1,
         logger=logger,
-        callbacks=[sweep],
+        callbacks=[sweep, *(callbacks or [])],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
