@@ -10,8 +10,10 @@ Tasks whose data folder is missing are reported and skipped.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -215,7 +217,6 @@ def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | Non
     from esssm.loading import load_datamodule, load_task
     from esssm.model import count_parameters
     from esssm.sweep import run_sweep
-    from esssm.timing import median_latency_ms
 
     ckpt = best_checkpoint(run)
     task = load_task(ckpt).eval()
@@ -224,15 +225,26 @@ def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | Non
                                default_hp_metric=False)
     rows = run_sweep(task, datamodule, budgets, split="test", output_dir=ckpt.parent, logger=logger)
     batch = next(iter(datamodule.test_dataloader()))
-    with torch.no_grad():
-        for row in rows:
-            budget = None if row["budget"] == "full" else row["budget"]
-            row["latency_ms"] = median_latency_ms(lambda: task.evaluate(batch, budget), warmup=1, repeats=3)
+    time_rows(task, batch, rows)
     return {
         "task": run.task, "model": run.model, "seed": run.seed, "checkpoint": str(ckpt),
         "params": count_parameters(task.eval_model), "k_max": task.k_max,
         "batch_size": int(batch["y"].shape[0]), "rows": rows,
     }
+
+
+def time_rows(task: Any, batch: dict[str, Any], rows: list[dict[str, Any]], rounds: int = 5) -> None:
+    """Adds each row's latency: the median ms of one forward pass of `batch` at its budget, all
+    budgets timed in interleaved rounds in a pass of their own after the sweep, and the spread of
+    those rounds (`latency_spread`; the tables mark a latency noisy above NOISY_SPREAD)."""
+    from esssm.timing import interleaved_ms, spread
+
+    calls = {row["budget"]: functools.partial(task.evaluate, batch, None if row["budget"] == "full" else row["budget"])
+             for row in rows}
+    with torch.no_grad():
+        times = interleaved_ms(calls, rounds=rounds, warmup=1)
+    for row in rows:
+        row["latency_ms"], row["latency_spread"] = statistics.median(times[row["budget"]]), spread(times[row["budget"]])
 
 
 def load_or_evaluate(run: Run, overrides: dict[str, Any], budgets) -> dict[str, Any]:
