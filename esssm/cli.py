@@ -29,6 +29,7 @@ from esssm.callbacks import BudgetSweep
 from esssm.checkpoints import read_checkpoint, save_checked
 from esssm.files import remove_with_sidecar
 from esssm.lit import SequenceTask
+from esssm.quiet import quiet_banners
 
 LOCK_FILE = "fit.lock"
 FIT_OUTPUTS = ("checkpoints", "config.yaml", "hparams.yaml", "events.out.tfevents.*")  # what a fit writes
@@ -270,6 +271,7 @@ def tools_help(tools: dict[str, Callable[[list[str]], int]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`esssm`: the project's own tools (sweep, ...) or the Lightning subcommands."""
+    quiet_banners()
     args = sys.argv[1:] if argv is None else argv
     tools = _tools()
     if args and args[0] in tools:
@@ -284,5 +286,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def lightning_main(argv: list[str] | None = None) -> int:
     """`lightning`: fit | validate | test with --config conf/<task>/<model>.yaml."""
+    quiet_banners()
     _cli(argv, f"ES-SSM Lab: {', '.join(SUBCOMMANDS)} (below); the project's tools run as `esssm TOOL`.")
     return 0

@@ -53,10 +53,12 @@ def interleaved_ms(
     rounds: int = 5,
     warmup: int = 1,
     timer: Callable[[Callable[[], object], torch.device | str], float] = time_once,
+    advance: Callable[[], object] | None = None,
 ) -> dict[Hashable, list[float]]:
     """Milliseconds of each call in `rounds` interleaved rounds (every call once per round) after
     `warmup` untimed rounds, {key: [ms per round]}: a burst of load from other processes then hits
-    every call alike instead of skewing whichever one was being timed. `timer(fn, device) -> ms`."""
+    every call alike instead of skewing whichever one was being timed. `timer(fn, device) -> ms`;
+    `advance()` is called after each round (a progress line)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     times: dict[Hashable, list[float]] = {key: [] for key in calls}
@@ -65,6 +67,8 @@ def interleaved_ms(
             ms = timer(call, device)
             if r >= warmup:
                 times[key].append(ms)
+        if advance is not None:
+            advance()
     return times
 
 

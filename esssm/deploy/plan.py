@@ -198,11 +198,12 @@ def time_budgets(
     rounds: int = 5,
     warmup: int = 1,
     timer: Callable[[Forward, str | torch.device], float] = time_once,
+    advance: Callable[[], object] | None = None,
 ) -> dict[int, float]:
     """Median milliseconds of each budget's call (from `budget_forwards`), {k: ms}, timed in
     interleaved rounds after `warmup` untimed rounds (`esssm.timing.interleaved_ms`).
-    `timer(fn, device) -> ms` is injectable."""
-    times = interleaved_ms(forwards, device, rounds, warmup, timer)
+    `timer(fn, device) -> ms` is injectable; `advance()` is called after each round."""
+    times = interleaved_ms(forwards, device, rounds, warmup, timer, advance)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
