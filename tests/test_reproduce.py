@@ -42,7 +42,7 @@ def test_quick_pipeline_end_to_end_and_rerun_skips(tmp_path, capsys):
         for seed in (0, 1):
             run = tmp_path / "runs" / "listops" / model / f"seed{seed}"
             assert (run / "checkpoints" / "finished.json").exists() and "Epoch 0" in (run / "fit.log").read_text()
-            assert re.search(rf"listops/{model}/seed{seed}: trained in \d+s, 2 steps, [\d.]+ s/step, val acc", out)
+            assert re.search(rf"listops/{model}/seed{seed}: trained in [\dhms]+, 2 steps, [\d.]+ s/step, val acc", out)
     # Not a terminal: periodic plain lines, one per run, and a whole-job line.
     assert re.search(r"listops/\w+/seed\d: epoch 1/1, step \d/2, ", out)
     assert re.search(r"job: \d trained, \d training, \d queued, ETA ", out)
