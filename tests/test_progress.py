@@ -15,7 +15,7 @@ from esssm.files import atomic_write_text
 from esssm.lit import SequenceTask
 from esssm.model import ESSSM
 from esssm.progress import (
-    PhaseProgress, ProgressBoard, ProgressFile, SweepProgress, describe, duration, evaluation_guess,
+    PhaseProgress, ProgressBoard, ProgressFile, describe, duration, evaluation_guess,
     remaining_evaluation,
 )
 from esssm.quiet import quiet_banners
