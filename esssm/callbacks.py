@@ -40,9 +40,13 @@ class BudgetSweep(L.Callback):
     zero-padded to the width of k_max (`acc@k01` ... `acc@k32`, so tags sort in budget order),
     `{stage}/budget_auc` (mean accuracy over log2 k) and `{stage}/k98` (smallest budget with
     >= 98% of full-budget accuracy). With TensorBoard it also writes a custom-scalars layout
-    (one multiline chart per metric over every k); to TensorBoard, MLflow and W&B it sends the
-    test curve as a series whose step is k (`test/acc_vs_k`, so runs overlay on one chart) and
-    the curve figure (`esssm.trackers`). A CSV of the curve goes
+    (the test curve against k first, then one multiline chart per metric over every k); to
+    TensorBoard, MLflow and W&B it sends the test curve as a series whose step is k
+    (`test/acc_vs_k`, so runs overlay on one chart; a model without a budget draws its score as
+    a flat line over `reference_budgets`) and the curve figure (`esssm.trackers`). Test scalars
+    are logged at the evaluated model's training step and never touch the training run's `epoch`
+    series (a fresh evaluation trainer would log epoch 0 at step 0, and TensorBoard then drops
+    every later point of that series). A CSV of the curve goes
     next to the checkpoints. The full-budget logits come from the module's own evaluation step,
     so a sweep costs one forward pass per additional budget. Per-example results are
     de-duplicated by dataset index, so DDP's padded samples are never counted twice.
@@ -55,6 +59,7 @@ class BudgetSweep(L.Callback):
         every_n_epochs: int | None = VAL_SWEEP_EVERY_N_EPOCHS,
         curve_file: str | None = "budget_curve_{stage}.csv",
         every_n_steps: int | None = None,
+        reference_budgets: list[int] | None = None,
     ) -> None:
         """Budgets: a list of ints, "all" (1..k_max) or "paper" (the paper's grid plus 1, k_max).
 
@@ -64,6 +69,9 @@ class BudgetSweep(L.Callback):
         step (runs that validate within an epoch: the authors' LM curve every 12,000 steps); needs
         `every_n_epochs: null`, so one schedule is in force.
         curve_file: name of the curve CSV beside the checkpoints ({stage}: val or test); None: no CSV.
+        reference_budgets: for a model without a budget (a Transformer), the k values at which its
+        full test score is written to `test/acc_vs_k`: a flat reference line on the k chart of
+        the elastic models it is compared with (`./reproduce.sh` passes their budgets).
         """
         super().__init__()
         check_sweep_schedule(every_n_epochs, every_n_steps)
@@ -71,6 +79,7 @@ class BudgetSweep(L.Callback):
                             (("val", val_budgets), ("test", test_budgets))}
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
         self.curve_file = curve_file
+        self.reference_budgets = list(reference_budgets or [])
         self.budgets: dict[str, list[int | None]] = {"val": [], "test": []}
         self.metrics = nn.ModuleDict()
         self.last_results: dict[str, list[dict[str, Any]]] = {}
@@ -202,6 +211,8 @@ class BudgetSweep(L.Callback):
             )
         self.last_results[stage] = rows
         metrics = curve_metrics(stage, rows, pl_module.k_max)
+        if stage == "test":  # a logged "step" is used as the step, and Lightning adds no "epoch"
+            metrics["step"] = float(trained_step(trainer, pl_module))
         if in_loop:
             for name, value in metrics.items():
                 pl_module.log(name, value, sync_dist=False)
@@ -212,9 +223,9 @@ class BudgetSweep(L.Callback):
         folder = self.output_dir(trainer)  # on every rank: trainer.log_dir is a collective under DDP
         if trainer.is_global_zero:
             self._write_csv(stage, rows, trainer, folder, self._epoch(trainer, in_loop))
-            self._write_figure(stage, rows, trainer)
+            self._write_figure(stage, rows, trainer, pl_module)
             if stage == "test":
-                self._write_curve_series(rows, trainer)
+                self._write_curve_series(self.curve_series_rows(rows), trainer)
 
     @staticmethod
     def output_dir(trainer: L.Trainer) -> Path:
@@ -229,16 +240,26 @@ class BudgetSweep(L.Callback):
             path = folder / self.curve_file.format(stage=stage)
             write_curve(path, rows, epoch=epoch, step=trainer.global_step)
 
-    def _write_figure(self, stage: str, rows: list[dict], trainer: L.Trainer) -> None:
+    def _write_figure(self, stage: str, rows: list[dict], trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loggers = [logger for logger in trainer.loggers if shows_curves(logger)]
         if not loggers or len(rows) < 2:
             return
-        figure = plot_budget_curve({"model": rows}, metric=curve_metric(rows))
+        figure = plot_budget_curve({"model": rows}, metric=curve_metric(rows), split=stage)
+        step = trained_step(trainer, pl_module) if stage == "test" else trainer.global_step
         for logger in loggers:
-            log_figure(logger, f"{stage}/budget_curve", figure, trainer.global_step)
+            log_figure(logger, f"{stage}/budget_curve", figure, step)
         import matplotlib.pyplot as plt
 
         plt.close(figure)
+
+    def curve_series_rows(self, rows: list[dict]) -> list[dict]:
+        """The rows drawn against k: the per-budget rows, or for a model without a budget its
+        full-budget row repeated at every `reference_budgets` k (a flat line)."""
+        per_budget = [r for r in rows if r["budget"] != "full"]
+        full = [r for r in rows if r["budget"] == "full"]
+        if per_budget or not full:
+            return per_budget
+        return [{**full[0], "budget": k} for k in self.reference_budgets]
 
     @staticmethod
     def _write_curve_series(rows: list[dict], trainer: L.Trainer) -> None:
@@ -262,6 +283,13 @@ def check_sweep_schedule(every_n_epochs: int | None, every_n_steps: int | None) 
     for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
         if value is not None and value < 1:
             raise ValueError(f"sweep.{name} must be >= 1 (1 = sweep at every validation), got {value}")
+
+
+def trained_step(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+    """The training step of the evaluated weights: the checkpoint's (`load_task`'s `source`) in a
+    fresh evaluation trainer, else the trainer's global step."""
+    source = getattr(pl_module, "source", None) or {}
+    return trainer.global_step or int(source.get("step") or 0)
 
 
 def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
@@ -309,19 +337,21 @@ def budget_tag(stage: str, metric: str, budget: int | str | None, k_max: int | N
 
 
 def custom_scalars_layout(lm: bool) -> dict[str, dict[str, list]]:
-    """TensorBoard custom-scalars layout: one multiline chart per metric with a line per budget k,
-    and the test sweep against k (bits per byte for language models, else accuracy)."""
+    """TensorBoard custom-scalars layout, one category (the first, expanded): the test sweep
+    against k (bits per byte for language models, else accuracy; every run of the task on one
+    chart), then one multiline chart per metric with a line per budget k over training."""
     score = "bpb" if lm else "acc"
     return {
         "budget curves": {
+            f"test {score} vs budget k (x axis = k)": ["Multiline", [rf"^test/{score}_vs_k$"]],
             f"val {score} at every budget k": ["Multiline", [rf"^val/{score}@k\d+$"]],
             "val loss at every budget k": ["Multiline", [r"^val/loss@k\d+$"]],
-            f"test {score} vs budget k (x axis = k)": ["Multiline", [rf"^test/{score}_vs_k$"]],
         }
     }
 
 
-METRIC_LABELS = {"acc": "accuracy", "bpb": "bits per byte (lower is better)"}
+METRIC_LABELS = {"acc": "accuracy (%)", "bpb": "bits per byte (lower is better)"}
+METRIC_SCALES = {"acc": 100.0, "bpb": 1.0}  # accuracy is drawn in percent, as the tables give it
 
 
 def curve_metric(rows: list[dict]) -> str:
@@ -329,39 +359,80 @@ def curve_metric(rows: list[dict]) -> str:
     return "bpb" if rows and "bpb" in rows[0] else "acc"
 
 
+def labelled_budgets(budgets: list[int], min_gap: float = 1 / 14) -> list[int]:
+    """The budgets whose tick gets a label on a log-k axis: from the smallest up, each at least
+    `min_gap` of the axis's log range past the previous label; the largest always (it replaces
+    a label too close to it): 1..32 is labelled 1 2 3 4 6 8 11 15 20 32, not a smear of digits."""
+    ks = sorted(set(budgets))
+    if len(ks) < 3:
+        return ks
+    gap = min_gap * (math.log(ks[-1]) - math.log(ks[0]))
+    labels = [ks[0]]
+    for k in ks[1:-1]:
+        if math.log(k) - math.log(labels[-1]) >= gap:
+            labels.append(k)
+    if math.log(ks[-1]) - math.log(labels[-1]) < gap and len(labels) > 1:
+        labels.pop()
+    return [*labels, ks[-1]]
+
+
+def curve_caption(metric: str, bands: bool, references: bool, split: str = "test") -> str:
+    """The one-line caption under a budget-curve figure: what each line and axis shows."""
+    parts = [f"{split.capitalize()} {METRIC_LABELS[metric].split(' (')[0]} of each model run on only its first k "
+             "spectral channels, without retraining"]
+    if bands:
+        parts.append("band: ±1 std over seeds")
+    if references:
+        parts.append("dashed: no budget")
+    parts.append("right: vs active parameters")
+    return "; ".join(parts) + "."
+
+
 def plot_budget_curve(
     curves: dict[str, list[dict]],
     title: str = "Budget-accuracy curve",
     references: dict[str, tuple[int, float]] | None = None,
     metric: str = "acc",
+    split: str = "test",
 ):
-    """`metric` ("acc" or "bpb") vs budget k and vs active parameters, one line per named curve
-    (with a ±1 std band where its rows carry "<metric>_std", e.g. the mean of several seeds).
-    references: models without a budget, name -> (parameters, score), drawn as a dashed level on
-    the k axis and a star on the parameter axis, so baselines sit on the same picture."""
+    """`metric` ("acc", drawn in percent, or "bpb") vs budget k and vs active parameters, one line
+    per named curve (with a ±1 std band where its rows carry "<metric>_std", e.g. the mean of
+    several seeds). references: models without a budget, name -> (parameters, score), drawn as a
+    dashed level on the k axis and a star on the parameter axis, so baselines sit on the same
+    picture. The k axis is ticked at the measured budgets; a caption says what the curves show."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (by_k, by_params) = plt.subplots(1, 2, figsize=(10, 4))
+    scale = METRIC_SCALES[metric]
+    figure, (by_k, by_params) = plt.subplots(1, 2, figsize=(10, 4.3))
+    bands, budgets = False, set()
     for name, rows in curves.items():
         rows = [r for r in rows if r["budget"] != "full"]
-        score = [r[metric] for r in rows]
+        score = [scale * r[metric] for r in rows]
+        budgets |= {r["budget"] for r in rows}
         for axis, x in ((by_k, [r["budget"] for r in rows]), (by_params, [r["active_params"] for r in rows])):
             line, = axis.plot(x, score, marker="o", label=name)
             if rows and rows[0].get(f"{metric}_std") is not None:  # several seeds: mean ± 1 std band
-                spread = [r[f"{metric}_std"] for r in rows]
+                bands = True
+                spread = [scale * r[f"{metric}_std"] for r in rows]
                 low, high = [a - s for a, s in zip(score, spread)], [a + s for a, s in zip(score, spread)]
                 axis.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     for i, (name, (params, level)) in enumerate((references or {}).items(), start=len(curves)):
-        by_k.axhline(level, linestyle="--", color=f"C{i}", label=name)
-        by_params.plot([params], [level], marker="*", markersize=12, linestyle="none", color=f"C{i}", label=name)
+        by_k.axhline(scale * level, linestyle="--", color=f"C{i}", label=name)
+        by_params.plot([params], [scale * level], marker="*", markersize=12, linestyle="none", color=f"C{i}",
+                       label=name)
     by_k.set(xscale="log", xlabel="spectral budget k", ylabel=METRIC_LABELS[metric], title=title)
+    if budgets:
+        ks, labelled = sorted(budgets), set(labelled_budgets(list(budgets)))
+        by_k.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        by_k.set_xticks(ks, [str(k) if k in labelled else "" for k in ks])
     by_params.set(xlabel="active parameters", ylabel=METRIC_LABELS[metric])
     by_params.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k"))
     for axis in (by_k, by_params):
         axis.grid(True, alpha=0.3)
         axis.legend()
-    figure.tight_layout()
+    figure.text(0.5, 0.015, curve_caption(metric, bands, bool(references), split), ha="center", fontsize=8)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
     return figure

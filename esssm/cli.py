@@ -19,6 +19,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from esssm.quiet import quiet_banners
+
 # Lightning's own predict needs a predict_dataloader, which the task datamodules do not have.
 SUBCOMMANDS = {
     "fit": "train a model: --config conf/<task>/<model>.yaml (resume: --ckpt_path last)",
@@ -107,6 +109,7 @@ def _lightning(description: str, from_command_line: bool) -> Callable[[list[str]
 def _main(prog: str, argv: list[str] | None, tools: dict[str, Callable[[list[str]], int]] | None) -> int:
     for name, value in OPENMP_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    quiet_banners()
     args = sys.argv[1:] if argv is None else list(argv)
     debug = debugging(args)
     args = [arg for arg in args if arg != DEBUG_FLAG]

@@ -139,7 +139,8 @@ def sweep_main(argv: list[str]) -> int:
     datamodule = load_datamodule(args.data_config, {k: v for k, v in overrides.items() if v is not None})
     task = load_task(args.ckpt, trust=args.trust_checkpoint)
     check_budgets(task, args.budgets, args.ckpt)  # before the data is read (at setup)
-    rows = run_sweep(task, datamodule, args.budgets, args.split, args.accelerator, output_dir=Path(args.ckpt).parent)
+    rows = run_sweep(task, datamodule, args.budgets, args.split, args.accelerator, output_dir=Path(args.ckpt).parent,
+                     progress="")
     print(format_table(rows))
     print(f"curve: {Path(args.ckpt).parent / deploy.curve_name(args.ckpt, args.split)}", file=sys.stderr)
     return 0
@@ -223,6 +224,7 @@ def plan_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from esssm import deploy
     from esssm.loading import load_eval_model
+    from esssm.progress import PhaseProgress
 
     model, config, source = load_eval_model(args.ckpt, args.trust_checkpoint)
     deploy.elastic_k_max(model)
@@ -234,7 +236,9 @@ def plan_main(argv: list[str]) -> int:
     example = deploy.synthetic_batch(config, args.batch, seq_len)
     budgets = [p.budget for p in curve]
     forwards = deploy.budget_forwards(args.runtime, model, config, example, budgets, args.device)
-    latencies = deploy.time_budgets(forwards, args.device, args.repeats, args.warmup)
+    with PhaseProgress(f"timing {len(budgets)} budgets ({args.runtime})", args.warmup + args.repeats,
+                       "rounds") as progress:
+        latencies = deploy.time_budgets(forwards, args.device, args.repeats, args.warmup, advance=progress.advance)
     best, rows = deploy.plan_budget(curve, latencies, args.latency_ms)
     print(f"curve: {curve_path}; latency: batch {args.batch} x length {seq_len} on {args.device} ({args.runtime})")
     print(deploy.format_plan(rows, best, args.latency_ms))
@@ -275,7 +279,11 @@ def cascade_main(argv: list[str]) -> int:
     datamodule = load_datamodule(args.data_config, {k: v for k, v in overrides.items() if v is not None})
     datamodule.setup("test" if args.split == "test" else "validate")
     loader = datamodule.test_dataloader if args.split == "test" else datamodule.val_dataloader
-    rows = deploy.cascade_sweep(model, loader, budgets, args.thresholds, device)
+    from esssm.progress import PhaseProgress
+
+    with PhaseProgress(f"cascade on the {args.split} split", len(budgets) + len(args.thresholds),
+                       "policies") as progress:
+        rows = deploy.cascade_sweep(model, loader, budgets, args.thresholds, device, advance=progress.advance)
     print(f"{args.split} split, {rows[0]['count']} examples, device {device}")
     print(deploy.format_cascade(rows))
     return 0

@@ -1,10 +1,13 @@
-"""Live progress of training runs that train in other processes (`./reproduce.sh`).
+"""Live progress: of training runs that train in other processes (`./reproduce.sh`), and of the
+phases a command runs itself (budget sweeps, cascade, plan, smoke).
 
 The fit process runs `ProgressFile`, a callback that writes a small JSON record (epoch, step,
-total steps, seconds per step, ETA, latest full-budget validation metric) atomically beside the
-run's log. The parent polls these records and `ProgressBoard` draws one line per run: tqdm bars
-redrawn in place on a terminal, plain lines every `interval` seconds otherwise (CI, nohup), plus a
-whole-job ETA line.
+total steps, seconds per step, ETA, latest full-budget validation metric, seconds of the latest
+validation pass and sweep) atomically beside the run's log. The parent polls these records and
+`ProgressBoard` draws one line per run: tqdm bars redrawn in place on a terminal, plain lines
+every `interval` seconds otherwise (CI, nohup), plus a whole-job ETA line that includes the
+test evaluation after training. `PhaseProgress` draws one phase of counted units the same way
+(`SweepProgress` feeds it from an evaluation trainer).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class ProgressFile(L.Callback):
         super().__init__()
         self.path, self.every_s = Path(path), every_s
         self._start, self._start_step, self._written = 0.0, 0, 0.0
+        self._val_start, self.val_s, self.sweep_s, self.test_budgets = 0.0, None, None, None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start, self._start_step = time.monotonic(), trainer.global_step
@@ -42,9 +46,22 @@ class ProgressFile(L.Callback):
         if time.monotonic() - self._written >= self.every_s:
             self._write(trainer, done=False)
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_start = time.monotonic()
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._write(trainer, done=False)
+        """Also keeps the seconds of this pass, and of it as a sweep of every budget: what the
+        test sweep after training will take (`evaluation_guess`)."""
+        if trainer.sanity_checking:
+            return
+        from esssm.callbacks import BudgetSweep
+
+        self.val_s = time.monotonic() - self._val_start
+        for sweep in (cb for cb in trainer.callbacks if isinstance(cb, BudgetSweep)):
+            self.test_budgets = len(sweep.budgets["test"])
+            if sweep.sweeps_validation(trainer):
+                self.sweep_s = self.val_s
+        self._write(trainer, done=False)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, done=True)
@@ -62,6 +79,7 @@ class ProgressFile(L.Callback):
             "step": trainer.global_step, "total": total, "s_per_step": per_step,
             "eta_s": per_step * max(0, total - trainer.global_step) if per_step and total else None,
             "elapsed_s": elapsed, "done": done, **latest_metric(trainer.callback_metrics),
+            "val_s": self.val_s, "sweep_s": self.sweep_s, "test_budgets": self.test_budgets,
         }
         atomic_write_text(self.path, json.dumps(record))
         self._written = time.monotonic()
@@ -73,6 +91,27 @@ def latest_metric(metrics: dict[str, Any]) -> dict[str, Any]:
         if name in metrics:
             return {"metric": name, "value": float(metrics[name])}
     return {}
+
+
+def evaluation_guess(record: dict[str, Any] | None) -> float | None:
+    """Seconds the test sweep of a run will take, from its training record: its latest validation
+    sweep of every budget (the quick and paper profiles' test split is as large as validation),
+    else its latest full-budget validation pass times the test budgets; None before either ran."""
+    if not record:
+        return None
+    if record.get("sweep_s") is not None:
+        return record["sweep_s"]
+    if record.get("val_s") is not None and record.get("test_budgets"):
+        return record["val_s"] * record["test_budgets"]
+    return None
+
+
+def remaining_evaluation(guesses: list[float | None], measured: list[float]) -> float | None:
+    """Seconds of the evaluations still to run: each one's guess, or the mean of those measured
+    so far where a run has none; None when a run has neither."""
+    mean = sum(measured) / len(measured) if measured else None
+    filled = [mean if g is None else g for g in guesses]
+    return None if None in filled else float(sum(filled))
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -113,6 +152,13 @@ def describe(label: str, record: dict[str, Any] | None) -> str:
             f"ETA {duration(0 if record['done'] else record['eta_s'])}, {score(record)}")
 
 
+def progress_bar(stream: TextIO, total: int | None, desc: str) -> Any:
+    """A tqdm bar redrawn in place: a short bar, then the progress line as its description."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=stream, dynamic_ncols=True, leave=False, bar_format="{bar:12} {desc}")
+
+
 def summary(label: str, record: dict[str, Any] | None, seconds: float) -> str:
     """The final line of a trained run."""
     if record is None:
@@ -143,6 +189,7 @@ class ProgressBoard:
         self.queued, self.workers, self.interval = queued, workers, interval
         self.slots: dict[str, _Slot] = {}
         self.durations: list[float] = []
+        self.evaluations: dict[str, float | None] = {}  # trained run -> guessed test-sweep seconds
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -180,10 +227,7 @@ class ProgressBoard:
             self.queued = max(0, self.queued - 1)
             self.slots[label] = slot = _Slot(label, path)
             if self.tty:
-                from tqdm import tqdm
-
-                slot.bar = tqdm(total=1, desc=label, file=self.stream, dynamic_ncols=True, leave=False,
-                                bar_format="{bar:12} {desc}")
+                slot.bar = progress_bar(self.stream, 1, label)
 
     def finish(self, label: str, ok: bool) -> None:
         """Ends a run's line and prints its summary (or nothing when it failed: the caller says why)."""
@@ -192,6 +236,7 @@ class ProgressBoard:
             seconds = time.monotonic() - slot.started
             if ok:
                 self.durations.append(seconds)
+                self.evaluations[label] = evaluation_guess(read_record(slot.path))
             self._close(slot)
         if ok:
             self.say(summary(label, read_record(slot.path), seconds))
@@ -218,8 +263,20 @@ class ProgressBoard:
         records = {slot.label: read_record(slot.path) for slot in slots}
         runs = {label: describe(label, record) for label, record in records.items()}
         job = (f"job: {done} trained, {len(slots)} training, {self.queued} queued, "
-               f"ETA {duration(self.job_eta(records))}")
+               f"ETA {self.eta_text(records)}")
         return runs, job
+
+    def eta_text(self, records: dict[str, dict | None]) -> str:
+        """'6m10s (test evaluation 1m20s of it)': training, then the test sweep of every run one
+        at a time; the evaluation of a queued run is guessed as the mean of those known."""
+        training = self.job_eta(records)
+        known = [*self.evaluations.values(), *(evaluation_guess(r) for r in records.values())]
+        evaluation = remaining_evaluation(known + [None] * self.queued,
+                                          [g for g in known if g is not None])
+        if evaluation is None:
+            return f"{duration(training)} + test evaluation ?"
+        total = None if training is None else training + evaluation
+        return f"{duration(total)} (test evaluation {duration(evaluation)} of it)"
 
     def draw(self) -> None:
         runs, job = self.lines()
@@ -244,3 +301,111 @@ class ProgressBoard:
     def _close(self, slot: _Slot) -> None:
         if slot.bar is not None:
             slot.bar.close()
+
+
+class PhaseProgress:
+    """Progress of one phase run in this process, in `total` counted units (the batches of a
+    budget sweep, the policies of a cascade, the timing rounds of a plan, the configs of a smoke):
+    'label: 3/16 batches, 12s elapsed, ETA 40s'. On a terminal a tqdm bar redrawn in place;
+    otherwise a plain line at the start, at most every `interval` seconds and at the end.
+    `expected_s` (a guess of the whole phase) gives the ETA until the first unit is done.
+    `say` prints a line without tearing the bar."""
+
+    def __init__(self, label: str, total: int | None, unit: str, stream: TextIO | None = None,
+                 interval: float = 30.0, expected_s: float | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.label, self.total, self.unit, self.interval, self.expected_s = label, total, unit, interval, expected_s
+        self.done, self.started, self.printed, self.closed = 0, time.monotonic(), -math.inf, False
+        self.bar = progress_bar(self.stream, total, self.line()) if self.tty else None
+        self._show(force=True)
+
+    def __enter__(self) -> PhaseProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def eta(self) -> float | None:
+        elapsed = time.monotonic() - self.started
+        if self.done and self.total:
+            return elapsed / self.done * max(0, self.total - self.done)
+        return None if self.expected_s is None else max(0.0, self.expected_s - elapsed)
+
+    def line(self) -> str:
+        elapsed = duration(time.monotonic() - self.started)
+        return (f"{self.label}: {self.done}/{self.total or '?'} {self.unit}, {elapsed} elapsed, "
+                f"ETA {duration(self.eta())}")
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        self._show(force=False)
+
+    def say(self, message: str) -> None:
+        if self.bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=self.stream)
+        else:
+            self.stream.write(message + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.bar is not None:
+            self.bar.close()
+        self.say(f"{self.label}: {self.done} {self.unit} in {duration(time.monotonic() - self.started)}")
+
+    def _show(self, force: bool) -> None:
+        if self.bar is not None:
+            self.bar.n = self.done
+            self.bar.set_description_str(self.line())
+        elif force or time.monotonic() - self.printed >= self.interval:
+            self.say(self.line())
+            self.printed = time.monotonic()
+
+
+class SweepProgress(L.Callback):
+    """`PhaseProgress` of the evaluation passes of a trainer (the budget sweep of `esssm sweep`
+    and `./reproduce.sh`): one unit per batch, each evaluated at every budget of the sweep."""
+
+    def __init__(self, label: str, stream: TextIO | None = None, interval: float = 30.0,
+                 expected_s: float | None = None) -> None:
+        super().__init__()
+        self.label, self.stream, self.interval, self.expected_s = label, stream, interval, expected_s
+        self.phase: PhaseProgress | None = None
+
+    def _start(self, batches: list[int | float]) -> None:
+        total = sum(batches)
+        self.phase = PhaseProgress(self.label, int(total) if math.isfinite(total) else None, "batches",
+                                   self.stream, self.interval, self.expected_s)
+
+    def _advance(self) -> None:
+        if self.phase is not None:
+            self.phase.advance()
+
+    def _end(self) -> None:
+        if self.phase is not None:
+            self.phase.close()
+            self.phase = None
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(trainer.num_test_batches)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._start(trainer.num_val_batches)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._advance()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._advance()
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end()

@@ -10,8 +10,11 @@ Tasks whose data folder is missing are reported and skipped.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -26,7 +29,8 @@ import yaml
 from esssm.budget import sweep_budgets
 from esssm.commands import budget_list
 from esssm.files import atomic_write_text
-from esssm.progress import ProgressBoard, read_record
+from esssm.progress import ProgressBoard, duration, evaluation_guess, read_record, remaining_evaluation
+from esssm.quiet import quiet_banners
 from esssm.tables import ABLATION_ONLY, NoResultsError, write_curves, write_tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,11 +162,13 @@ def train(run: Run, overrides: dict[str, Any], devices: int, extra: list[str], t
     log = run.log_dir / "fit.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     threads_text = f"on {threads} CPU thread(s), " if threads else ""
-    board.say(f"[{run.label}] training {threads_text}output in {log}: {' '.join(command)}")
+    board.say(f"[{run.label}] training {threads_text}output in {log}")
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
     start = time.time()
     board.start(run.label, run.progress)
     with open(log, "a") as stream:
+        stream.write(f"$ {shlex.join(command)}\n")  # the full command, for the log's reader only
+        stream.flush()
         code = subprocess.run(command, cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
     if code == 0 and not (read_record(run.progress) or {}).get("done"):
         code = 1  # a fit stopped by a signal (SIGTERM) exits 0 without finishing training
@@ -210,27 +216,28 @@ def best_checkpoint(run: Run) -> Path:
     return best[-1] if best else run.ckpt_dir / "last.ckpt"
 
 
-def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | None) -> dict[str, Any]:
-    """Test-split accuracy at every budget, with active parameters and inference latency. The
-    sweep is also logged to the run's TensorBoard folder (test/acc_vs_k: step = k)."""
+def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | None,
+             reference_budgets: list[int] | None = None) -> dict[str, Any]:
+    """Test-split accuracy at every budget, with active parameters and inference latency, and a
+    progress line with an ETA (guessed from the run's validation sweeps until the first batch).
+    The sweep is also logged to the run's TensorBoard folder (test/acc_vs_k: step = k; a model
+    without a budget as a flat line over `reference_budgets`, the task's elastic budgets)."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from esssm.loading import load_datamodule, load_task
     from esssm.model import count_parameters
     from esssm.sweep import run_sweep
-    from esssm.timing import median_latency_ms
 
     ckpt = best_checkpoint(run)
     task = load_task(ckpt).eval()
     datamodule = load_datamodule(run.config, overrides)
     logger = TensorBoardLogger(run.out / "runs", name=f"{run.task}/{run.model}", version=run.version,
                                default_hp_metric=False)
-    rows = run_sweep(task, datamodule, budgets, split="test", output_dir=ckpt.parent, logger=logger)
+    rows = run_sweep(task, datamodule, budgets, split="test", output_dir=ckpt.parent, logger=logger,
+                     reference_budgets=reference_budgets, progress=f"[{run.label}] ", stream=sys.stdout,
+                     expected_s=evaluation_guess(read_record(run.progress)))
     batch = next(iter(datamodule.test_dataloader()))
-    with torch.no_grad():
-        for row in rows:
-            budget = None if row["budget"] == "full" else row["budget"]
-            row["latency_ms"] = median_latency_ms(lambda: task.evaluate(batch, budget), warmup=1, repeats=3)
+    time_rows(task, batch, rows)
     return {
         "task": run.task, "model": run.model, "seed": run.seed, "checkpoint": str(ckpt),
         "params": count_parameters(task.eval_model), "k_max": task.k_max,
@@ -238,17 +245,70 @@ def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | Non
     }
 
 
-def load_or_evaluate(run: Run, overrides: dict[str, Any], budgets) -> dict[str, Any]:
-    """The run's test result: the stored one when it is newer than the checkpoint and was swept at
-    these budgets, else a new evaluation."""
+def time_rows(task: Any, batch: dict[str, Any], rows: list[dict[str, Any]], rounds: int = 5) -> None:
+    """Adds each row's latency: the median ms of one forward pass of `batch` at its budget, all
+    budgets timed in interleaved rounds in a pass of their own after the sweep, and the spread of
+    those rounds (`latency_spread`; the tables mark a latency noisy above NOISY_SPREAD)."""
+    from esssm.timing import interleaved_ms, spread
+
+    calls = {row["budget"]: functools.partial(task.evaluate, batch, None if row["budget"] == "full" else row["budget"])
+             for row in rows}
+    with torch.no_grad():
+        times = interleaved_ms(calls, rounds=rounds, warmup=1)
+    for row in rows:
+        row["latency_ms"], row["latency_spread"] = statistics.median(times[row["budget"]]), spread(times[row["budget"]])
+
+
+def stored_result(run: Run, budgets) -> dict[str, Any] | None:
+    """The run's stored test result when it is newer than the checkpoint and was swept at these
+    budgets, else None."""
     if run.result.exists() and run.result.stat().st_mtime >= best_checkpoint(run).stat().st_mtime:
         stored = json.loads(run.result.read_text())
         wanted = ["full" if k is None else k for k in sweep_budgets(stored["k_max"], budgets)]
         if [row["budget"] for row in stored["rows"]] == wanted:
             return stored
-    result = evaluate(run, overrides, budgets)
-    atomic_write_text(run.result, json.dumps(result, indent=1))
+    return None
+
+
+def load_or_evaluate(run: Run, overrides: dict[str, Any], budgets, reference_budgets=None) -> dict[str, Any]:
+    """The run's test result: the stored one (`stored_result`), else a new evaluation."""
+    result = stored_result(run, budgets)
+    if result is None:
+        result = evaluate(run, overrides, budgets, reference_budgets)
+        atomic_write_text(run.result, json.dumps(result, indent=1))
     return result
+
+
+def task_budgets(runs: list[Run], budgets) -> dict[str, list[int]]:
+    """task -> the test budgets of its elastic runs (where a Transformer draws its flat k line)."""
+    found: dict[str, set[int]] = {}
+    for run in runs:
+        k_max = config_k_max(run.config)
+        if k_max is not None:
+            found.setdefault(run.task, set()).update(sweep_budgets(k_max, budgets))
+    return {task: sorted(ks) for task, ks in found.items()}
+
+
+def evaluate_all(plans: list[tuple[Run, dict[str, Any]]], trained: set[Run], budgets) -> dict[tuple[str, str], list[dict]]:
+    """The test results of the trained runs, evaluated one at a time after all training (so the
+    latencies are timed on an otherwise idle machine), each announced with the job's remaining
+    ETA: the runs still to sweep, guessed from their validation sweeps or from those measured."""
+    todo = [(run, overrides) for run, overrides in plans if run in trained]
+    fresh = [stored_result(run, budgets) is None for run, _ in todo]
+    guesses = [evaluation_guess(read_record(run.progress)) if new else 0.0 for (run, _), new in zip(todo, fresh)]
+    references = task_budgets([run for run, _ in todo], budgets)
+    results: dict[tuple[str, str], list[dict]] = {}
+    measured: list[float] = []
+    for i, (run, overrides) in enumerate(todo):
+        if fresh[i]:
+            eta = remaining_evaluation(guesses[i:], measured)
+            print(f"[{run.label}] test evaluation {sum(fresh[:i + 1])}/{sum(fresh)}, job ETA {duration(eta)}", flush=True)
+        start = time.monotonic()
+        result = load_or_evaluate(run, overrides, budgets, references.get(run.task))
+        if fresh[i]:
+            measured.append(time.monotonic() - start)
+        results.setdefault((run.task, run.model), []).append(result)
+    return results
 
 
 # ----------------------------------------------------------------------------- main
@@ -369,6 +429,7 @@ def report(results: dict[tuple[str, str], list[dict]], out: Path, profile: str) 
 def main(argv: list[str] | None = None) -> int:
     from esssm import launch  # imports this module
 
+    quiet_banners()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     profile = PROFILES[args.profile]
     out = args.out.resolve()
@@ -408,11 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         trained = train_all(plans, args.devices, extra, args.jobs, args.progress_every)
     else:
         trained = launch.train_all(args, plans, extra)
-    # Evaluated one at a time after all training, so the latencies are measured on an idle machine.
-    results: dict[tuple[str, str], list[dict]] = {}
-    for run, overrides in plans:
-        if run in trained:
-            results.setdefault((run.task, run.model), []).append(load_or_evaluate(run, overrides, budgets))
+    results = evaluate_all(plans, trained, budgets)
     failed = [run.label for run, _ in plans if run not in trained]
     if skipped:
         print(f"skipped for missing data: {', '.join(skipped)}")

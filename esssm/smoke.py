@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ import yaml
 from esssm.budget import sweep_budgets
 from esssm.files import atomic_write_text
 from esssm.model import count_parameters
+from esssm.progress import PhaseProgress
 
 REPO = Path(__file__).resolve().parents[1]
 # Data-side overrides that make each task read the generated sample instead of the real set.
@@ -278,36 +280,42 @@ def earlier_rows(path: Path, device: str, smoke_batch: int) -> list[dict[str, An
             if r["device"] == device and (gpu or r["batch"] == smoke_batch)]
 
 
+def smoke_one(task: str, model: str, config: Path, out: Path, smoke_batch: int, budgets: str, device: str,
+              rows: list[dict[str, Any]], failures: list[str], say: Callable[[str], None]) -> None:
+    """Smoke one config unless an earlier smoke kept its row; adds its row or its failure."""
+    if any((r["task"], r["model"]) == (task, model) for r in rows):
+        say(f"[smoke] {task}/{model}: kept from {out / 'results' / 'smoke.json'}")
+        return
+    facts = config_facts(config)
+    batch = facts["batch"] if torch.cuda.is_available() else smoke_batch
+    data_dir = write_samples(task, out / "smoke" / "data" / task, 2 * batch * facts["accumulate"] + 2)
+    say(f"[smoke] {task}/{model}: L={facts['seq_len']}, batch {batch}")
+    try:
+        record = run_config(config, task, data_dir, batch, budgets=budgets)
+    except (RuntimeError, FloatingPointError) as error:
+        say(str(error))
+        failures.append(f"{task}/{model}: {str(error).splitlines()[0]}")
+        return
+    row = projection_row(task, model, config, record, batch, device)
+    rows.append(row)
+    say(f"[smoke] {task}/{model}: {row['s_per_step']:.2f} s/step, {row['peak_memory_mb']:.0f} MB, "
+        f"projected {row['projected_hours']:,.1f} h ({record['wall_seconds']:.0f} s wall)")
+
+
 def run(plans: list[tuple[str, str, Path]], out: Path, smoke_batch: int, command: str, budgets: str = "all") -> int:
     """Smoke every (task, model, config); write out/results/smoke.md; 1 if any config failed.
 
     Configs already in out/results/smoke.json (same device and batch) are kept, not rerun:
     delete that file to measure them again.
     """
-    gpu = torch.cuda.is_available()
     device = device_name()
     rows, failures = earlier_rows(out / "results" / "smoke.json", device, smoke_batch), []
-    for task, model, config in plans:
-        if any((r["task"], r["model"]) == (task, model) for r in rows):
-            print(f"[smoke] {task}/{model}: kept from {out / 'results' / 'smoke.json'}", flush=True)
-            continue
-        facts = config_facts(config)
-        batch = facts["batch"] if gpu else smoke_batch
-        data_dir = write_samples(task, out / "smoke" / "data" / task, 2 * batch * facts["accumulate"] + 2)
-        print(f"[smoke] {task}/{model}: L={facts['seq_len']}, batch {batch}", flush=True)
-        try:
-            record = run_config(config, task, data_dir, batch, budgets=budgets)
-        except (RuntimeError, FloatingPointError) as error:
-            print(str(error), flush=True)
-            failures.append(f"{task}/{model}: {str(error).splitlines()[0]}")
-            continue
-        row = projection_row(task, model, config, record, batch, device)
-        rows.append(row)
-        print(f"[smoke] {task}/{model}: {row['s_per_step']:.2f} s/step, {row['peak_memory_mb']:.0f} MB, "
-              f"projected {row['projected_hours']:,.1f} h ({record['wall_seconds']:.0f} s wall)", flush=True)
-        table = smoke_table(rows, failures, device, command)
-        atomic_write_text(out / "results" / "smoke.md", table)
-        atomic_write_text(out / "results" / "smoke.json", json.dumps(rows, indent=1))
+    with PhaseProgress("smoke", len(plans), "configs", sys.stdout, interval=0) as progress:
+        for task, model, config in plans:
+            smoke_one(task, model, config, out, smoke_batch, budgets, device, rows, failures, progress.say)
+            atomic_write_text(out / "results" / "smoke.md", smoke_table(rows, failures, device, command))
+            atomic_write_text(out / "results" / "smoke.json", json.dumps(rows, indent=1))
+            progress.advance()
     atomic_write_text(out / "results" / "smoke.md", smoke_table(rows, failures, device, command))
     print(f"\nsmoke table: {out / 'results' / 'smoke.md'}")
     if failures:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import lightning as L
 from lightning.pytorch.loggers import Logger
 
+from esssm.budget import sweep_budgets
 from esssm.callbacks import BudgetSweep, write_curve
 from esssm.deploy.plan import curve_name
 from esssm.lit import SequenceTask
@@ -21,6 +22,10 @@ def run_sweep(
     accelerator: str = "auto",
     output_dir: str | Path | None = None,
     logger: Logger | bool = False,
+    reference_budgets: list[int] | None = None,
+    progress: str | None = None,
+    expected_s: float | None = None,
+    stream: TextIO | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate a trained task (from `load_task`) at every budget on one split; rows of budget,
     acc, loss, params. Raises FloatingPointError on a non-finite loss.
@@ -28,15 +33,26 @@ def run_sweep(
     With `output_dir`, the curve goes to `output_dir/<checkpoint stem>.budget_curve_{split}.csv`
     with the checkpoint's name, sha256, epoch and step on every row (so it never replaces the
     curve training wrote, and `esssm plan` can tell which checkpoint it belongs to). With a
-    TensorBoard `logger` the sweep is logged into that run too (the test curve as a series over k).
+    TensorBoard `logger` the sweep is logged into that run too (the test curve as a series over k;
+    a model without a budget as a flat line over `reference_budgets`). With `progress` (a label
+    prefix, "" for none) a progress line with an ETA goes to `stream` (stderr by default);
+    `expected_s` guesses the sweep's seconds until its first batch is done.
     """
-    sweep = BudgetSweep(val_budgets=budgets, test_budgets=budgets, every_n_epochs=1, curve_file=None)
+    from esssm.progress import SweepProgress
+
+    callbacks: list[L.Callback] = []
+    if progress is not None:
+        count = len(sweep_budgets(task.k_max, budgets))
+        label = f"{progress}{split} sweep at {count} budget{'s' if count > 1 else ''}"
+        callbacks.append(SweepProgress(label, stream, expected_s=expected_s))
+    sweep = BudgetSweep(val_budgets=budgets, test_budgets=budgets, every_n_epochs=1, curve_file=None,
+                        reference_budgets=reference_budgets)
     trainer = L.Trainer(
         default_root_dir=output_dir,
         accelerator=accelerator,
         devices=1,
         logger=logger,
-        callbacks=[sweep],
+        callbacks=[sweep, *callbacks],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

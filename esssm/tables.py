@@ -14,6 +14,7 @@ from typing import Any
 
 from esssm.budget import curve_summary
 from esssm.files import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from esssm.timing import NOISY_SPREAD
 
 Results = dict[tuple[str, str], list[dict[str, Any]]]
 ABLATIONS = {  # Table C columns: config name -> label
@@ -45,6 +46,9 @@ def merge_seeds(seeds: list[dict[str, Any]]) -> dict[str, Any]:
         merged = {"budget": row["budget"], "active_params": row["active_params"]}
         for key in (k for k in ROW_METRICS if k in row):
             merged[key], merged[f"{key}_std"] = mean_std([s["rows"][i][key] for s in seeds])
+        spreads = [s["rows"][i]["latency_spread"] for s in seeds if "latency_spread" in s["rows"][i]]
+        if spreads:  # the least consistent seed's timing rounds
+            merged["latency_spread"] = max(spreads)
         rows.append(merged)
     return {**seeds[0], "rows": rows, "n": len(seeds), "seeds": [s.get("seed", 0) for s in seeds]}
 
@@ -81,6 +85,20 @@ def number(x: float | None, std: float | None = None, scale: float = 1.0, digits
 def pct(x: float | None, std: float | None = None) -> str:
     """A fraction in percent: '61.20' or '61.20 ± 1.30'."""
     return number(x, std, scale=100, digits=2)
+
+
+def noisy(row: dict[str, Any]) -> bool:
+    """Whether the repeated timings behind a row's latency disagreed (another process's load)."""
+    return row.get("latency_spread", 0.0) > NOISY_SPREAD
+
+
+def latency(row: dict[str, Any]) -> str:
+    """'12.3', or '12.3 (noisy)' when its timing rounds disagreed."""
+    return f"{row['latency_ms']:.1f}" + (" (noisy)" if noisy(row) else "")
+
+
+NOISE_NOTE = (f"\n(noisy): the timing rounds of that latency spread by more than {NOISY_SPREAD:.0%} of their "
+              "median (other processes were using the machine); compare latencies measured on an idle machine.")
 
 
 def markdown_table(columns: list[str], cells: list[list[Any]], text_columns: int) -> str:
@@ -124,25 +142,30 @@ def table_b(results: Results) -> tuple[str, list[dict]]:
             f = (fixed and row_at(fixed, r["budget"])) or {}
             row = {"task": task, "budget": r["budget"], "n": elastic["n"], "esssm_acc": r["acc"],
                    "esssm_acc_std": r["acc_std"], "fixed_acc": f.get("acc"), "fixed_acc_std": f.get("acc_std"),
-                   "active_params": r["active_params"], "latency_ms": round(r["latency_ms"], 3)}
+                   "active_params": r["active_params"], "latency_ms": round(r["latency_ms"], 3),
+                   "latency_noisy": noisy(r)}
             rows.append(row)
             cells.append([r["budget"], pct(r["acc"], r["acc_std"]), pct(row["fixed_acc"], row["fixed_acc_std"]),
-                          f"{r['active_params']:,}", f"{row['latency_ms']:.1f}"])
+                          f"{r['active_params']:,}", latency(r)])
         lines += [f"\n**{task}** (n = {elastic['n']} seed(s) ES-SSM, {fixed['n'] if fixed else 0} fixed; "
-                  f"batch {elastic['batch_size']}, latency = median forward ms on this machine)\n",
+                  f"batch {elastic['batch_size']}, latency = median forward ms on this machine over interleaved "
+                  "rounds, timed after the sweep)\n",
                   markdown_table(["k", "ES-SSM acc", "fixed-budget SSM acc", "active params", "latency ms"], cells, 0)]
+        if any(noisy(r) for r in elastic["rows"]):
+            lines.append(NOISE_NOTE)
     return "\n".join(lines), rows
 
 
 def table_c(results: Results) -> tuple[str, list[dict]]:
     """Ablations, per task: the score of every variant at every budget (accuracy, or bits per
-    byte for a language model), mean ± std over seeds."""
+    byte for a language model), mean ± std over seeds. Only tasks where an ablation-only variant
+    ran beside another variant: ES-SSM against the fixed-budget sum alone is Table B."""
     from esssm.callbacks import METRIC_LABELS, curve_metric
 
     sections, rows = [], []
     for task in sorted({t for t, _ in results}):
         variants = {m: merge_seeds(results[task, m]) for m in ABLATIONS if (task, m) in results}
-        if len(variants) < 2:
+        if len(variants) < 2 or not any(m in variants for m in ABLATION_ONLY):
             continue
         metric = curve_metric(next(iter(variants.values()))["rows"])
         show = pct if metric == "acc" else number
@@ -161,20 +184,21 @@ def table_c(results: Results) -> tuple[str, list[dict]]:
 
 def table_d(results: Results) -> tuple[str, list[dict]]:
     """Byte-level language models: test bits per byte at every budget."""
-    rows = []
+    rows, cells = [], []
     for (task, model), seeds in sorted(results.items()):
         if model in ABLATION_ONLY:  # Table C
             continue
         merged = merge_seeds(seeds)
-        rows += [{"task": task, "model": model, "budget": r["budget"], "n": merged["n"], "bpb": r["bpb"],
-                  "bpb_std": r["bpb_std"], "token_acc": r["acc"], "token_acc_std": r["acc_std"],
-                  "active_params": r["active_params"], "latency_ms": round(r["latency_ms"], 3)}
-                 for r in merged["rows"] if "bpb" in r]
+        for r in (r for r in merged["rows"] if "bpb" in r):
+            rows.append({"task": task, "model": model, "budget": r["budget"], "n": merged["n"], "bpb": r["bpb"],
+                         "bpb_std": r["bpb_std"], "token_acc": r["acc"], "token_acc_std": r["acc_std"],
+                         "active_params": r["active_params"], "latency_ms": round(r["latency_ms"], 3),
+                         "latency_noisy": noisy(r)})
+            cells.append([task, model, r["budget"], merged["n"], number(r["bpb"], r["bpb_std"]),
+                          pct(r["acc"], r["acc_std"]), f"{r['active_params']:,}", latency(r)])
     columns = ["task", "model", "k", "n", "bits per byte", "next-byte acc", "active params", "latency ms"]
-    cells = [[r["task"], r["model"], r["budget"], r["n"], number(r["bpb"], r["bpb_std"]),
-              pct(r["token_acc"], r["token_acc_std"]), f"{r['active_params']:,}", f"{r['latency_ms']:.1f}"]
-             for r in rows]
-    return markdown_table(columns, cells, 2), rows
+    note = NOISE_NOTE if any(r["latency_noisy"] for r in rows) else ""
+    return markdown_table(columns, cells, 2) + note, rows
 
 
 TABLES = (("table_a", table_a, "Table A: accuracy per model and task"),

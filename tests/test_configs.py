@@ -201,3 +201,13 @@ def test_long_tasks_train_16_examples_per_update_in_micro_batches(task, micro, p
         batch = config["data"]["init_args"]["batch_size"]
         assert batch == micro, path
         assert batch * config["trainer"]["accumulate_grad_batches"] == per_update, path
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "quick").rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONF)))
+def test_quick_configs_sweep_every_budget_at_two_epochs_at_least(path):
+    """BudgetSweep sweeps every k on each every_n_epochs-th epoch and the last: the quick profile
+    must sweep at an earlier epoch too, so each per-k validation chart has a line, not a dot."""
+    config = yaml.safe_load(path.read_text())
+    epochs, every = config["trainer"]["max_epochs"], config["sweep"]["every_n_epochs"]
+    swept = {e for e in range(1, epochs + 1) if e % every == 0} | {epochs}
+    assert len(swept) >= 2 and config["sweep"]["val_budgets"] == "all", (epochs, every)

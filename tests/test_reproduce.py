@@ -42,12 +42,20 @@ def test_quick_pipeline_end_to_end_and_rerun_skips(tmp_path, capsys):
         for seed in (0, 1):
             run = tmp_path / "runs" / "listops" / model / f"seed{seed}"
             assert (run / "checkpoints" / "finished.json").exists() and "Epoch 0" in (run / "fit.log").read_text()
-            assert re.search(rf"listops/{model}/seed{seed}: trained in \d+s, 2 steps, [\d.]+ s/step, val acc", out)
+            assert re.search(rf"listops/{model}/seed{seed}: trained in [\dhms]+, 2 steps, [\d.]+ s/step, val acc", out)
     # Not a terminal: periodic plain lines, one per run, and a whole-job line.
     assert re.search(r"listops/\w+/seed\d: epoch 1/1, step \d/2, ", out)
     assert re.search(r"job: \d trained, \d training, \d queued, ETA ", out)
     assert "\r" not in out and "\x1b" not in out
     assert "tensorboard --logdir" in out
+    # The test evaluation has progress too: the job's remaining ETA per run, a line per sweep.
+    assert [int(n) for n in re.findall(r"\] test evaluation (\d)/6, job ETA ", out)] == list(range(1, 7))
+    assert re.search(r"\[listops/esssm/seed1\] test sweep at 3 budgets: \d+ batches in \d+s", out)
+    # Short lines: run name and log path; the full command is in the run's fit.log.
+    assert "[listops/fixed/seed0] training on 1 CPU thread(s), output in " in out and "--config" not in out
+    log = (tmp_path / "runs" / "listops" / "fixed" / "seed0" / "fit.log").read_text()
+    assert log.startswith("$ ") and "-m esssm fit --config" in log.splitlines()[0]
+    assert "GPU available" not in log + out and "Tip:" not in log + out
 
     assert reproduce.main(["--out", str(tmp_path), "--jobs", "1", "--seeds", "0,1", *TINY]) == 0  # rerun
     assert capsys.readouterr().out.count("finished earlier") == 6
@@ -107,7 +115,7 @@ def test_paper_budgets_reach_the_tables(tmp_path, monkeypatch):
     Training and evaluation are stubbed: this checks the option's way to the tables."""
     from esssm.budget import sweep_budgets
 
-    def evaluated(run, overrides, budgets):
+    def evaluated(run, overrides, budgets, reference_budgets=None):
         k_max = reproduce.config_k_max(run.config)
         rows = [{"budget": "full" if k is None else k, "acc": 0.5, "loss": 1.0, "active_params": 10, "latency_ms": 1.0}
                 for k in sweep_budgets(k_max, budgets)]

@@ -1,11 +1,15 @@
 """Reproduction tables and curves from per-seed results: the ablation table (accuracy or bits per
-byte at every budget, mean ± std), language models plotted in bits per byte."""
+byte at every budget, mean ± std) only when ablations ran, latencies marked noisy when their
+timing rounds disagree, language models plotted in bits per byte, accuracy in percent, the k axis
+ticked at the measured budgets, and a caption."""
 
 import csv
 
 import pytest
 
+from esssm.callbacks import labelled_budgets, plot_budget_curve
 from esssm.tables import NoResultsError, render_tables, write_curves, write_tables
+from esssm.timing import NOISY_SPREAD, interleaved_ms, spread
 
 
 def result(task: str, model: str, seed: int, scores: dict, lm: bool = False, k_max: int | None = 4) -> dict:
@@ -72,7 +76,7 @@ def test_language_model_curve_is_drawn_in_bits_per_byte(tmp_path, monkeypatch):
     assert list(esssm_line.get_ydata()) == pytest.approx([3.05, 3.25])  # bpb, not next-byte accuracy
     level = next(line for line in by_k.lines if line.get_label().startswith("transformer"))
     assert list(level.get_ydata()) == [2.5, 2.5]
-    assert figures["listops: test accuracy vs budget"].axes[0].get_ylabel() == "accuracy"
+    assert figures["listops: test accuracy vs budget"].axes[0].get_ylabel() == "accuracy (%)"
 
 
 def test_no_rows_never_replace_earlier_tables(tmp_path):
@@ -82,3 +86,58 @@ def test_no_rows_never_replace_earlier_tables(tmp_path):
         with pytest.raises(NoResultsError, match=f"no table has a row .*{tmp_path / 'tables.md'} and its CSVs"):
             write_tables(results, tmp_path, "quick")
     assert (tmp_path / "tables.md").read_text() == "earlier tables\n" and not list(tmp_path.glob("*.csv"))
+
+
+def test_table_c_only_when_an_ablation_ran():
+    """ES-SSM and the fixed-budget sum alone are Table B already; Table C needs an ablation."""
+    plain = {key: seeds for key, seeds in ABLATION_RESULTS.items()
+             if key[0] == "listops" and key[1] in ("esssm", "fixed")}
+    markdown, csvs = render_tables(plain, "quick")
+    assert "table_c" not in csvs and "Table C" not in markdown and "Table B" in markdown
+    assert "table_c" in render_tables(ABLATION_RESULTS, "quick")[1]
+
+
+def test_latency_is_marked_noisy_when_its_timing_rounds_disagree():
+    results = {("listops", m): two_seeds("listops", m, 0.3) for m in ("esssm", "fixed")}
+    quiet, _ = render_tables(results, "quick")
+    assert "(noisy)" not in quiet
+    results["listops", "esssm"][1]["rows"][0]["latency_spread"] = NOISY_SPREAD + 0.1  # k = 1 of one seed
+    markdown, csvs = render_tables(results, "quick")
+    assert "| 1 | 35.00 ± 7.07 | 35.00 ± 7.07 | 100 | 1.0 (noisy) |" in markdown
+    assert "| 2 | 55.00 ± 7.07 | 55.00 ± 7.07 | 100 | 1.0 |" in markdown
+    assert "spread by more than 25% of their median" in markdown
+    assert [r["latency_noisy"] for r in csvs["table_b"]] == [True, False, False]
+
+
+def test_spread_of_interleaved_rounds():
+    order = []
+
+    def timer(fn, device):
+        order.append(fn())
+        return {"a": 10.0, "b": 10.0 + len(order)}[order[-1]]
+
+    times = interleaved_ms({"a": lambda: "a", "b": lambda: "b"}, rounds=3, warmup=1, timer=timer)
+    assert order == ["a", "b"] * 4  # every call once per round, the warm-up round untimed
+    assert times == {"a": [10.0] * 3, "b": [14.0, 16.0, 18.0]}
+    assert spread(times["a"]) == 0.0 and spread(times["b"]) == pytest.approx(4 / 16)
+
+
+def test_figure_in_percent_with_k_ticks_at_the_measured_budgets_and_a_caption():
+    budgets = [1, 2, 3, 4, 6, 8, 12, 16]
+    rows = [{"budget": k, "acc": k / 20, "active_params": 10 * k} for k in budgets] + [
+        {"budget": "full", "acc": 0.8, "active_params": 160}]
+    figure = plot_budget_curve({"esssm": rows}, references={"transformer": (150, 0.5)})
+    by_k = figure.axes[0]
+    assert list(by_k.lines[0].get_ydata()) == pytest.approx([5 * k for k in budgets])  # percent
+    assert list(by_k.lines[-1].get_ydata()) == [50.0, 50.0]  # the reference level, in percent too
+    assert list(by_k.get_xticks()) == budgets and not list(by_k.xaxis.get_minorticklocs())
+    labels = [t.get_text() for t in by_k.get_xticklabels()]
+    assert labels == [str(k) for k in budgets]  # 1..16 on a log axis: every budget has room
+    caption = [t.get_text() for t in figure.texts]
+    assert len(caption) == 1 and "first k spectral channels" in caption[0] and "dashed: no budget" in caption[0]
+
+
+def test_crowded_budgets_keep_their_ticks_but_not_every_label():
+    labels = labelled_budgets(list(range(1, 33)))
+    assert labels[:4] == [1, 2, 3, 4] and labels[-1] == 32 and len(labels) < 16
+    assert labelled_budgets([2, 4, 8, 16, 32]) == [2, 4, 8, 16, 32]

@@ -125,17 +125,21 @@ def cascade_sweep(
     budgets: Sequence[int],
     thresholds: Sequence[float],
     device: str | torch.device = "cpu",
+    advance: Callable[[], object] | None = None,
 ) -> list[dict[str, Any]]:
     """The fixed-budget curve (one row per budget) followed by the cascade over `budgets` at
-    every threshold; `batches()` yields a fresh pass over the labelled data each time."""
+    every threshold; `batches()` yields a fresh pass over the labelled data each time.
+    `advance()` is called after each policy (a progress line)."""
     warm_up(model, next(iter(batches())), budgets, device)
     policies = [(f"k={k}", [k], math.inf) for k in sorted(budgets)]
     cascade = ",".join(str(k) for k in sorted(budgets))
     policies += [(f"cascade {cascade} @ {t:g}", budgets, t) for t in thresholds]
-    return [
-        {"policy": name, "threshold": t, **evaluate_policy(model, batches(), ks, t, device)}
-        for name, ks, t in policies
-    ]
+    rows = []
+    for name, ks, t in policies:
+        rows.append({"policy": name, "threshold": t, **evaluate_policy(model, batches(), ks, t, device)})
+        if advance is not None:
+            advance()
+    return rows
 
 
 def format_cascade(rows: Sequence[Mapping[str, Any]]) -> str:

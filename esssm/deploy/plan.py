@@ -20,7 +20,7 @@ from esssm.batch import Batch
 from esssm.deploy.model import batch_logits, to_device
 from esssm.deploy.onnx import onnx_forwards
 from esssm.deploy.pt2 import pt2_forwards
-from esssm.timing import time_once
+from esssm.timing import interleaved_ms, time_once
 
 
 @dataclass(frozen=True)
@@ -198,21 +198,12 @@ def time_budgets(
     rounds: int = 5,
     warmup: int = 1,
     timer: Callable[[Forward, str | torch.device], float] = time_once,
+    advance: Callable[[], object] | None = None,
 ) -> dict[int, float]:
-    """Median milliseconds of each budget's call (from `budget_forwards`), {k: ms}.
-
-    Budgets are timed in interleaved rounds (every budget once per round) after `warmup`
-    untimed rounds, so a burst of load from other processes hits all budgets alike instead of
-    skewing whichever budget was being timed. `timer(fn, device) -> ms` is injectable.
-    """
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    times: dict[int, list[float]] = {k: [] for k in forwards}
-    for r in range(warmup + rounds):
-        for k, forward in forwards.items():
-            ms = timer(forward, device)
-            if r >= warmup:
-                times[k].append(ms)
+    """Median milliseconds of each budget's call (from `budget_forwards`), {k: ms}, timed in
+    interleaved rounds after `warmup` untimed rounds (`esssm.timing.interleaved_ms`).
+    `timer(fn, device) -> ms` is injectable; `advance()` is called after each round."""
+    times = interleaved_ms(forwards, device, rounds, warmup, timer, advance)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
