@@ -28,3 +28,12 @@ def one_thread():
 # with --debug, so tests can check the exception; subprocess tests of the one-line messages
 # remove it from their environment.
 os.environ.setdefault("ESSSM_DEBUG", "1")
+
+
+@pytest.fixture(autouse=True)
+def _restore_deterministic_mode():
+    """An in-process fit with `trainer.deterministic: true` turns torch's deterministic algorithms on
+    for the whole process (Lightning never turns them off); later tests would trace under it."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled)
