@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.timing import Measurement, finish, measure, parse_cpu_run, parse_ints
-from esssm.deploy.model import relative_error
+from esssm.infer.model import relative_error
 from esssm.model import ESSSM, SequenceClassifier
 
 # (d_model, n_layers, seq_len, k_max, CPU batch) of conf/quick/listops and conf/listops.

@@ -31,7 +31,7 @@ from baselines import Transformer, match_width
 from baselines.transformer import SelfAttention
 from benchmarks.timing import finish, machine_info, parse_ints, peak_memory_mb
 from esssm.files import atomic_write_text
-from esssm.generate import generate, replaced_mixers, sample_next
+from esssm.infer.generate import generate, replaced_mixers, sample_next
 from esssm.model import ESSSM, LanguageModel, count_parameters
 
 VOCAB = 257
@@ -112,7 +112,7 @@ def build_models(args: argparse.Namespace, seq_len: int) -> dict[str, LanguageMo
 
 def prompt_ids(length: int) -> torch.Tensor:
     """A fixed pseudo-random printable prompt (1, length); length 0 gives the 1-byte newline
-    that `esssm.generate` starts an empty prompt from."""
+    that `esssm.infer.generate` starts an empty prompt from."""
     if length == 0:
         return torch.tensor([[ord("\n") + 1]])
     gen = torch.Generator().manual_seed(length)

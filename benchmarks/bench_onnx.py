@@ -4,7 +4,7 @@
     python -m benchmarks.bench_onnx --lengths 256 --budgets 1,8 --toeplitz-max-len 256   # smoke run
 
 Model: one ES-SSM block (d_model 256, k_max 32, byte-sized vocabulary, classification head) built
-for seq_len = L, truncated to each budget k and exported with `esssm.deploy.export_onnx`; batch 1
+for seq_len = L, truncated to each budget k and exported with `esssm.infer.export_onnx`; batch 1
 at the full length. Per (L, k), timed in interleaved rounds: the median CPU time of the process
 per call (`*_ms`; with one thread, what a call takes on a core of its own however loaded the
 machine is) and the median wall time (`*_wall_ms`), of:
@@ -38,9 +38,9 @@ import torch
 from torch import nn
 
 from benchmarks.timing import machine_info, parse_ints
-from esssm import deploy
-from esssm.deploy import onnx as deploy_onnx
+from esssm import infer
 from esssm.files import atomic_write_text
+from esssm.infer import onnx as deploy_onnx
 from esssm.model import ESSSM, module_spec
 from esssm.spectral import filter_spectra
 from esssm.timing import time_once
@@ -86,35 +86,35 @@ def model_and_config(length: int, d_model: int, k_max: int) -> tuple[torch.nn.Mo
     backbone = ESSSM(d_model=d_model, n_layers=1, seq_len=length, k_max=k_max, dropout=0.0, drop_path=0.0)
     config = {"backbone": module_spec(backbone), "num_classes": 10, "vocab_size": 257, "input_dim": None,
               "task": "classification"}
-    return deploy.build_model(config).eval(), config
+    return infer.build_model(config).eval(), config
 
 
 def exported(model, config, budget: int, folder: str, form: str) -> deploy_onnx.OnnxModel:
     """The budget's ONNX file in an onnxruntime session, its convolutions by `form`."""
     path = Path(folder) / f"k{budget}_{form}.onnx"
     with mock.patch.object(deploy_onnx, "MatmulConvolution", FORMS[form] or deploy_onnx.MatmulConvolution):
-        deploy.export_onnx(*deploy.truncate(model, config, budget), path)
-    return deploy.load_onnx(path, threads=torch.get_num_threads())
+        infer.export_onnx(*infer.truncate(model, config, budget), path)
+    return infer.load_onnx(path, threads=torch.get_num_threads())
 
 
 def measure(model, config, elastic: deploy_onnx.OnnxModel, budget: int, args, folder: str) -> dict:
     length = config["backbone"]["init_args"]["seq_len"]
-    batch = deploy.synthetic_batch(config, 1, length)
+    batch = infer.synthetic_batch(config, 1, length)
     with torch.no_grad():
-        expected = deploy.batch_logits(model, batch, budget)
-    export_form = deploy_onnx.onnx_copy(deploy.truncate(model, config, budget)[0])
+        expected = infer.batch_logits(model, batch, budget)
+    export_form = deploy_onnx.onnx_copy(infer.truncate(model, config, budget)[0])
     calls = {
-        "torch": lambda: deploy.batch_logits(model, batch, budget),
-        "torch_export_form": lambda: deploy.batch_logits(export_form, batch),
+        "torch": lambda: infer.batch_logits(model, batch, budget),
+        "torch_export_form": lambda: infer.batch_logits(export_form, batch),
     }
     row = {"length": length, "budget": budget}
     for form in FORMS:
         if form == "onnxruntime_toeplitz" and length > args.toeplitz_max_len:
             continue
         onnx_model = exported(model, config, budget, folder, form)
-        row[f"{form}_rel_error"] = deploy.relative_error(onnx_model(batch), expected)
+        row[f"{form}_rel_error"] = infer.relative_error(onnx_model(batch), expected)
         calls[form] = lambda m=onnx_model, feeds=onnx_model.feeds(batch): m.session.run(None, feeds)
-    row["onnxruntime_elastic_rel_error"] = deploy.relative_error(elastic(batch, budget), expected)
+    row["onnxruntime_elastic_rel_error"] = infer.relative_error(elastic(batch, budget), expected)
     calls["onnxruntime_elastic"] = lambda feeds=elastic.feeds(batch, budget): elastic.session.run(None, feeds)
     wall, cpu = {name: [] for name in calls}, {name: [] for name in calls}
     with torch.inference_mode():
@@ -162,8 +162,8 @@ def main() -> None:
         for length in args.lengths:
             model, config = model_and_config(length, args.d_model, args.k_max)
             path = Path(folder) / f"L{length}_elastic.onnx"
-            deploy.export_onnx(model, config, path, elastic=True)
-            elastic = deploy.load_onnx(path, threads=args.threads)
+            infer.export_onnx(model, config, path, elastic=True)
+            elastic = infer.load_onnx(path, threads=args.threads)
             for budget in args.budgets:
                 rows.append(measure(model, config, elastic, budget, args, folder))
                 print(json.dumps(rows[-1]), flush=True)

@@ -11,7 +11,7 @@ seq_len = L, batch 1 at the full length. Runtimes are those of `esssm plan --run
 - onnxruntime: the model truncated to k, exported to ONNX (`esssm export --format onnx`);
 - pt2: the model truncated to k, compiled to an AOTInductor package (`esssm export --format pt2`).
 
-Every (runtime, k) call is timed in the same interleaved rounds (`esssm.deploy.time_budgets`),
+Every (runtime, k) call is timed in the same interleaved rounds (`esssm.infer.time_budgets`),
 so load from other processes hits all cells alike. Reported per call: the median CPU time of the
 process (with one thread, what a call costs on a core of its own however loaded the machine is)
 and the median wall time; and each runtime's relative difference from eager PyTorch at k.
@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.timing import finish, parse_cpu_run, parse_ints
-from esssm import deploy
+from esssm import infer
 from esssm.model import ESSSM, module_spec
 
 RUNTIMES = ("torch", "compile", "onnxruntime", "pt2")
@@ -39,7 +39,7 @@ def make_model(seq_len: int, d_model: int, layers: int, k_max: int) -> tuple[tor
     backbone = ESSSM(d_model, layers, seq_len=seq_len, k_max=k_max, dropout=0.0, drop_path=0.0)
     config = {"backbone": module_spec(backbone), "num_classes": 10, "vocab_size": VOCAB, "input_dim": None,
               "task": "classification"}
-    model = deploy.build_model(config).eval()
+    model = infer.build_model(config).eval()
     with torch.no_grad():
         for p in model.parameters():  # lift the mixing matrices off their 1e-3 init: a visible spectral path
             p.add_(0.05 * torch.randn_like(p))
@@ -62,18 +62,18 @@ class CpuAndWallTimer:
 
 def bench_length(length: int, args: argparse.Namespace) -> list[dict]:
     model, config = make_model(length, args.d_model, args.layers, args.k_max)
-    example = deploy.synthetic_batch(config, 1, length)
+    example = infer.synthetic_batch(config, 1, length)
     forwards, setup_s = {}, {}
     for runtime in args.runtimes:
         begin = time.perf_counter()
-        for k, call in deploy.budget_forwards(runtime, model, config, example, args.budgets).items():
+        for k, call in infer.budget_forwards(runtime, model, config, example, args.budgets).items():
             forwards[runtime, k] = call
         setup_s[runtime] = time.perf_counter() - begin
         print(f"L={length}: {runtime} ready in {setup_s[runtime]:.0f} s", flush=True)
     with torch.inference_mode():
-        expected = {k: deploy.batch_logits(model, example, k) for k in args.budgets}
+        expected = {k: infer.batch_logits(model, example, k) for k in args.budgets}
     timer = CpuAndWallTimer()
-    cpu_ms = deploy.time_budgets(forwards, rounds=args.rounds, warmup=1, timer=timer)
+    cpu_ms = infer.time_budgets(forwards, rounds=args.rounds, warmup=1, timer=timer)
     rows = []
     for (runtime, k), call in forwards.items():
         out = call()
@@ -81,7 +81,7 @@ def bench_length(length: int, args: argparse.Namespace) -> list[dict]:
         rows.append({
             "length": length, "runtime": runtime, "k": k, "cpu_ms": cpu_ms[runtime, k],
             "wall_ms": statistics.median(timer.wall[call][1:]), "setup_s": setup_s[runtime],
-            "rel_diff": deploy.relative_error(got, expected[k]),
+            "rel_diff": infer.relative_error(got, expected[k]),
         })
     return rows
 

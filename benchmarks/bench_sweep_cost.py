@@ -26,8 +26,8 @@ import torch.nn.functional as F
 import yaml
 
 from esssm.budget import BudgetSampler
-from esssm.lit import SequenceTask
 from esssm.model import build_module
+from esssm.train.lit import SequenceTask
 
 
 def median_seconds(fn, repeats: int) -> float:

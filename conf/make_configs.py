@@ -25,11 +25,11 @@ sys.path.insert(0, str(ROOT.parent))
 
 from baselines.sizing import match_width  # noqa: E402
 from esssm.budget import PAPER_EVAL_BUDGETS, BudgetSampler  # noqa: E402
-from esssm.callbacks import VAL_SWEEP_EVERY_N_EPOCHS  # noqa: E402
 from esssm.files import atomic_write_text  # noqa: E402
-from esssm.lit import SequenceTask  # noqa: E402
+from esssm.lab.reproduce import QUICK_LISTOPS  # noqa: E402
 from esssm.model import build_module, build_task_model, count_parameters  # noqa: E402
-from esssm.reproduce import QUICK_LISTOPS  # noqa: E402
+from esssm.train.callbacks import VAL_SWEEP_EVERY_N_EPOCHS  # noqa: E402
+from esssm.train.lit import SequenceTask  # noqa: E402
 
 # Every truncation level is swept: at test always, at validation every 10 epochs (a sweep of all
 # k costs about one training epoch at the sCIFAR size; docs/design.md) and at the last epoch.
@@ -112,7 +112,7 @@ LM_AUTHORS = {**LM, "args": {**LM["args"], "eval_segments": 1024},
                                                  "every_n_epochs": None, "every_n_steps": 12_000}},
               "early_stopping": {"enabled": True, **LM_MONITOR, "patience": 10, "min_delta": 1e-4}}
 AUTHORS_MODELS = ("esssm", "esssm_sum", "fixed")  # ES-SSM and its fixed-budget and plain-sum siblings
-# The quick profile: generated short ListOps (esssm.reproduce generates it) and the Python stdlib as
+# The quick profile: generated short ListOps (esssm.lab.reproduce generates it) and the Python stdlib as
 # LM text; minutes on 2 CPU cores.
 QUICK = {"data": "datamodules.ListOpsDataModule", "args": {"data_dir": QUICK_LISTOPS["folder"]},
          "length_arg": "max_len", "seq_len": QUICK_LISTOPS["max_len"], "batch": 32, "epochs": 8,
@@ -205,7 +205,7 @@ def data_args(task: dict) -> dict:
 
 def data_facts(task: dict) -> dict:
     """build_task_model's task, num_classes, vocab_size and input_dim, from the datamodule (no data needed)."""
-    from esssm.loading import instantiate_datamodule
+    from esssm.lab.loading import instantiate_datamodule
 
     dm = instantiate_datamodule({"class_path": task["data"], "init_args": data_args(task)})
     return {"task": dm.task, "num_classes": dm.num_classes, "vocab_size": dm.vocab_size,

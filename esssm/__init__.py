@@ -1,0 +1,49 @@
+"""Elastic Spectral State Space Models: one spectral SSM, evaluated at any budget k <= k_max.
+
+The method is plain torch and lives at the top of this package:
+
+- `esssm.spectral`: the Hankel filters (float64 eigenpairs, deterministic, cached) and the causal
+  FFT convolution;
+- `esssm.layer`: `ESSSMLayer`, the elastic mixer, and its settings (`ESSSMSettings`);
+- `esssm.ops`: the spectral-mixing kernel beside its plain reference;
+- `esssm.model`: the backbone, pooling and the task heads;
+- `esssm.budget`: the budget-dropout sampler and budget-curve summaries;
+- `esssm.batch`: the batch contract shared with the datamodules.
+
+Above it, each layer importing only the ones below: `esssm.train` (Lightning: the module, the
+budget-sweep callback, the `lightning` command), `esssm.infer` (export, runtimes, planning,
+cascades, generation) and `esssm.lab` (reproduce, smoke, tables and the `esssm` tools).
+
+Names below are imported on first use, so `import esssm` (and every command's `--help`) stays cheap.
+"""
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "BudgetSampler": "esssm.budget",
+    "ESSSM": "esssm.model",
+    "ESSSMLayer": "esssm.layer",
+    "ESSSMSettings": "esssm.layer",
+    "LanguageModel": "esssm.model",
+    "RetrievalClassifier": "esssm.model",
+    "SequenceBackbone": "esssm.model",
+    "SequenceClassifier": "esssm.model",
+    "SpectralSettings": "esssm.layer",
+    "active_parameters": "esssm.model",
+    "build_task_model": "esssm.model",
+    "causal_fft_conv": "esssm.spectral",
+    "check_budget": "esssm.layer",
+    "spectral_filters": "esssm.spectral",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'esssm' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

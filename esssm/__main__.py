@@ -1,5 +1,5 @@
 import sys
 
-from esssm.cli import main
+from esssm.lab.cli import main
 
 sys.exit(main())

@@ -7,7 +7,7 @@ containers): unpickling anything else can run code from the file, so a file that
 refused unless the caller passes weights_only=False for a file the user said they trust.
 `save_checked` is the writer: it refuses a model with NaN/inf weights, writes atomically
 (esssm.files) and records the sidecar. The CLI's Lightning CheckpointIO
-(esssm.lightning_cli.AtomicCheckpointIO) goes through both.
+(esssm.train.cli.AtomicCheckpointIO) goes through both.
 """
 
 from __future__ import annotations

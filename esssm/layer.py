@@ -182,7 +182,7 @@ class ESSSMLayer(nn.Module):
 
     def mixing_weights(self, u: torch.Tensor, k: int) -> torch.Tensor:
         """alpha_j(t) sigma_j^(1/4), (B, L, k): the weight of channel j's term at time t (one
-        definition for the layer and for incremental generation, esssm/generate.py)."""
+        definition for the layer and for incremental generation, esssm/infer/generate.py)."""
         return self.channel_weights(u, k) * filter_scale(self.sigma[:k])
 
     def spectra(self, length: int, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, int]:

@@ -24,7 +24,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-# In-process calls of the command-line functions (esssm.cli.main(...)) raise their errors, as
+# In-process calls of the command-line functions (esssm.lab.cli.main(...)) raise their errors, as
 # with --debug, so tests can check the exception; subprocess tests of the one-line messages
 # remove it from their environment.
 os.environ.setdefault("ESSSM_DEBUG", "1")

@@ -13,8 +13,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from esssm.lit import SequenceTask
 from esssm.model import ESSSM
+from esssm.train.lit import SequenceTask
 
 
 def examples(count: int, seed: int, nan_at: int | None = None) -> list[dict]:

@@ -12,9 +12,9 @@ import lightning as L
 sys.path.insert(0, str(Path(__file__).parent))
 from toy_data import ToyDataModule  # noqa: E402
 
-from esssm.callbacks import BudgetSweep  # noqa: E402
-from esssm.lit import SequenceTask  # noqa: E402
 from esssm.model import ESSSM  # noqa: E402
+from esssm.train.callbacks import BudgetSweep  # noqa: E402
+from esssm.train.lit import SequenceTask  # noqa: E402
 
 
 def main(devices: int, out: str, mode: str = "validate") -> None:

@@ -16,9 +16,9 @@ import torch
 
 from datamodules import DataFolderError, SCIFARDataModule, SpeechCommandsDataModule
 from datamodules.archives import UnsafeArchiveError, extract_tar_file
-from datamodules.sources import LRA_RELEASE_ROOT, download_lra_files
 from datamodules.pathfinder import extract_lra_folder
 from datamodules.samples import write_cifar, write_speech_commands
+from datamodules.sources import LRA_RELEASE_ROOT, download_lra_files
 
 PATHFINDER_FOLDER = "pathfinder32/curv_contour_length_14"
 LISTOPS_MEMBER = f"{LRA_RELEASE_ROOT}/listops-1000/basic_train.tsv"

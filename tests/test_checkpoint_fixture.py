@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from datamodules import ListOpsDataModule
-from esssm.loading import load_task
-from esssm.sweep import run_sweep
+from esssm.lab.loading import load_task
+from esssm.lab.sweep import run_sweep
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXPECTED = FIXTURES / "expected.json"

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from esssm.cli import lightning_main, main
+from esssm.lab.cli import lightning_main, main
 
 
 def write_config(tmp_path):

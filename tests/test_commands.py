@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 
-from esssm.cli import lightning_main, main
-from esssm.lightning_cli import MID_EPOCH_INTERVAL
-from esssm.loading import load_task
+from esssm.lab.cli import lightning_main, main
+from esssm.lab.loading import load_task
+from esssm.train.cli import MID_EPOCH_INTERVAL
 
 REPO = Path(__file__).parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -123,7 +123,7 @@ def test_fit_on_missing_data_is_one_line(tmp_path, monkeypatch, capsys):
 
 def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
     """Only expected errors are shortened: anything else is a bug and must be reportable."""
-    from esssm import commands
+    from esssm.lab import commands
 
     monkeypatch.delenv("ESSSM_DEBUG")
 
@@ -162,10 +162,10 @@ def test_overwrite_is_one_bare_flag_in_every_command(tmp_path, capsys):
 
 
 HELP_COMMANDS = {
-    "esssm": "from esssm.cli import main; main(['--help'])",
-    **{f"esssm {tool}": f"from esssm.cli import main; main(['{tool}', '--help'])"
+    "esssm": "from esssm.lab.cli import main; main(['--help'])",
+    **{f"esssm {tool}": f"from esssm.lab.cli import main; main(['{tool}', '--help'])"
        for tool in ("sweep", "export", "plan", "cascade", "generate")},
-    "lightning": "from esssm.cli import lightning_main; lightning_main(['--help'])",
+    "lightning": "from esssm.lab.cli import lightning_main; lightning_main(['--help'])",
 }
 
 

@@ -94,6 +94,7 @@ def check_inductor(name: str, lengths: tuple[int, ...], budgets: tuple[int | Non
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_inductor_compile_equals_eager():
     check_inductor("esssm", (L,), (2, None))
 
@@ -137,14 +138,15 @@ def test_torch_export_at_a_fixed_budget(name):
         assert_close(exported.module()(*inputs()), model(*inputs(), budget=k))
 
 
+@pytest.mark.e2e
 def test_lightning_trains_compiled_like_eager(tmp_path):
     """SequenceTask(compile=True), the `model.compile: true` config switch: a few optimizer steps
     under budget dropout end with the weights of the same steps in eager mode, and the
     checkpointed state dict has the eager model's keys."""
     import lightning as L
 
-    from esssm.lit import SequenceTask
-    from esssm.loading import load_task
+    from esssm.lab.loading import load_task
+    from esssm.train.lit import SequenceTask
     from toy_data import ToyDataModule
 
     def fit(compile: bool) -> SequenceTask:

@@ -9,11 +9,11 @@ import yaml
 
 from baselines.stu import signed_filter_bank
 from esssm.budget import BudgetSampler
-from esssm.cli import main
+from esssm.lab.cli import main
+from esssm.lab.loading import load_datamodule
+from esssm.lab.reproduce import QUICK_LISTOPS
 from esssm.layer import ESSSMLayer
-from esssm.loading import load_datamodule
 from esssm.model import build_module, build_task_model, count_parameters
-from esssm.reproduce import QUICK_LISTOPS
 from esssm.spectral import filter_scale, spectral_filters
 
 CONF = Path(__file__).parents[1] / "conf"
@@ -154,7 +154,7 @@ def test_lm_authors_configs_are_the_authors_whole_recipe(model):
     per byte at K_max (patience 10, min_delta 1e-4), validation every 4,000 updates on 25 batches
     (100 segments) of 1,024 cached per split, the curve every 12,000 steps, the test at K_max
     only, TF32 matmuls; the rest as conf/lm/<model>.yaml."""
-    from esssm.lit import warmup_cosine
+    from esssm.train.lit import warmup_cosine
 
     config = yaml.safe_load((CONF / "lm" / f"{model}_authors.yaml").read_text())
     base = yaml.safe_load((CONF / "lm" / f"{model}.yaml").read_text())

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-import datamodules
 from datamodules import (
     AANDataModule,
     IMDBDataModule,
@@ -22,6 +21,7 @@ from datamodules import (
 from datamodules.base import SPLITS
 from datamodules.batching import IndexedSubset, TokenDataset, pad_collate, seeded_split
 from datamodules.sources import LRA_RELEASE_ROOT, download_lra_files, resolve_data_dir
+import datamodules
 
 ALL_MODULES = [ListOpsDataModule, IMDBDataModule, AANDataModule, SCIFARDataModule, SpeechCommandsDataModule]
 LISTOPS_ROWS = "( ( ( [MAX 2 ) 9 ) ] )\t9\n( ( ( [MIN 2 ) 9 ) ] )\t2\n"

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parent / "ddp_sweep_script.py"
 
 
@@ -19,6 +21,7 @@ def run(devices: int, out: Path, mode: str = "validate") -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.e2e
 def test_two_process_sweep_matches_one_process(tmp_path):
     single = run(1, tmp_path / "one.json")
     double = run(2, tmp_path / "two.json")
@@ -30,6 +33,7 @@ def test_two_process_sweep_matches_one_process(tmp_path):
     assert double["val_acc"] == single["val_acc"] == single["rows"][-1]["acc"]
 
 
+@pytest.mark.e2e
 def test_the_sweep_at_the_end_of_a_stopped_fit_gathers_every_rank(tmp_path):
     """A fit stopped by max_steps before its scheduled sweep sweeps at its end, outside Lightning's
     validation loop: each rank evaluates its shard and the rows are gathered, as in validation."""

@@ -10,14 +10,14 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-import esssm.layer
-from esssm import deploy
-from esssm.callbacks import BudgetSweep
-from esssm.cli import main
-from esssm.loading import load_task
-from esssm.deploy import CurvePoint
-from esssm.lit import SequenceTask
+from esssm import infer
+from esssm.infer import CurvePoint
+from esssm.lab.cli import main
+from esssm.lab.loading import load_task
 from esssm.model import ESSSM, active_parameters, count_parameters, module_spec
+from esssm.train.callbacks import BudgetSweep
+from esssm.train.lit import SequenceTask
+import esssm.layer
 from toy_data import ToyDataModule, collate
 
 BUDGETS = [1, 2, 4, 8]
@@ -45,7 +45,7 @@ def trained(tmp_path_factory):
     trainer.fit(task, ToyDataModule())
     ckpt = root / "ckpts" / "last.ckpt"
     task = load_task(ckpt).eval()
-    return {"ckpt": ckpt, "task": task, "config": deploy.model_config(task.hparams), "root": root}
+    return {"ckpt": ckpt, "task": task, "config": infer.model_config(task.hparams), "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -62,35 +62,35 @@ def test_export_equals_full_model_at_budget_and_is_smaller(trained, batch, tmp_p
     assert full is task.ema.module  # export uses the EMA weights the curve was measured with
     sizes = []
     for k in (1, 3, 8):
-        small, small_config = deploy.truncate(full, config, k)
+        small, small_config = infer.truncate(full, config, k)
         path = tmp_path / f"k{k}.pt"
-        sizes.append(deploy.save_exported(small, small_config, path))
-        loaded = deploy.load_exported(path)
+        sizes.append(infer.save_exported(small, small_config, path))
+        loaded = infer.load_exported(path)
         assert loaded.k_max == k and loaded.export_config["exported"] == {"budget": k, "from_k_max": 8}
         with torch.no_grad():
             expected = task.evaluate(batch, k)
-            assert torch.allclose(deploy.batch_logits(loaded, batch), expected, atol=1e-6, rtol=0)
+            assert torch.allclose(infer.batch_logits(loaded, batch), expected, atol=1e-6, rtol=0)
         assert count_parameters(loaded) == active_parameters(full, k)
         layer = loaded.backbone.blocks[0].mixer
         assert layer.mix.shape[0] == layer.gate_out.out_features == layer.sigma.shape[0] == k
         assert torch.equal(layer.phi, full.backbone.blocks[0].mixer.phi[:, :k])  # stored, not recomputed
-    assert sizes[0] < sizes[1] < sizes[2] <= deploy.state_bytes(full) + 4096  # + the config, a few KiB
+    assert sizes[0] < sizes[1] < sizes[2] <= infer.state_bytes(full) + 4096  # + the config, a few KiB
 
 
 def test_loading_an_export_computes_no_filters_and_needs_no_lightning(trained, tmp_path, monkeypatch):
     path = tmp_path / "k2.pt"
-    deploy.save_exported(*deploy.truncate(trained["task"].eval_model, trained["config"], 2), path)
+    infer.save_exported(*infer.truncate(trained["task"].eval_model, trained["config"], 2), path)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("an exported model must not recompute its filters")
 
     monkeypatch.setattr(esssm.layer, "spectral_filters", forbidden)
-    assert deploy.load_exported(path).k_max == 2
+    assert infer.load_exported(path).k_max == 2
     script = f"""
         import sys
         sys.modules["lightning"] = sys.modules["pytorch_lightning"] = None  # any import fails
         import torch
-        from esssm.deploy import load_exported
+        from esssm.infer import load_exported
         model = load_exported({str(path)!r})
         print(tuple(model(torch.randint(8, (2, 24))).shape))
         assert not any(m.startswith("lightning") for m in sys.modules if sys.modules[m] is not None)
@@ -105,37 +105,37 @@ def test_retrieval_with_continuous_inputs_exports_and_cascades(tmp_path):
     backbone = ESSSM(d_model=16, n_layers=1, seq_len=20, k_max=6, dropout=0.0, drop_path=0.0)
     config = {"backbone": module_spec(backbone), "num_classes": 2, "vocab_size": None,
               "input_dim": 3, "task": "retrieval"}
-    model = deploy.build_model(config).eval()
-    batch = deploy.synthetic_batch(config, 4, 20)
+    model = infer.build_model(config).eval()
+    batch = infer.synthetic_batch(config, 4, 20)
     assert batch["x1"].shape == (4, 20, 3) and set(batch) == {"x1", "mask1", "x2", "mask2"}
-    deploy.save_exported(*deploy.truncate(model, config, 3), tmp_path / "r.pt")
+    infer.save_exported(*infer.truncate(model, config, 3), tmp_path / "r.pt")
     with torch.no_grad():
-        expected = deploy.batch_logits(model, batch, 3)
-        loaded = deploy.load_exported(tmp_path / "r.pt")
-        assert torch.allclose(deploy.batch_logits(loaded, batch), expected, atol=1e-6)
-        low, high = (deploy.cascade_predict(model, batch, [1, 3], t) for t in (0.0, 2.0))
-        assert torch.equal(low.logits, deploy.batch_logits(model, batch, 1))
+        expected = infer.batch_logits(model, batch, 3)
+        loaded = infer.load_exported(tmp_path / "r.pt")
+        assert torch.allclose(infer.batch_logits(loaded, batch), expected, atol=1e-6)
+        low, high = (infer.cascade_predict(model, batch, [1, 3], t) for t in (0.0, 2.0))
+        assert torch.equal(low.logits, infer.batch_logits(model, batch, 1))
         assert torch.allclose(high.logits, expected, atol=1e-6)
 
 
 def test_load_exported_rejects_a_training_checkpoint(trained):
     with pytest.raises(ValueError, match="not an `esssm export` file"):
-        deploy.load_exported(trained["ckpt"])
+        infer.load_exported(trained["ckpt"])
 
 
 def test_torchscript_agrees(trained, batch, tmp_path):
-    small, _ = deploy.truncate(trained["task"].eval_model, trained["config"], 4)
+    small, _ = infer.truncate(trained["task"].eval_model, trained["config"], 4)
     path = tmp_path / "k4.torchscript.pt"
-    assert deploy.export_torchscript(small, batch, path) == path.stat().st_size
+    assert infer.export_torchscript(small, batch, path) == path.stat().st_size
     with torch.no_grad():
-        traced = deploy.load_torchscript(path)(batch["x"], batch["mask"])
+        traced = infer.load_torchscript(path)(batch["x"], batch["mask"])
         assert torch.allclose(traced, trained["task"].evaluate(batch, 4), atol=1e-5, rtol=0)
 
 
 def test_non_elastic_model_is_refused():
     model = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="elastic ES-SSM backbone"):
-        deploy.elastic_k_max(model)
+        infer.elastic_k_max(model)
 
 
 CURVE = [CurvePoint(1, 0.5, 100), CurvePoint(2, 0.8, 200), CurvePoint(4, 0.9, 300), CurvePoint(8, 0.9, 400)]
@@ -144,10 +144,10 @@ LATENCY = {1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0}
 
 @pytest.mark.parametrize("target, expected", [(5.0, 4), (100.0, 4), (3.0, 2), (1.0, 1), (0.5, None)])
 def test_plan_picks_the_most_accurate_budget_meeting_the_target(target, expected):
-    best, rows = deploy.plan_budget(CURVE, LATENCY, target)
+    best, rows = infer.plan_budget(CURVE, LATENCY, target)
     assert (best.budget if best else None) == expected  # accuracy ties go to the faster budget
     assert [r.meets for r in rows] == [LATENCY[p.budget] <= target for p in CURVE]
-    text = deploy.format_plan(rows, best, target)
+    text = infer.format_plan(rows, best, target)
     assert ("no budget meets" in text) == (expected is None)
 
 
@@ -159,15 +159,15 @@ def test_measure_latencies_interleaves_rounds_and_takes_medians(trained):
         seen.append(tuple(fn().shape))
         return next(fake)
 
-    example = deploy.synthetic_batch(config, 3, 24)
-    latencies = deploy.measure_latencies(model, example, [1, 4], rounds=3, warmup=1, timer=fake_timer)
+    example = infer.synthetic_batch(config, 3, 24)
+    latencies = infer.measure_latencies(model, example, [1, 4], rounds=3, warmup=1, timer=fake_timer)
     assert latencies == {1: 3, 4: 30} and seen == [(3, 3)] * 8
 
 
 def test_curve_beside_the_checkpoint(trained):
-    path = deploy.curve_for(trained["ckpt"], trained["task"].source)
+    path = infer.curve_for(trained["ckpt"], trained["task"].source)
     assert path.name == "budget_curve_val.csv"
-    curve = deploy.read_curve(path)
+    curve = infer.read_curve(path)
     assert [p.budget for p in curve] == BUDGETS
     assert [p.active_params for p in curve] == [active_parameters(trained["task"].eval_model, k) for k in BUDGETS]
 
@@ -208,14 +208,14 @@ def test_malformed_curves_are_refused_naming_the_file(tmp_path, content, error, 
     elif content != "missing":
         path.write_bytes(content)
     with pytest.raises(error, match=problem) as caught:
-        deploy.read_curve(path)
+        infer.read_curve(path)
     assert str(path) in str(caught.value)
 
 
 def test_read_curve_skips_full_rows_and_blank_lines(tmp_path):
     path = tmp_path / "curve.csv"
     path.write_text(CURVE_HEADER + "\n" + curve_row("4", "0.75", "300") + curve_row("full", "0.8", "400") + curve_row())
-    assert deploy.read_curve(path) == [CurvePoint(2, 0.5, 100), CurvePoint(4, 0.75, 300)]
+    assert infer.read_curve(path) == [CurvePoint(2, 0.5, 100), CurvePoint(4, 0.75, 300)]
 
 
 def test_plan_names_a_curve_it_cannot_read(trained, tmp_path):
@@ -228,16 +228,16 @@ def test_cascade_extremes_and_compute_accounting(trained, batch):
     model, budgets = trained["task"].eval_model, [2, 4, 8]
     params = {k: active_parameters(model, k) for k in budgets}
     with torch.no_grad():
-        low = deploy.cascade_predict(model, batch, budgets, 0.0)
+        low = infer.cascade_predict(model, batch, budgets, 0.0)
         assert (low.budget == 2).all() and (low.channels == 2).all() and (low.params == params[2]).all()
-        assert torch.equal(low.logits, deploy.batch_logits(model, batch, 2))
-        high = deploy.cascade_predict(model, batch, budgets, 1.01)
+        assert torch.equal(low.logits, infer.batch_logits(model, batch, 2))
+        high = infer.cascade_predict(model, batch, budgets, 1.01)
         assert (high.budget == 8).all() and (high.channels == 14).all()
         assert (high.params == sum(params.values())).all()
-        assert torch.allclose(high.logits, deploy.batch_logits(model, batch, 8), atol=1e-6, rtol=0)
-        conf = {k: deploy.batch_logits(model, batch, k).softmax(-1).amax(-1) for k in budgets}
+        assert torch.allclose(high.logits, infer.batch_logits(model, batch, 8), atol=1e-6, rtol=0)
+        conf = {k: infer.batch_logits(model, batch, k).softmax(-1).amax(-1) for k in budgets}
         threshold = float(conf[2].median())
-        mid = deploy.cascade_predict(model, batch, budgets, threshold)
+        mid = infer.cascade_predict(model, batch, budgets, threshold)
     assert 0 < (mid.budget == 2).sum() < len(mid.budget)
     for i, k in enumerate(mid.budget.tolist()):
         visited = [b for b in budgets if b <= k]
@@ -250,14 +250,14 @@ def test_cascade_sweep_rows_next_to_the_fixed_budget_curve(trained):
     data = ToyDataModule(val_size=30, eval_batch_size=8)
     data.setup()
     model = trained["task"].eval_model
-    rows = deploy.cascade_sweep(model, data.val_dataloader, [2, 8], [0.0, 2.0])
+    rows = infer.cascade_sweep(model, data.val_dataloader, [2, 8], [0.0, 2.0])
     assert [r["policy"] for r in rows] == ["k=2", "k=8", "cascade 2,8 @ 0", "cascade 2,8 @ 2"]
     fixed2, fixed8, low, high = rows
     assert fixed2["avg_channels"] == 2 and fixed8["avg_channels"] == 8 and high["avg_channels"] == 10
     assert low["acc"] == fixed2["acc"] and high["acc"] == fixed8["acc"]
     assert high["avg_params"] == active_parameters(model, 2) + active_parameters(model, 8)
     assert low["answered"] == {2: 1.0} and all(r["count"] == 30 and r["ms_per_example"] > 0 for r in rows)
-    assert "avg channels" in deploy.format_cascade(rows)
+    assert "avg channels" in infer.format_cascade(rows)
 
 
 def test_commands_export_plan_cascade(trained, tmp_path, capsys):
@@ -274,7 +274,7 @@ def test_commands_export_plan_cascade(trained, tmp_path, capsys):
     fast = ["plan", "--ckpt", ckpt, "--repeats", "1", "--warmup", "0"]
     assert main([*fast, "--latency-ms", "1e9"]) == 0
     text = capsys.readouterr().out
-    best = max(p.acc for p in deploy.read_curve(deploy.curve_for(ckpt, trained["task"].source)))
+    best = max(p.acc for p in infer.read_curve(infer.curve_for(ckpt, trained["task"].source)))
     assert "best budget: k=" in text and f"({100 * best:.2f}%" in text
     assert main([*fast, "--latency-ms", "1e-9"]) == 1
     assert "no budget meets" in capsys.readouterr().out
@@ -299,11 +299,11 @@ def test_language_model_exports_with_tied_head(tmp_path):
     torch.manual_seed(0)
     backbone = ESSSM(d_model=16, n_layers=1, seq_len=32, k_max=6, dropout=0.0)
     task = SequenceTask(backbone, num_classes=257, vocab_size=257, task="lm", ema_decay=None).eval()
-    config = deploy.model_config(task.hparams)
+    config = infer.model_config(task.hparams)
     x = torch.randint(1, 257, (2, 32))
-    small, small_config = deploy.truncate(task.eval_model, config, 2)
-    deploy.save_exported(small, small_config, tmp_path / "lm.pt")
-    loaded = deploy.load_exported(tmp_path / "lm.pt")
+    small, small_config = infer.truncate(task.eval_model, config, 2)
+    infer.save_exported(small, small_config, tmp_path / "lm.pt")
+    loaded = infer.load_exported(tmp_path / "lm.pt")
     assert loaded.head.weight is loaded.encoder.proj.weight
     with torch.no_grad():
         assert torch.allclose(loaded(x), task.evaluate({"x": x}, 2), atol=1e-6, rtol=0)

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from esssm import deploy
+from esssm import infer
 from esssm.checkpoints import CheckpointError, save_checked
-from esssm.cli import lightning_main, main
-from esssm.lightning_cli import AtomicCheckpointIO, RunFolderError
-from esssm.commands import TOOLS
-from esssm.loading import load_task
 from esssm.files import ChecksumError, sidecar_path, verify_checksum
+from esssm.lab.cli import lightning_main, main
+from esssm.lab.commands import TOOLS
+from esssm.lab.loading import load_task
+from esssm.train.cli import AtomicCheckpointIO, RunFolderError
 from test_cli import write_config
 
 REPO = Path(__file__).parents[1]
@@ -126,8 +126,8 @@ class NaNBatchData:
 def fit_nan_batch(tmp_path, skip: int, nan_at: int = 5, ema_decay: float | None = None, callbacks=(), **trainer_args):
     import lightning as L
 
-    from esssm.lit import SequenceTask
     from esssm.model import ESSSM
+    from esssm.train.lit import SequenceTask
 
     backbone = ESSSM(d_model=8, n_layers=1, seq_len=12, k_max=4, dropout=0.0, drop_path=0.0)
     task = SequenceTask(backbone, num_classes=2, input_dim=1, ema_decay=ema_decay, skip_nonfinite_steps=skip)
@@ -266,8 +266,8 @@ def test_failed_checkpoint_write_keeps_the_previous_last_ckpt(run, tmp_path, mon
 FULL_DISK = """
 import resource, signal, sys, torch
 sys.path[:0] = {paths!r}
-from esssm.lightning_cli import AtomicCheckpointIO
 from esssm.files import verify_checksum
+from esssm.train.cli import AtomicCheckpointIO
 path = {path!r}
 before = open(path, "rb").read()
 checkpoint = torch.load(path, weights_only=False)
@@ -336,7 +336,7 @@ def test_failed_export_check_keeps_the_good_export(run, tmp_path, monkeypatch):
     before = out.read_bytes()
     with pytest.raises(FileExistsError, match=f"{out} already exists.*--overwrite"):
         main(["export", "--ckpt", str(run["last"]), "--budget", "3", "--out", str(out)])
-    from esssm.deploy import export
+    from esssm.infer import export
 
     def disagree(name, got, expected, tol=1e-5):
         raise RuntimeError(f"{name} disagrees with the full model")
@@ -344,7 +344,7 @@ def test_failed_export_check_keeps_the_good_export(run, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "check_agreement", disagree)
     with pytest.raises(RuntimeError, match="disagrees"):
         main(["export", "--ckpt", str(run["last"]), "--budget", "3", "--out", str(out), "--overwrite"])
-    assert out.read_bytes() == before and deploy.load_exported(out).k_max == 2
+    assert out.read_bytes() == before and infer.load_exported(out).k_max == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k2.pt", "k2.pt.sha256"]
 
 
@@ -488,7 +488,7 @@ def test_flipped_bytes_are_refused_everywhere_not_evaluated(run, tmp_path):
     out = tmp_path / "k2.pt"
     main(["export", "--ckpt", str(run["last"]), "--budget", "2", "--out", str(out), "--torchscript"])
     script = out.with_suffix(".torchscript.pt")
-    for path, load in ((out, deploy.load_exported), (script, deploy.load_torchscript)):
+    for path, load in ((out, infer.load_exported), (script, infer.load_torchscript)):
         flipped(path, path)
         with pytest.raises(ChecksumError, match=f"{path} fails its checksum"):
             load(path)
@@ -572,6 +572,7 @@ def test_seq_len_shorter_than_the_data_fails_at_setup_with_the_fix(tmp_path):
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+@pytest.mark.e2e
 def test_ddp_ranks_stop_together_when_one_rank_sees_nan(tmp_path):
     """One example is NaN, so one rank's loss is NaN and the other's finite: both ranks stop at
     that step (none hangs waiting for the other); skipping is refused up front under DDP, where

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from esssm.lit import warmup_ema
+from esssm.train.lit import warmup_ema
 
 
 @pytest.mark.parametrize("warmup,expected", [(True, 0.1), (False, 0.999)])

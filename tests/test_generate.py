@@ -11,9 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from baselines import Transformer
 from benchmarks.bench_generate import transformer_generate, transformer_logits
 from datamodules import ByteLMDataModule
-from esssm.cli import main
-from esssm.loading import load_language_model
-from esssm.generate import (
+from esssm.infer.generate import (
     FutureFillMixer,
     budget_forward,
     generate,
@@ -21,9 +19,11 @@ from esssm.generate import (
     sample_next,
     scheduled_logits,
 )
+from esssm.lab.cli import main
+from esssm.lab.loading import load_language_model
 from esssm.layer import ESSSMLayer
-from esssm.lit import SequenceTask
 from esssm.model import ESSSM, LanguageModel
+from esssm.train.lit import SequenceTask
 
 SEQ_LEN, K_MAX = 96, 6
 TEXT = "the quick brown fox jumps over the lazy dog. " * 40

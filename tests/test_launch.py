@@ -10,9 +10,9 @@ import pytest
 import torch
 from submitit.core.utils import JobPaths
 
-from esssm import launch, reproduce
 from esssm.checkpoints import read_checkpoint
-from esssm.reproduce import Run
+from esssm.lab import launch, reproduce
+from esssm.lab.reproduce import Run
 
 # Two seeds of a tiny ES-SSM on 32 generated ListOps examples: one step per epoch, two epochs.
 GRID = ["--quick", "--models", "esssm", "--seeds", "0,1", "--data-size", "32", "--budgets", "1,16",

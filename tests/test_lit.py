@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from esssm.budget import BudgetSampler, curve_summary, sweep_budgets
-from esssm.callbacks import BudgetSweep
-from esssm.lit import SequenceTask, parameter_groups, warmup_cosine
-from esssm.metrics import ExactAccuracy
 from esssm.model import ESSSM
+from esssm.train.callbacks import BudgetSweep
+from esssm.train.lit import SequenceTask, parameter_groups, warmup_cosine
+from esssm.train.metrics import ExactAccuracy
 from toy_data import ToyDataModule
 
 
@@ -167,7 +167,7 @@ def test_sweep_budgets_and_curve_summary():
 
 
 def test_budget_curve_figure_places_baselines_beside_the_curves():
-    from esssm.callbacks import plot_budget_curve
+    from esssm.plots import plot_budget_curve
 
     rows = [{"budget": k, "acc": 0.1 * k, "active_params": 100 * k} for k in (1, 2, 4)]
     figure = plot_budget_curve({"esssm": rows}, references={"transformer": (350, 0.5)})
@@ -210,6 +210,7 @@ def logged_budget_steps(tmp_path) -> set[int]:
     ],
     ids=["max_steps_mid_epoch", "max_steps_at_validation", "early_stopping", "max_time"],
 )
+@pytest.mark.e2e
 def test_every_fit_ends_with_a_budget_curve_however_it_stops(tmp_path, stop, monkeypatch):
     from types import SimpleNamespace
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from datamodules import ByteLMDataModule, DataFolderError
-from esssm.callbacks import BudgetSweep
-from esssm.lit import SequenceTask
 from esssm.model import ESSSM, LanguageModel
+from esssm.train.callbacks import BudgetSweep
+from esssm.train.lit import SequenceTask
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 40
 
@@ -107,6 +107,7 @@ def test_causal_path_never_looks_ahead(budget):
     assert model.head.weight is model.encoder.proj.weight  # tied head
 
 
+@pytest.mark.e2e
 def test_tiny_lm_learns_and_sweep_reports_bits_per_byte(tmp_path):
     L.seed_everything(0)
     dm = ByteLMDataModule(data_dir=str(text_folder(tmp_path)), seq_len=64, batch_size=8,
@@ -138,7 +139,7 @@ def test_default_block_is_the_authors():
 
 def test_checkpoint_with_an_lm_head_bias_and_no_flag_loads_with_the_bias(tmp_path):
     """A schema-0 LM checkpoint (head bias, no `lm_head_bias` hyperparameter) loads with it."""
-    from esssm.loading import load_task
+    from esssm.lab.loading import load_task
 
     backbone = ESSSM(d_model=16, n_layers=1, seq_len=40, k_max=4)
     old = SequenceTask(backbone, vocab_size=257, task="lm", lm_head_bias=True)
@@ -158,20 +159,20 @@ def test_checkpoint_with_an_lm_head_bias_and_no_flag_loads_with_the_bias(tmp_pat
 
 def test_lm_export_with_a_head_bias_and_no_flag_loads_with_the_bias(tmp_path):
     """A schema-0 export (written before the version and the `lm_head_bias` flag were recorded)."""
-    from esssm import deploy
+    from esssm import infer
     from esssm.files import sidecar_path
     from esssm.migrations import SCHEMA_KEY
 
     backbone = ESSSM(d_model=16, n_layers=1, seq_len=40, k_max=4)
     task = SequenceTask(backbone, vocab_size=257, task="lm", lm_head_bias=True)
-    config = deploy.model_config(task.hparams)
+    config = infer.model_config(task.hparams)
     del config["lm_head_bias"]  # as written before the flag existed
-    deploy.save_exported(task.eval_model.eval(), config, tmp_path / "old.pt")
+    infer.save_exported(task.eval_model.eval(), config, tmp_path / "old.pt")
     payload = torch.load(tmp_path / "old.pt", weights_only=True)
     del payload[SCHEMA_KEY]
     torch.save(payload, tmp_path / "old.pt")
     sidecar_path(tmp_path / "old.pt").unlink()
-    loaded = deploy.load_exported(tmp_path / "old.pt")
+    loaded = infer.load_exported(tmp_path / "old.pt")
     assert loaded.head.bias is not None
     x = torch.randint(1, 257, (2, 40))
     with torch.no_grad():

@@ -35,6 +35,7 @@ def run(rendered, monkeypatch):
     return make_configs.main
 
 
+@pytest.mark.e2e
 def test_check_passes_on_the_repository_conf(run, capsys):
     assert run(["--check"]) == 0, capsys.readouterr().out
     assert "match conf/make_configs.py" in capsys.readouterr().out

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from esssm import deploy
+from esssm import infer
 from esssm.checkpoints import CheckpointError
 from esssm.files import sidecar_path
-from esssm.loading import load_task
+from esssm.lab.loading import load_task
 from esssm.migrations import SCHEMA_KEY, SCHEMA_VERSION, fold_budget_arguments, migrate_checkpoint
 from esssm.model import ESSSM
 from test_lit import make_task, trainer
@@ -49,8 +49,8 @@ def test_a_new_checkpoint_and_export_carry_the_current_version(tmp_path):
     task.trainer.save_checkpoint(path)
     assert torch.load(path, weights_only=True)[SCHEMA_KEY] == SCHEMA_VERSION
     export = tmp_path / "k2.pt"
-    model, config = deploy.truncate(task.eval_model, deploy.model_config(task.hparams), 2)
-    deploy.save_exported(model, config, export)
+    model, config = infer.truncate(task.eval_model, infer.model_config(task.hparams), 2)
+    infer.save_exported(model, config, export)
     assert torch.load(export, weights_only=True)[SCHEMA_KEY] == SCHEMA_VERSION
 
 
@@ -66,16 +66,16 @@ def test_a_checkpoint_from_a_newer_version_is_refused(tmp_path):
 
 def test_an_export_from_a_newer_version_is_refused(tmp_path):
     backbone = ESSSM(d_model=8, n_layers=1, seq_len=12, k_max=4)
-    model = deploy.build_model({"backbone": {"class_path": "esssm.model.ESSSM", "init_args": backbone.init_args},
+    model = infer.build_model({"backbone": {"class_path": "esssm.model.ESSSM", "init_args": backbone.init_args},
                                 "task": "classification", "num_classes": 3, "vocab_size": 8, "input_dim": None})
     path = tmp_path / "future.pt"
-    deploy.save_exported(model, {"task": "classification"}, path)
+    infer.save_exported(model, {"task": "classification"}, path)
     payload = torch.load(path, weights_only=True)
     payload[SCHEMA_KEY] = SCHEMA_VERSION + 1
     torch.save(payload, path)
     sidecar_path(path).unlink()
     with pytest.raises(ValueError, match="exported model .*future.pt was written by a newer ES-SSM Lab"):
-        deploy.load_exported(path)
+        infer.load_exported(path)
 
 
 @pytest.mark.parametrize("class_path, size, flat, expected", [

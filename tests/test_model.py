@@ -103,6 +103,7 @@ def test_active_parameters():
     assert active_parameters(model, 1) == total - 2 * 3 * per_channel
 
 
+@pytest.mark.e2e
 def test_tiny_model_overfits_small_batch():
     torch.manual_seed(0)
     model = SequenceClassifier(tiny_backbone(d_model=32), num_classes=4, vocab_size=9)

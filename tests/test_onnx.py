@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from esssm import deploy
+from esssm import infer
 from esssm.checkpoints import CheckpointError
-from esssm.cli import main
-from esssm.deploy import onnx as deploy_onnx
-from esssm.deploy.dft import MatmulConvolution
 from esssm.files import ChecksumError, sidecar_path
+from esssm.infer import onnx as deploy_onnx
+from esssm.infer.dft import MatmulConvolution
+from esssm.lab.cli import main
 from esssm.model import ESSSM, module_spec
 from esssm.spectral import causal_fft_conv, fast_fft_size, filter_spectra
 from test_deploy import trained  # noqa: F401  (the tiny trained checkpoint and its budget curve)
@@ -33,18 +33,19 @@ def tiny_model(task: str) -> tuple[torch.nn.Module, dict]:
     backbone = ESSSM(d_model=16, n_layers=1, seq_len=SEQ_LEN, k_max=K_MAX, dropout=0.0, drop_path=0.0)
     config = {"backbone": module_spec(backbone), "num_classes": num_classes, "vocab_size": vocab_size,
               "input_dim": input_dim, "task": task}
-    return deploy.build_model(config).eval(), config
+    return infer.build_model(config).eval(), config
 
 
 def exported(model, config, budget, path):
-    deploy.export_onnx(*deploy.truncate(model, config, budget), path)
-    return deploy.load_onnx(path, threads=1)
+    infer.export_onnx(*infer.truncate(model, config, budget), path)
+    return infer.load_onnx(path, threads=1)
 
 
 def relative_error(got: np.ndarray, expected: torch.Tensor) -> float:
     return float(np.abs(got - expected.numpy()).max() / expected.abs().max())
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("task", TASKS)
 def test_onnx_equals_pytorch_at_every_budget_batch_size_and_length(task, tmp_path):
     model, config = tiny_model(task)
@@ -53,11 +54,11 @@ def test_onnx_equals_pytorch_at_every_budget_batch_size_and_length(task, tmp_pat
         assert onnx_model.names == deploy_onnx.input_names(config)
         for batch_size in (1, 3):
             for length in (SEQ_LEN, 5):
-                batch = deploy.synthetic_batch(config, batch_size, length)
+                batch = infer.synthetic_batch(config, batch_size, length)
                 if task == "retrieval":  # documents of different lengths in one batch
-                    batch.update({k: v for k, v in deploy.synthetic_batch(config, batch_size, 7).items() if "2" in k})
+                    batch.update({k: v for k, v in infer.synthetic_batch(config, batch_size, 7).items() if "2" in k})
                 with torch.no_grad():
-                    expected = deploy.batch_logits(model, batch, budget)
+                    expected = infer.batch_logits(model, batch, budget)
                 got = onnx_model(batch)
                 assert got.shape == expected.shape
                 assert relative_error(got, expected) < 1e-5, (budget, batch_size, length)
@@ -67,7 +68,7 @@ def test_onnx_equals_pytorch_at_every_budget_batch_size_and_length(task, tmp_pat
 def classifier_file(tmp_path_factory):
     model, config = tiny_model("classification")
     path = tmp_path_factory.mktemp("onnx") / "k2.onnx"
-    deploy.export_onnx(*deploy.truncate(model, config, 2), path)
+    infer.export_onnx(*infer.truncate(model, config, 2), path)
     return path, config
 
 
@@ -79,20 +80,20 @@ def test_tampered_or_foreign_files_are_refused_naming_the_file(classifier_file, 
     tampered.write_bytes(bytes(data))
     sidecar_path(tampered).write_text(sidecar_path(path).read_text())
     with pytest.raises(ChecksumError, match="tampered.onnx fails its checksum"):
-        deploy.load_onnx(tampered)
+        infer.load_onnx(tampered)
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="garbage.onnx is not a loadable ONNX model"):
-        deploy.load_onnx(garbage)
+        infer.load_onnx(garbage)
     with pytest.raises(FileNotFoundError, match="missing.onnx does not exist"):
-        deploy.load_onnx(tmp_path / "missing.onnx")
+        infer.load_onnx(tmp_path / "missing.onnx")
 
 
 def test_inputs_longer_than_seq_len_or_missing_are_refused(classifier_file):
     path, config = classifier_file
-    model = deploy.load_onnx(path, threads=1)
+    model = infer.load_onnx(path, threads=1)
     with pytest.raises(ValueError, match=f"length <= seq_len={SEQ_LEN}"):
-        model(deploy.synthetic_batch(config, 1, SEQ_LEN + 1))
+        model(infer.synthetic_batch(config, 1, SEQ_LEN + 1))
     with pytest.raises(ValueError, match=r"lacks \['mask'\]"):
         model({"x": np.zeros((1, 4), dtype=np.int64)})
 
@@ -104,10 +105,10 @@ def test_cli_exports_onnx_with_a_sidecar_and_refuses_a_failing_check(trained, tm
     text = capsys.readouterr().out
     assert "relative error, onnxruntime vs PyTorch: k=4 B=1 L=13" in text and "k=4 B=2 L=24" in text
     assert out.is_file() and sidecar_path(out).is_file()
-    batch = deploy.synthetic_batch(trained["config"], 2, 24)
+    batch = infer.synthetic_batch(trained["config"], 2, 24)
     with torch.no_grad():
         expected = trained["task"].evaluate(batch, 4)
-    assert relative_error(deploy.load_onnx(out, threads=1)(batch), expected) < 1e-5
+    assert relative_error(infer.load_onnx(out, threads=1)(batch), expected) < 1e-5
 
     before = out.read_bytes()
     monkeypatch.setattr(deploy_onnx, "relative_error", lambda got, expected: 0.5)
@@ -123,12 +124,12 @@ def test_cli_exports_onnx_with_a_sidecar_and_refuses_a_failing_check(trained, tm
     monkeypatch.undo()
     assert main(["export", "--ckpt", ckpt, "--elastic", "--format", "onnx", "--out", str(elastic)]) == 0
     assert "exported every budget (input `budget`) of k_max=8" in capsys.readouterr().out
-    assert relative_error(deploy.load_onnx(elastic, threads=1)(batch, 4), expected) < 1e-5
+    assert relative_error(infer.load_onnx(elastic, threads=1)(batch, 4), expected) < 1e-5
 
 
 def test_plan_times_budgets_in_onnxruntime(trained, tmp_path, capsys):
     ckpt = str(trained["ckpt"])
-    with open(deploy.curve_for(ckpt, trained["task"].source), newline="") as f:
+    with open(infer.curve_for(ckpt, trained["task"].source), newline="") as f:
         rows = list(csv.DictReader(f))[:2]  # budgets 1 and 2: two exports keep the test short
     curve = tmp_path / "curve.csv"
     with open(curve, "w", newline="") as f:
@@ -144,11 +145,11 @@ def test_plan_times_budgets_in_onnxruntime(trained, tmp_path, capsys):
 
 def test_onnxruntime_runtime_refuses_a_gpu_and_unknown_runtimes(trained):
     model, config = trained["task"].eval_model, trained["config"]
-    example = deploy.synthetic_batch(config, 1, 24)
+    example = infer.synthetic_batch(config, 1, 24)
     with pytest.raises(ValueError, match="runs on the CPU"):
-        deploy.budget_forwards("onnxruntime", model, config, example, [1], "cuda")
+        infer.budget_forwards("onnxruntime", model, config, example, [1], "cuda")
     with pytest.raises(ValueError, match="runtime must be one of"):
-        deploy.budget_forwards("tvm", model, config, example, [1])
+        infer.budget_forwards("tvm", model, config, example, [1])
 
 
 @pytest.mark.parametrize("seq_len", [1, 3, 20, 100])
@@ -165,11 +166,11 @@ def test_matmul_convolution_is_the_causal_fft_convolution_at_every_length(seq_le
 
 def test_non_finite_weights_are_never_exported(tmp_path):
     model, config = tiny_model("classification")
-    small, small_config = deploy.truncate(model, config, 2)
+    small, small_config = infer.truncate(model, config, 2)
     with torch.no_grad():
         small.head.bias[0] = float("nan")
     with pytest.raises(CheckpointError, match="non-finite weights"):
-        deploy.export_onnx(small, small_config, tmp_path / "nan.onnx")
+        infer.export_onnx(small, small_config, tmp_path / "nan.onnx")
     assert not list(tmp_path.iterdir())
 
 
@@ -177,17 +178,17 @@ def test_non_finite_weights_are_never_exported(tmp_path):
 def test_elastic_file_serves_every_budget_as_pytorch_does(task, tmp_path):
     model, config = tiny_model(task)
     path = tmp_path / "elastic.onnx"
-    deploy.export_onnx(model, config, path, elastic=True)
-    onnx_model = deploy.load_onnx(path, threads=1)
+    infer.export_onnx(model, config, path, elastic=True)
+    onnx_model = infer.load_onnx(path, threads=1)
     assert onnx_model.elastic and onnx_model.names == deploy_onnx.input_names(config)
     for budget in (1, 2, K_MAX):
         for batch_size, length in ((1, SEQ_LEN), (3, 5)):
-            batch = deploy.synthetic_batch(config, batch_size, length)
+            batch = infer.synthetic_batch(config, batch_size, length)
             with torch.no_grad():
-                expected = deploy.batch_logits(model, batch, budget)
+                expected = infer.batch_logits(model, batch, budget)
             assert relative_error(onnx_model(batch, budget), expected) < 1e-5, (budget, batch_size, length)
     with torch.no_grad():
-        assert relative_error(onnx_model(batch), deploy.batch_logits(model, batch)) < 1e-5  # None: k_max
+        assert relative_error(onnx_model(batch), infer.batch_logits(model, batch)) < 1e-5  # None: k_max
     with pytest.raises(ValueError, match=rf"elastic.onnx: budget must be an int in \[1, {K_MAX}\]"):
         onnx_model(batch, K_MAX + 1)
 
@@ -195,4 +196,4 @@ def test_elastic_file_serves_every_budget_as_pytorch_does(task, tmp_path):
 def test_single_budget_file_refuses_a_budget(classifier_file):
     path, config = classifier_file
     with pytest.raises(ValueError, match="k2.onnx holds one budget .k=2.*--elastic"):
-        deploy.load_onnx(path, threads=1)(deploy.synthetic_batch(config, 1, 4), 1)
+        infer.load_onnx(path, threads=1)(infer.synthetic_batch(config, 1, 4), 1)

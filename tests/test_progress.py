@@ -10,16 +10,16 @@ import threading
 import lightning as L
 from toy_data import ToyDataModule
 
-from esssm.callbacks import BudgetSweep
 from esssm.files import atomic_write_text
-from esssm.lit import SequenceTask
-from esssm.model import ESSSM
-from esssm.progress import (
+from esssm.lab.progress import (
     PhaseProgress, ProgressBoard, ProgressFile, describe, duration, evaluation_guess,
     remaining_evaluation,
 )
-from esssm.quiet import quiet_banners
-from esssm.sweep import run_sweep
+from esssm.lab.quiet import quiet_banners
+from esssm.lab.sweep import run_sweep
+from esssm.model import ESSSM
+from esssm.train.callbacks import BudgetSweep
+from esssm.train.lit import SequenceTask
 
 
 def test_fit_writes_a_progress_record(tmp_path):

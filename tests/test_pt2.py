@@ -8,11 +8,11 @@ import shutil
 import pytest
 import torch
 
-from esssm import deploy
+from esssm import infer
 from esssm.batch import model_inputs
-from esssm.cli import main
-from esssm.deploy import pt2
 from esssm.files import ChecksumError, file_sha256, sidecar_path
+from esssm.infer import pt2
+from esssm.lab.cli import main
 from test_deploy import trained  # noqa: F401  (the tiny trained checkpoint and its budget curve)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,7 +28,7 @@ def tiny_model(task: str) -> tuple[torch.nn.Module, dict]:
     }
     config = {"task": task, "num_classes": 3, "vocab_size": 11, "input_dim": None, "backbone": backbone}
     torch.manual_seed(0)
-    model = deploy.build_model(config).eval()
+    model = infer.build_model(config).eval()
     with torch.no_grad():
         for p in model.parameters():  # lift the mixing matrices off their 1e-3 init: a visible spectral path
             p.add_(0.05 * torch.randn_like(p))
@@ -37,7 +37,7 @@ def tiny_model(task: str) -> tuple[torch.nn.Module, dict]:
 
 def padded_batch(config: dict, size: int, length: int) -> dict:
     """A synthetic batch whose first row is padded after length // 2 (masked)."""
-    batch = deploy.synthetic_batch(config, size, length)
+    batch = infer.synthetic_batch(config, size, length)
     for key in ("mask", "mask1", "mask2"):
         if key in batch:
             batch[key][0, max(1, length // 2):] = False
@@ -63,8 +63,8 @@ def export_budget(task: str, budget: int, path, check=None, batch: int = 3) -> t
     """Export the tiny model of `task` truncated to `budget` to `path` from an example of
     `batch` x 32; returns (full model, config)."""
     full, config = tiny_model(task)
-    small, _ = deploy.truncate(full, config, budget)
-    pt2.export_pt2(small, deploy.synthetic_batch(config, batch, L), path, check)
+    small, _ = infer.truncate(full, config, budget)
+    pt2.export_pt2(small, infer.synthetic_batch(config, batch, L), path, check)
     return full, config
 
 
@@ -77,6 +77,7 @@ def lm_package(tmp_path_factory):
     return {"path": path, "full": full, "config": config}
 
 
+@pytest.mark.e2e
 def test_lm_package_equals_the_model_at_any_batch_and_length(lm_package):
     runner = pt2.load_pt2(lm_package["path"])
     assert runner.facts["seq_len"] == L and [i["name"] for i in runner.facts["inputs"]] == ["x", "mask"]
@@ -86,7 +87,7 @@ def test_lm_package_equals_the_model_at_any_batch_and_length(lm_package):
 def test_package_refuses_inputs_it_was_not_compiled_for(lm_package):
     """The compiled code would read past its buffers: the runner checks lengths, dtypes, counts."""
     runner = pt2.load_pt2(lm_package["path"])
-    x, mask = model_inputs(deploy.synthetic_batch(lm_package["config"], 2, L + 1))
+    x, mask = model_inputs(infer.synthetic_batch(lm_package["config"], 2, L + 1))
     with pytest.raises(ValueError, match=r"input x must be .* 1 <= L <= 32, got dtype int64, shape \(2, 33\)"):
         runner(x, mask)
     with pytest.raises(ValueError, match="input x must be a tensor of dtype int64"):
@@ -114,7 +115,7 @@ def test_failing_check_keeps_the_earlier_package(lm_package, tmp_path):
     shutil.copy(sidecar_path(lm_package["path"]), sidecar_path(path))
     before = file_sha256(path)
     full, config = tiny_model("classification")
-    probes = pt2.probe_inputs(deploy.synthetic_batch(config, 3, L))
+    probes = pt2.probe_inputs(infer.synthetic_batch(config, 3, L))
 
     def against_budget_2(tmp: str) -> None:
         pt2.check_package(tmp, lambda *inputs: full(*inputs, budget=2), probes, path)
@@ -127,13 +128,13 @@ def test_failing_check_keeps_the_earlier_package(lm_package, tmp_path):
 
 def test_export_refuses_a_bad_name_or_example_before_compiling(tmp_path):
     full, config = tiny_model("lm")
-    example = deploy.synthetic_batch(config, 3, L)
+    example = infer.synthetic_batch(config, 3, L)
     with pytest.raises(ValueError, match=r"model.pt: an AOTInductor package is a .pt2 file"):
         pt2.export_pt2(full, example, tmp_path / "model.pt")
     with pytest.raises(ValueError, match="the example lacks mask"):
         pt2.export_pt2(full, {"x": example["x"]}, tmp_path / "model.pt2")
     with pytest.raises(ValueError, match=r"length in \[1, seq_len=32\], got 33"):
-        pt2.export_pt2(full, deploy.synthetic_batch(config, 3, L + 1), tmp_path / "model.pt2")
+        pt2.export_pt2(full, infer.synthetic_batch(config, 3, L + 1), tmp_path / "model.pt2")
     assert not list(tmp_path.iterdir())
 
 
@@ -155,15 +156,16 @@ def test_plan_runtime_pt2_times_every_budget():
         calls.append(fn())
         return float(len(calls))
 
-    example = deploy.synthetic_batch(config, 3, L)
-    forwards = deploy.budget_forwards("pt2", full, config, example, [1, K])
-    latencies = deploy.time_budgets(forwards, rounds=3, warmup=1, timer=timer)
+    example = infer.synthetic_batch(config, 3, L)
+    forwards = infer.budget_forwards("pt2", full, config, example, [1, K])
+    latencies = infer.time_budgets(forwards, rounds=3, warmup=1, timer=timer)
     assert list(latencies) == [1, K] and len(calls) == 8  # (warmup + rounds) x budgets, interleaved
     assert latencies == {1: 5.0, K: 6.0}
     with torch.no_grad():
         assert relative_error(calls[-1], full(*model_inputs(example), budget=K)) < 1e-5
 
 
+@pytest.mark.e2e
 def test_cli_exports_a_checked_package_and_plans_with_it(trained, tmp_path, capsys):
     """`esssm export --format pt2` writes a package that equals the checkpoint's model at k, and
     `esssm plan --runtime pt2` times budgets through packages (one budget: one compilation)."""
@@ -172,12 +174,12 @@ def test_cli_exports_a_checked_package_and_plans_with_it(trained, tmp_path, caps
         main(["export", "--ckpt", ckpt, "--budget", "4", "--format", "pt2", "--out", str(tmp_path / "m.bin")])
     assert main(["export", "--ckpt", ckpt, "--budget", "4", "--format", "pt2", "--out", str(out)]) == 0
     assert "relative error against the full model at k=4" in capsys.readouterr().out
-    batch = deploy.synthetic_batch(trained["config"], 2, 20)
+    batch = infer.synthetic_batch(trained["config"], 2, 20)
     with torch.no_grad():
         assert relative_error(pt2.load_pt2(out)(*model_inputs(batch)), trained["task"].evaluate(batch, 4)) < 1e-5
 
     curve = tmp_path / "curve.csv"
-    with open(deploy.curve_for(ckpt, trained["task"].source), newline="") as f:
+    with open(infer.curve_for(ckpt, trained["task"].source), newline="") as f:
         curve.write_text("".join(f.readlines()[:2]))  # the header and budget 1
     args = ["plan", "--ckpt", ckpt, "--curve", str(curve), "--runtime", "pt2", "--repeats", "1", "--warmup", "0",
             "--latency-ms", "1e9"]

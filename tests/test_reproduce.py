@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from esssm import reproduce
+from esssm.lab import reproduce
 
 BUDGETS = [1, 4, 16]  # a few budgets of k_max=16 keep the test short; the default is all 16
 TINY = ["--quick", "--data-size", "48", "--budgets", "1,4,16", "--",
         "--trainer.max_steps=3", "--trainer.max_epochs=1", "--sweep.val_budgets=[1,4,16]", "--sweep.test_budgets=[1,4,16]"]
 
 
+@pytest.mark.e2e
 def test_quick_pipeline_end_to_end_and_rerun_skips(tmp_path, capsys):
     argv = ["--out", str(tmp_path), "--jobs", "2", "--seeds", "0,1", "--progress-every", "0.5", *TINY]
     assert reproduce.main(argv) == 0  # six runs, two side by side

@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from datamodules import ByteLMDataModule, ListOpsDataModule
 from datamodules.base import SPLITS
 from datamodules.batching import ResumableLoader
-from esssm.lit import SequenceTask
 from esssm.model import ESSSM
+from esssm.train.lit import SequenceTask
 from test_datamodules_common import LISTOPS_ROWS
 
 
@@ -59,6 +59,7 @@ def assert_identical(a: dict, b: dict) -> None:
     assert not different, f"tensors differ after resume: {different[:5]}"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("make,epochs,kill_at", [(listops, 2, 8), (byte_lm, 1, 3)], ids=["listops", "byte_lm"])
 def test_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tmp_path, make, epochs, kill_at):
     datamodule = make(tmp_path / "data")

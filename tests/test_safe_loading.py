@@ -16,10 +16,9 @@ import torch
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
 from esssm.checkpoints import CheckpointError, UnsafeCheckpointError
-from esssm.cli import lightning_main, main
-from esssm.lightning_cli import AtomicCheckpointIO
 from esssm.files import sidecar_path, sidecar_text
-from esssm.loading import load_task
+from esssm.lab.cli import lightning_main, main
+from esssm.lab.loading import load_task
 from test_cli import write_config
 from test_failure_behaviour import plain_argv, run  # noqa: F401  (argv reset; a toy run fitted through the CLI)
 

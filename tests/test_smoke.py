@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from datamodules import ByteLMDataModule
-from esssm import smoke
-from esssm.lit import SequenceTask
+from esssm.lab import smoke
 from esssm.model import ESSSM
+from esssm.train.lit import SequenceTask
 
 CONF = smoke.REPO / "conf"
 # Every task with ES-SSM; every baseline kind once (sCIFAR, L = 1024); the LM's fixed-budget SSM.

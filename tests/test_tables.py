@@ -7,9 +7,9 @@ import csv
 
 import pytest
 
-from esssm.callbacks import labelled_budgets, plot_budget_curve
-from esssm.tables import NoResultsError, render_tables, write_curves, write_tables
+from esssm.lab.tables import NoResultsError, render_tables, write_curves, write_tables
 from esssm.timing import NOISY_SPREAD, interleaved_ms, spread
+from esssm.plots import labelled_budgets, plot_budget_curve
 
 
 def result(task: str, model: str, seed: int, scores: dict, lm: bool = False, k_max: int | None = 4) -> dict:
@@ -58,16 +58,16 @@ def test_language_model_table_keeps_ablations_out_and_the_transformer_in():
 
 
 def test_language_model_curve_is_drawn_in_bits_per_byte(tmp_path, monkeypatch):
-    import esssm.callbacks as callbacks
+    import esssm.plots as plots
 
     figures = {}
-    plot = callbacks.plot_budget_curve
+    plot = plots.plot_budget_curve
 
     def spy(curves, title, references, metric):
         figures[title] = plot(curves, title, references, metric)
         return figures[title]
 
-    monkeypatch.setattr(callbacks, "plot_budget_curve", spy)
+    monkeypatch.setattr(plots, "plot_budget_curve", spy)
     paths = write_curves(ABLATION_RESULTS, tmp_path)
     assert sorted(p.name for p in paths) == ["budget_curve_listops.png", "budget_curve_lm.png"]
     by_k, _ = figures["lm: test bits per byte vs budget"].axes

@@ -25,10 +25,10 @@ from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 from toy_data import ToyDataModule
 
 from baselines import Transformer
-from esssm.callbacks import BudgetSweep
-from esssm.lit import SequenceTask
+from esssm.lab.sweep import run_sweep
 from esssm.model import ESSSM
-from esssm.sweep import run_sweep
+from esssm.train.callbacks import BudgetSweep
+from esssm.train.lit import SequenceTask
 
 K_MAX = 12
 EPOCHS = 2

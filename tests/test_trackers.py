@@ -8,8 +8,8 @@ import pytest
 import yaml
 from test_cli import write_config
 
-from esssm.cli import lightning_main
-from esssm.trackers import mlflow_name
+from esssm.lab.cli import lightning_main
+from esssm.train.trackers import mlflow_name
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,7 +42,7 @@ def test_fit_and_test_log_budget_curves_to_a_local_mlflow_store(tmp_path, monkey
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for this to use a local folder
     store = f"file:{tmp_path / 'mlruns'}"
     fit_then_test(tmp_path, config_with_loggers(tmp_path, {
-        "class_path": "esssm.trackers.MLFlowLogger", "init_args": {"tracking_uri": store, "experiment_name": "toy"}}))
+        "class_path": "esssm.train.trackers.MLFlowLogger", "init_args": {"tracking_uri": store, "experiment_name": "toy"}}))
 
     client = mlflow.tracking.MlflowClient(tracking_uri=store)
     experiment = client.get_experiment_by_name("toy")

@@ -7,8 +7,8 @@ import pytest
 import torch
 from test_cli import write_config
 
-from esssm.callbacks import BudgetSweep
-from esssm.cli import lightning_main
+from esssm.lab.cli import lightning_main
+from esssm.train.callbacks import BudgetSweep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,7 +14,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from esssm.commands import load_datamodule, load_task
+from esssm.lab.commands import load_datamodule, load_task
 from esssm.layer import ESSSMLayer
 
 

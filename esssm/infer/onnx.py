@@ -4,7 +4,7 @@ torch.onnx's exporter (torch.export underneath) handles complex tensors in few o
 onnxruntime runs its DFT op several times slower than matrix products of the same job
 (docs/benchmarks.md). So the graph mixes channels with `OnnxMixer`, the reference formula of
 each ES-SSM layer written for the exporter: the causal convolutions by `MatmulConvolution` (a
-two-stage DFT as real matmuls, esssm/deploy/dft.py) at one power-of-two FFT size
+two-stage DFT as real matmuls, esssm/infer/dft.py) at one power-of-two FFT size
 n >= 2 seq_len - 1 per layer, so its matrices and the filter spectra are constants and every
 length 1..seq_len convolves without wrap-around; then one GEMM over the k*D convolutions. Only
 slicing and padding depend on the length, so batch size and length are dynamic.
@@ -33,10 +33,10 @@ from torch import nn
 
 from esssm.batch import Batch
 from esssm.checkpoints import require_finite_weights
-from esssm.deploy.dft import MatmulConvolution
-from esssm.deploy.export import truncate
-from esssm.deploy.model import batch_logits, relative_error, synthetic_batch
 from esssm.files import atomic_write, verify_checksum
+from esssm.infer.dft import MatmulConvolution
+from esssm.infer.export import truncate
+from esssm.infer.model import batch_logits, relative_error, synthetic_batch
 from esssm.layer import ESSSMLayer, check_budget
 
 # Largest relative error (max |onnx - torch| / max |torch|) an export may show on its check batches.

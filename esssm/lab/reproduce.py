@@ -27,13 +27,13 @@ import torch
 import yaml
 
 from esssm.budget import sweep_budgets
-from esssm.commands import budget_list
 from esssm.files import atomic_write_text
-from esssm.progress import ProgressBoard, duration, evaluation_guess, read_record, remaining_evaluation
-from esssm.quiet import quiet_banners
-from esssm.tables import ABLATION_ONLY, NoResultsError, write_curves, write_tables
+from esssm.lab.commands import budget_list
+from esssm.lab.progress import ProgressBoard, duration, evaluation_guess, read_record, remaining_evaluation
+from esssm.lab.quiet import quiet_banners
+from esssm.lab.tables import ABLATION_ONLY, NoResultsError, write_curves, write_tables
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TASKS = ("listops", "text", "retrieval", "scifar", "pathfinder", "speech")
 BASELINES = ("transformer", "mamba", "mamba2", "s4d", "arstu")
 PROFILES = {
@@ -105,7 +105,7 @@ def data_overrides(run: Run, profile: str) -> dict[str, Any]:
 
 def data_problem(run: Run, overrides: dict[str, Any]) -> str | None:
     """None when the run's data folder is usable, else the datamodule's own explanation."""
-    from esssm.loading import load_datamodule
+    from esssm.lab.loading import load_datamodule
 
     try:
         datamodule = load_datamodule(run.config, overrides)
@@ -135,7 +135,7 @@ def fit_command(run: Run, overrides: dict[str, Any], devices: int, extra: list[s
         f"--trainer.devices={devices}",
         f"--seed_everything={run.seed}", f"--data.init_args.seed={run.seed}",
         *budget_seed(run.config, run.seed),
-        "--trainer.callbacks+=esssm.progress.ProgressFile", f"--trainer.callbacks.path={run.progress}",
+        "--trainer.callbacks+=esssm.lab.progress.ProgressFile", f"--trainer.callbacks.path={run.progress}",
         *(f"--data.init_args.{key}={value}" for key, value in overrides.items()),
     ]
     if (run.ckpt_dir / "last.ckpt").exists():
@@ -224,9 +224,9 @@ def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | Non
     without a budget as a flat line over `reference_budgets`, the task's elastic budgets)."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from esssm.loading import load_datamodule, load_task
+    from esssm.lab.loading import load_datamodule, load_task
+    from esssm.lab.sweep import run_sweep
     from esssm.model import count_parameters
-    from esssm.sweep import run_sweep
 
     ckpt = best_checkpoint(run)
     task = load_task(ckpt).eval()
@@ -315,7 +315,7 @@ def evaluate_all(plans: list[tuple[Run, dict[str, Any]]], trained: set[Run], bud
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from esssm import launch  # imports this module
+    from esssm.lab import launch  # imports this module
 
     parser = argparse.ArgumentParser(prog="./reproduce.sh", description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group()
@@ -339,7 +339,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "plus 1 and k_max) or a comma list such as 1,2,4,8 (k_max is always added)")
     parser.add_argument("--smoke", action="store_true",
                         help="instead of training: every config of the profile at its real length and width "
-                             "for 2 steps on generated data, then results/smoke.md (see esssm/smoke.py)")
+                             "for 2 steps on generated data, then results/smoke.md (see esssm/lab/smoke.py)")
     parser.add_argument("--smoke-batch", type=int, default=2,
                         help="batch of --smoke on a CPU (GPU: each config's own); step times are scaled")
     parser.add_argument("--smoke-budgets", choices=("all", "paper"), default="all",
@@ -427,7 +427,7 @@ def report(results: dict[tuple[str, str], list[dict]], out: Path, profile: str) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from esssm import launch  # imports this module
+    from esssm.lab import launch  # imports this module
 
     quiet_banners()
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
     tasks, models = choose_tasks_and_models(args, profile)  # every check before anything trains or writes
     if args.smoke:
-        from esssm import smoke
+        from esssm.lab import smoke
 
         command = "./reproduce.sh " + " ".join(argv or sys.argv[1:])
         return smoke.run(smoke.plans_for(REPO / profile["conf"], tasks, models), out, args.smoke_batch, command,

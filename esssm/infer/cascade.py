@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from esssm.batch import Batch, model_inputs
-from esssm.deploy.model import batch_logits, elastic_k_max, to_device
+from esssm.infer.model import batch_logits, elastic_k_max, to_device
 from esssm.layer import check_budget
 from esssm.model import active_parameters
 from esssm.timing import time_once

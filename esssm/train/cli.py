@@ -1,6 +1,6 @@
 """The Lightning subcommands fit | validate | test: a LightningCLI with the project's defaults
 (budget sweep, atomic checksummed checkpoints, TensorBoard, a run folder never overwritten or
-shared). Imported by `esssm.cli` only once the command line asks for a subcommand, so the
+shared). Imported by `esssm.lab.cli` only once the command line asks for a subcommand, so the
 tools and `--help` answer without importing Lightning.
 """
 
@@ -26,12 +26,12 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from esssm.batch import DATA_FIELDS
-from esssm.callbacks import BudgetSweep
 from esssm.checkpoints import read_checkpoint, save_checked
-from esssm.cli import SUBCOMMANDS
 from esssm.files import remove_with_sidecar
-from esssm.lit import SequenceTask
 from esssm.migrations import migrate_checkpoint
+from esssm.train import SUBCOMMANDS
+from esssm.train.callbacks import BudgetSweep
+from esssm.train.lit import SequenceTask
 
 LOCK_FILE = "fit.lock"
 FIT_OUTPUTS = ("checkpoints", "config.yaml", "hparams.yaml", "events.out.tfevents.*")  # what a fit writes

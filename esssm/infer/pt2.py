@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from esssm.batch import Batch, model_inputs
-from esssm.deploy.export import reference_copy, truncate
-from esssm.deploy.model import relative_error, to_device
 from esssm.files import atomic_write, verify_checksum
+from esssm.infer.export import reference_copy, truncate
+from esssm.infer.model import relative_error, to_device
 from esssm.layer import ESSSMLayer
 
 PT2_FORMAT, PT2_VERSION = "esssm-pt2", 1
@@ -157,7 +157,7 @@ def open_package(path: str | Path, name: str | Path) -> Pt2Runner:
             raise RuntimeError(f"{name} is not a loadable AOTInductor package: {error}") from error
     facts = json.loads(package.get_metadata().get(METADATA_KEY, "{}"))
     if facts.get("format") != PT2_FORMAT or facts.get("version") != PT2_VERSION:
-        raise ValueError(f"{name} is not an esssm .pt2 package (written by esssm.deploy.pt2.export_pt2)")
+        raise ValueError(f"{name} is not an esssm .pt2 package (written by esssm.infer.pt2.export_pt2)")
     return Pt2Runner(package, facts, str(name))
 
 
@@ -236,7 +236,7 @@ def pt2_forwards(
     model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int], device: str | torch.device
 ) -> dict[int, Callable[[], object]]:
     """One call of `example` per budget through the AOTInductor package of `model` (with its
-    `model_config`) truncated to that budget, for `esssm.deploy.plan.time_budgets`.
+    `model_config`) truncated to that budget, for `esssm.infer.plan.time_budgets`.
 
     Each budget is compiled to a checked package in a temporary folder (tens of seconds each);
     a loaded package no longer needs its file.

@@ -32,11 +32,11 @@ try:  # the `launch` extra; the default in-process runner does without it
 except ImportError:
     submitit = None
 
-from esssm import reproduce
-from esssm.lightning_cli import LOCK_FILE, _alive
 from esssm.files import atomic_write_text
-from esssm.progress import ProgressBoard, describe, read_record
-from esssm.reproduce import Run
+from esssm.lab import reproduce
+from esssm.lab.progress import ProgressBoard, describe, read_record
+from esssm.lab.reproduce import Run
+from esssm.train.cli import LOCK_FILE, _alive
 
 LAUNCHERS = ("inprocess", "local", "slurm")
 SLURM_OPTIONS = ("slurm_partition", "slurm_account", "slurm_qos", "gpus_per_run", "cpus_per_run", "mem", "max_running")

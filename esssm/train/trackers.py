@@ -5,7 +5,7 @@ whose metric names keep the budget.
     trainer:
       logger:
         - {class_path: lightning.pytorch.loggers.TensorBoardLogger, init_args: {save_dir: runs, name: lm/esssm}}
-        - {class_path: esssm.trackers.MLFlowLogger, init_args: {tracking_uri: "file:./mlruns"}}
+        - {class_path: esssm.train.trackers.MLFlowLogger, init_args: {tracking_uri: "file:./mlruns"}}
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Budgeted deployment of a trained model, in plain torch (no Lightning).
+"""Inference from a trained model, in plain torch (no Lightning): budgeted deployment, and
+byte generation from the language model (`esssm.infer.generate`, FutureFill).
 
 - `export`: a standalone file holding channels 1..k only, checked against the full model;
   a TorchScript copy;
@@ -8,11 +9,11 @@
 - `onnx`: the truncated model as an ONNX file, checked in onnxruntime against PyTorch;
 - `pt2`: the truncated model as an AOTInductor package, checked against PyTorch.
 
-The command-line glue (`esssm export | plan | cascade`) is in esssm/commands.py.
+The command-line glue (`esssm export | plan | cascade`) is in esssm/lab/commands.py.
 """
 
-from esssm.deploy.cascade import CascadeResult, cascade_predict, cascade_sweep, evaluate_policy, format_cascade
-from esssm.deploy.export import (
+from esssm.infer.cascade import CascadeResult, cascade_predict, cascade_sweep, evaluate_policy, format_cascade
+from esssm.infer.export import (
     EXPORT_FORMAT,
     check_targets,
     example_seq_len,
@@ -28,12 +29,11 @@ from esssm.deploy.export import (
     truncate,
     truncated_state_dict,
 )
-from esssm.deploy.model import (
+from esssm.infer.model import (
     batch_logits, build_model, elastic_k_max, model_config, relative_error, synthetic_batch, to_device,
 )
-from esssm.deploy.onnx import OnnxModel, export_onnx, export_onnx_checked, format_onnx_export, load_onnx
-from esssm.deploy.pt2 import Pt2Runner, export_pt2, export_pt2_checked, format_pt2_export, load_pt2
-from esssm.deploy.plan import (
+from esssm.infer.onnx import OnnxModel, export_onnx, export_onnx_checked, format_onnx_export, load_onnx
+from esssm.infer.plan import (
     RUNTIMES,
     CurvePoint,
     PlanRow,
@@ -47,6 +47,7 @@ from esssm.deploy.plan import (
     time_budgets,
     torch_forwards,
 )
+from esssm.infer.pt2 import Pt2Runner, export_pt2, export_pt2_checked, format_pt2_export, load_pt2
 
 __all__ = [
     "EXPORT_FORMAT", "RUNTIMES", "CascadeResult", "CurvePoint", "OnnxModel", "PlanRow", "Pt2Runner", "batch_logits",

@@ -9,9 +9,9 @@ import lightning as L
 from lightning.pytorch.loggers import Logger
 
 from esssm.budget import sweep_budgets
-from esssm.callbacks import BudgetSweep, write_curve
-from esssm.deploy.plan import curve_name
-from esssm.lit import SequenceTask
+from esssm.infer.plan import curve_name
+from esssm.train.callbacks import BudgetSweep, write_curve
+from esssm.train.lit import SequenceTask
 
 
 def run_sweep(
@@ -38,7 +38,7 @@ def run_sweep(
     prefix, "" for none) a progress line with an ETA goes to `stream` (stderr by default);
     `expected_s` guesses the sweep's seconds until its first batch is done.
     """
-    from esssm.progress import SweepProgress
+    from esssm.lab.progress import SweepProgress
 
     callbacks: list[L.Callback] = []
     if progress is not None:

@@ -34,10 +34,10 @@ import yaml
 
 from esssm.budget import sweep_budgets
 from esssm.files import atomic_write_text
+from esssm.lab.progress import PhaseProgress
 from esssm.model import count_parameters
-from esssm.progress import PhaseProgress
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Data-side overrides that make each task read the generated sample instead of the real set.
 SAMPLE_ARGS = {"scifar": {"val_size": 8},
                "lm": {"hf_dataset": None, "python_stdlib": True, "max_bytes": 2_000_000}}
@@ -118,7 +118,7 @@ def config_facts(config: Path) -> dict[str, Any]:
     """Batch, accumulation, epochs (-1: no limit), max_steps (-1: none), k_max, the byte LM's cached
     evaluation segments, sequence length and the real data set's training examples (the
     datamodule's) of a config."""
-    from esssm.loading import load_datamodule
+    from esssm.lab.loading import load_datamodule
 
     raw, datamodule = yaml.safe_load(config.read_text()), load_datamodule(config)
     data = raw["data"]["init_args"]
@@ -162,7 +162,7 @@ def fit_arguments(config: Path, data_dir: Path | None, task: str, batch: int, wo
         "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={work}",
         f"--trainer.logger.init_args.save_dir={work / 'runs'}",
         *(f"--data.init_args.{key}={'null' if value is None else value}" for key, value in data.items()),
-        "--trainer.callbacks+=esssm.smoke.SmokeProbe",
+        "--trainer.callbacks+=esssm.lab.smoke.SmokeProbe",
         f"--trainer.callbacks.name={config.relative_to(REPO) if config.is_relative_to(REPO) else config}",
         f"--trainer.callbacks.out={probe_out}",
         f"--trainer.callbacks.budgets={'all' if budgets == 'all' else 'null'}",
@@ -183,7 +183,7 @@ def run_config(config: Path, task: str, data_dir: Path | None, batch: int, in_pr
         args = fit_arguments(config, data_dir, task, batch, work, probe_out, width, budgets)
         start = time.time()
         if in_process:
-            from esssm.cli import main
+            from esssm.lab.cli import main
 
             main(args)
         else:

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from esssm.batch import Batch
-from esssm.deploy.model import batch_logits, to_device
-from esssm.deploy.onnx import onnx_forwards
-from esssm.deploy.pt2 import pt2_forwards
+from esssm.infer.model import batch_logits, to_device
+from esssm.infer.onnx import onnx_forwards
+from esssm.infer.pt2 import pt2_forwards
 from esssm.timing import interleaved_ms, time_once
 
 

@@ -6,7 +6,7 @@ budget k. The truncated filters are the stored ones, never recomputed: the top-k
 an (L, k) problem agree with those of (L, K) only up to numerics in the near-null space.
 An exported file loads with `load_exported` and nothing but the model classes of this package.
 TorchScript copies trace the reference mixing (`ESSSMSettings(fast=False)`); ONNX files are
-written by esssm.deploy.onnx.
+written by esssm.infer.onnx.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from torch import nn
 
 from esssm.batch import Batch, model_inputs
 from esssm.checkpoints import load_checked, save_checked
-from esssm.deploy.model import batch_logits, build_model, elastic_k_max, model_config
 from esssm.files import atomic_write, verify_checksum
+from esssm.infer.model import batch_logits, build_model, elastic_k_max, model_config
 from esssm.layer import ESSSMLayer, check_budget
 from esssm.migrations import migrate_export, stamp
 from esssm.model import count_parameters
@@ -91,7 +91,7 @@ def load_exported(path: str | Path, map_location: str | torch.device = "cpu") ->
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise ValueError(
             f"{path} is not an `esssm export` file (a Lightning checkpoint loads with "
-            "esssm.loading.load_task)"
+            "esssm.lab.loading.load_task)"
         )
     if payload.get("version") != EXPORT_VERSION:
         raise ValueError(f"{path} has export version {payload.get('version')}, expected {EXPORT_VERSION}")

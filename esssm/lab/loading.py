@@ -11,11 +11,11 @@ import torch
 import yaml
 
 from esssm.checkpoints import LOAD_ERRORS, CheckpointError, read_checkpoint, require_finite_weights
-from esssm.deploy.export import EXPORT_FORMAT, load_exported
-from esssm.deploy.model import model_config
 from esssm.files import file_sha256
-from esssm.lit import SequenceTask
+from esssm.infer.export import EXPORT_FORMAT, load_exported
+from esssm.infer.model import model_config
 from esssm.migrations import migrate_checkpoint
+from esssm.train.lit import SequenceTask
 
 
 def load_task(ckpt: str | Path, map_location: str = "cpu", trust: bool = False) -> SequenceTask:

@@ -1,4 +1,4 @@
-"""Command line: `lightning`/`esssm` fit|validate|test (LightningCLI, esssm.lightning_cli), plus
+"""Command line: `lightning`/`esssm` fit|validate|test (LightningCLI, esssm.train.cli), plus
 the project's tools (`esssm sweep|export|plan|cascade ...`, listed by `esssm --help`).
 
     lightning fit --config conf/listops/esssm.yaml
@@ -19,14 +19,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from esssm.quiet import quiet_banners
+from esssm.lab.quiet import quiet_banners
+from esssm.train import SUBCOMMANDS
 
-# Lightning's own predict needs a predict_dataloader, which the task datamodules do not have.
-SUBCOMMANDS = {
-    "fit": "train a model: --config conf/<task>/<model>.yaml (resume: --ckpt_path last)",
-    "validate": "evaluate a checkpoint (--ckpt_path) on the validation split",
-    "test": "evaluate a checkpoint (--ckpt_path) on the test split at every budget",
-}
 HELP_FLAGS = ("-h", "--help")
 DEBUG_FLAG, DEBUG_ENV = "--debug", "ESSSM_DEBUG"
 # Mistakes a user makes and fixes: files missing, damaged, foreign or in the way (OSError, the
@@ -69,7 +64,7 @@ def run_command(prog: str, command: Callable[[list[str]], int], args: list[str],
 
 
 def _tools() -> dict[str, Callable[[list[str]], int]]:
-    from esssm import commands
+    from esssm.lab import commands
 
     return commands.TOOLS
 
@@ -96,7 +91,7 @@ def overview(prog: str, tools: dict[str, Callable[[list[str]], int]] | None) -> 
 
 def _lightning(description: str, from_command_line: bool) -> Callable[[list[str]], int]:
     def run(args: list[str]) -> int:
-        from esssm.lightning_cli import run_cli
+        from esssm.train.cli import run_cli
 
         if from_command_line:  # LightningCLI reads sys.argv itself (and warns when also given args)
             sys.argv[1:] = args

@@ -1,7 +1,7 @@
 """`esssm` tools that work on a trained checkpoint: sweep, export, plan, cascade, generate.
 
 Argument parsing only: each tool parses its options, checks them before any work, and calls
-the library (esssm.loading, esssm.sweep, esssm.deploy, esssm.generate). The library is imported
+the library (esssm.lab.loading, esssm.lab.sweep, esssm.infer, esssm.infer.generate). The library is imported
 after parsing, so `esssm TOOL --help` answers without importing torch.
 """
 
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from esssm.files import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from esssm.lit import SequenceTask
+    from esssm.train.lit import SequenceTask
 
 
 # --------------------------------------------------------------------------- argument types
@@ -85,7 +85,7 @@ def threshold_list(text: str) -> list[float]:
 
 
 def key_of(module: str, table: str) -> Callable[[str], str]:
-    """An argument type accepting the keys of `module.table` (e.g. esssm.deploy.RUNTIMES), imported
+    """An argument type accepting the keys of `module.table` (e.g. esssm.infer.RUNTIMES), imported
     only when a value is parsed, so building the parser (and `--help`) stays light."""
 
     def check(text: str) -> str:
@@ -131,9 +131,9 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--split", choices=["val", "test"], default="test")
     parser.add_argument("--accelerator", default="auto")
     args = parser.parse_args(argv)
-    from esssm import deploy
-    from esssm.loading import load_datamodule, load_task
-    from esssm.sweep import format_table, run_sweep
+    from esssm import infer
+    from esssm.lab.loading import load_datamodule, load_task
+    from esssm.lab.sweep import format_table, run_sweep
 
     overrides = {"data_dir": args.data_dir, "eval_batch_size": args.batch_size}
     datamodule = load_datamodule(args.data_config, {k: v for k, v in overrides.items() if v is not None})
@@ -142,7 +142,7 @@ def sweep_main(argv: list[str]) -> int:
     rows = run_sweep(task, datamodule, args.budgets, args.split, args.accelerator, output_dir=Path(args.ckpt).parent,
                      progress="")
     print(format_table(rows))
-    print(f"curve: {Path(args.ckpt).parent / deploy.curve_name(args.ckpt, args.split)}", file=sys.stderr)
+    print(f"curve: {Path(args.ckpt).parent / infer.curve_name(args.ckpt, args.split)}", file=sys.stderr)
     return 0
 
 
@@ -160,7 +160,7 @@ def export_main(argv: list[str]) -> int:
     parser = _ckpt_parser(
         "export",
         "Write a standalone model holding only spectral channels 1..k "
-        "(load it with esssm.deploy.load_exported; no Lightning, no data needed).",
+        "(load it with esssm.infer.load_exported; no Lightning, no data needed).",
     )
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget", type=positive_int, help="spectral budget k to keep")
@@ -168,10 +168,10 @@ def export_main(argv: list[str]) -> int:
                         "k an int64 scalar input `budget` (the cost follows k)")
     parser.add_argument("--out", required=True, help="output file, e.g. model_k8.pt (model_k8.onnx, model_k8.pt2)")
     parser.add_argument("--format", choices=["torch", "onnx", "pt2"], default="torch",
-                        help="torch: a PyTorch file for esssm.deploy.load_exported; onnx: an ONNX graph with dynamic "
-                        "batch and length (<= seq_len), checked in onnxruntime (esssm.deploy.load_onnx); pt2: an "
+                        help="torch: a PyTorch file for esssm.infer.load_exported; onnx: an ONNX graph with dynamic "
+                        "batch and length (<= seq_len), checked in onnxruntime (esssm.infer.load_onnx); pt2: an "
                         "AOTInductor package (compiled C++, dynamic batch and length), checked against PyTorch "
-                        "(esssm.deploy.load_pt2)")
+                        "(esssm.infer.load_pt2)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--torchscript", action="store_true", help="also write OUT.torchscript.pt (traced; --format torch)")
     parser.add_argument("--batch", type=positive_int, default=1, help="example batch size for the checks and the trace "
@@ -179,8 +179,8 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("--seq-len", type=positive_int, help="example length (default: the model's seq_len); "
                         "TorchScript graphs are specialised to it (ONNX: checked at it and about half)")
     args = parser.parse_args(argv)
-    from esssm import deploy
-    from esssm.loading import load_eval_model
+    from esssm import infer
+    from esssm.lab.loading import load_eval_model
 
     if args.torchscript and args.format != "torch":
         parser.error(f"--torchscript comes with --format torch; a {args.format} export is one file")
@@ -189,20 +189,20 @@ def export_main(argv: list[str]) -> int:
     if args.elastic and args.format != "onnx":
         parser.error("--elastic comes with --format onnx (a --format torch file serves every budget up to its "
                      "--budget already: load_exported(...)(x, budget=k))")
-    deploy.check_targets([args.out, *([deploy.torchscript_path(args.out)] if args.torchscript else [])],
+    infer.check_targets([args.out, *([infer.torchscript_path(args.out)] if args.torchscript else [])],
                          args.overwrite)  # before any work
     full, config, _ = load_eval_model(args.ckpt, args.trust_checkpoint)
-    seq_len = deploy.example_seq_len(config, args.seq_len)
+    seq_len = infer.example_seq_len(config, args.seq_len)
     if args.format == "onnx":
-        print(deploy.format_onnx_export(deploy.export_onnx_checked(full, config, args.budget, args.out, args.batch, seq_len)))
+        print(infer.format_onnx_export(infer.export_onnx_checked(full, config, args.budget, args.out, args.batch, seq_len)))
         return 0
-    example = deploy.synthetic_batch(config, args.batch, seq_len)
+    example = infer.synthetic_batch(config, args.batch, seq_len)
     if args.format == "pt2":
-        print(deploy.format_pt2_export(deploy.export_pt2_checked(full, config, args.budget, args.out, example)))
+        print(infer.format_pt2_export(infer.export_pt2_checked(full, config, args.budget, args.out, example)))
         return 0
-    report = deploy.export_checked(full, config, args.budget, args.out, example, args.torchscript)
+    report = infer.export_checked(full, config, args.budget, args.out, example, args.torchscript)
     report["ckpt_bytes"] = Path(args.ckpt).stat().st_size
-    print(deploy.format_export(report))
+    print(infer.format_export(report))
     return 0
 
 
@@ -210,7 +210,7 @@ def plan_main(argv: list[str]) -> int:
     """Best budget for a latency target on this machine, from the checkpoint's own budget curve."""
     parser = _ckpt_parser("plan", "Best budget for a latency target on this machine.")
     parser.add_argument("--latency-ms", type=positive_float, required=True, help="latency target per batch")
-    parser.add_argument("--runtime", type=key_of("esssm.deploy", "RUNTIMES"), default="torch",
+    parser.add_argument("--runtime", type=key_of("esssm.infer", "RUNTIMES"), default="torch",
                         help="what runs the model: torch (eager), compile (torch.compile; the first rounds compile), "
                         "onnxruntime (each budget exported to ONNX; CPU) or pt2 (each budget compiled to an "
                         "AOTInductor package; tens of seconds each)")
@@ -222,26 +222,26 @@ def plan_main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed rounds over all budgets (median)")
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds first")
     args = parser.parse_args(argv)
-    from esssm import deploy
-    from esssm.loading import load_eval_model
-    from esssm.progress import PhaseProgress
+    from esssm import infer
+    from esssm.lab.loading import load_eval_model
+    from esssm.lab.progress import PhaseProgress
 
     model, config, source = load_eval_model(args.ckpt, args.trust_checkpoint)
-    deploy.elastic_k_max(model)
-    curve_path = deploy.curve_for(args.ckpt, source, args.curve)
-    curve = deploy.read_curve(curve_path)
+    infer.elastic_k_max(model)
+    curve_path = infer.curve_for(args.ckpt, source, args.curve)
+    curve = infer.read_curve(curve_path)
     if not curve:
         raise ValueError(f"{curve_path} has no per-budget rows (a model without a spectral budget?)")
-    seq_len = deploy.example_seq_len(config, args.seq_len)
-    example = deploy.synthetic_batch(config, args.batch, seq_len)
+    seq_len = infer.example_seq_len(config, args.seq_len)
+    example = infer.synthetic_batch(config, args.batch, seq_len)
     budgets = [p.budget for p in curve]
-    forwards = deploy.budget_forwards(args.runtime, model, config, example, budgets, args.device)
+    forwards = infer.budget_forwards(args.runtime, model, config, example, budgets, args.device)
     with PhaseProgress(f"timing {len(budgets)} budgets ({args.runtime})", args.warmup + args.repeats,
                        "rounds") as progress:
-        latencies = deploy.time_budgets(forwards, args.device, args.repeats, args.warmup, advance=progress.advance)
-    best, rows = deploy.plan_budget(curve, latencies, args.latency_ms)
+        latencies = infer.time_budgets(forwards, args.device, args.repeats, args.warmup, advance=progress.advance)
+    best, rows = infer.plan_budget(curve, latencies, args.latency_ms)
     print(f"curve: {curve_path}; latency: batch {args.batch} x length {seq_len} on {args.device} ({args.runtime})")
-    print(deploy.format_plan(rows, best, args.latency_ms))
+    print(infer.format_plan(rows, best, args.latency_ms))
     return 0 if best is not None else 1
 
 
@@ -266,26 +266,26 @@ def cascade_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from esssm import deploy
+    from esssm import infer
     from esssm.budget import select_budgets
-    from esssm.loading import load_datamodule, load_eval_model
+    from esssm.lab.loading import load_datamodule, load_eval_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, _, _ = load_eval_model(args.ckpt, args.trust_checkpoint)
-    k_max = deploy.elastic_k_max(model)
+    k_max = infer.elastic_k_max(model)
     default = sorted({k for k in (2, 4, 8) if k < k_max} | {k_max})
     budgets = select_budgets(k_max, default if args.budgets is None else args.budgets, "--budgets")
     overrides = {"data_dir": args.data_dir, "eval_batch_size": args.batch_size}
     datamodule = load_datamodule(args.data_config, {k: v for k, v in overrides.items() if v is not None})
     datamodule.setup("test" if args.split == "test" else "validate")
     loader = datamodule.test_dataloader if args.split == "test" else datamodule.val_dataloader
-    from esssm.progress import PhaseProgress
+    from esssm.lab.progress import PhaseProgress
 
     with PhaseProgress(f"cascade on the {args.split} split", len(budgets) + len(args.thresholds),
                        "policies") as progress:
-        rows = deploy.cascade_sweep(model, loader, budgets, args.thresholds, device, advance=progress.advance)
+        rows = infer.cascade_sweep(model, loader, budgets, args.thresholds, device, advance=progress.advance)
     print(f"{args.split} split, {rows[0]['count']} examples, device {device}")
-    print(deploy.format_cascade(rows))
+    print(infer.format_cascade(rows))
     return 0
 
 
@@ -311,15 +311,15 @@ def generate_main(argv: list[str]) -> int:
     parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (argmax)")
     parser.add_argument("--top-k", type=positive_int, help="sample among the k most likely bytes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
-    parser.add_argument("--method", type=key_of("esssm.generate", "METHODS"), default="futurefill",
+    parser.add_argument("--method", type=key_of("esssm.infer.generate", "METHODS"), default="futurefill",
                         help="futurefill (fast) or naive (full forward per byte, the reference)")
     parser.add_argument("--out", help="write the text (raw bytes) here instead of printing it")
     parser.add_argument("--overwrite", action="store_true", help="let --out replace an existing file")
     args = parser.parse_args(argv)
     if args.out and Path(args.out).exists() and not args.overwrite:
         parser.error(f"--out {args.out} exists; choose another path or pass --overwrite to replace it")
-    from esssm import generate
-    from esssm.loading import load_language_model
+    from esssm.infer import generate
+    from esssm.lab.loading import load_language_model
 
     prompt_bytes = Path(args.prompt_file).read_bytes() if args.prompt_file else args.prompt.encode()
     model = load_language_model(args.ckpt, args.trust_checkpoint)

@@ -54,7 +54,7 @@ class ProgressFile(L.Callback):
         test sweep after training will take (`evaluation_guess`)."""
         if trainer.sanity_checking:
             return
-        from esssm.callbacks import BudgetSweep
+        from esssm.train.callbacks import BudgetSweep
 
         self.val_s = time.monotonic() - self._val_start
         for sweep in (cb for cb in trainer.callbacks if isinstance(cb, BudgetSweep)):

@@ -17,9 +17,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from esssm.batch import PAD, model_inputs
 from esssm.budget import BudgetSampler
-from esssm.metrics import ExactAccuracy
 from esssm.migrations import stamp
 from esssm.model import build_module, build_task_model, module_spec
+from esssm.train.metrics import ExactAccuracy
 
 Batch = dict[str, torch.Tensor]
 TASKS = ("classification", "retrieval", "lm")

@@ -160,7 +160,7 @@ def table_c(results: Results) -> tuple[str, list[dict]]:
     """Ablations, per task: the score of every variant at every budget (accuracy, or bits per
     byte for a language model), mean ± std over seeds. Only tasks where an ablation-only variant
     ran beside another variant: ES-SSM against the fixed-budget sum alone is Table B."""
-    from esssm.callbacks import METRIC_LABELS, curve_metric
+    from esssm.plots import METRIC_LABELS, curve_metric
 
     sections, rows = [], []
     for task in sorted({t for t, _ in results}):
@@ -248,7 +248,7 @@ def write_curves(results: Results, folder: Path) -> list[Path]:
     bits per byte for a language model), baselines as levels."""
     import matplotlib.pyplot as plt
 
-    from esssm.callbacks import METRIC_LABELS, curve_metric, plot_budget_curve
+    from esssm.plots import METRIC_LABELS, curve_metric, plot_budget_curve
 
     paths = []
     for task in sorted({t for t, _ in results}):
