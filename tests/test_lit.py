@@ -172,10 +172,11 @@ def test_budget_curve_figure_places_baselines_beside_the_curves():
     rows = [{"budget": k, "acc": 0.1 * k, "active_params": 100 * k} for k in (1, 2, 4)]
     figure = plot_budget_curve({"esssm": rows}, references={"transformer": (350, 0.5)})
     by_k, by_params = figure.axes
+    assert list(by_k.lines[0].get_ydata()) == pytest.approx([10.0, 20.0, 40.0])  # in percent
     level = by_k.lines[-1]  # the baseline's accuracy as a level across every k
-    assert level.get_label() == "transformer" and list(level.get_ydata()) == [0.5, 0.5]
+    assert level.get_label() == "transformer" and list(level.get_ydata()) == [50.0, 50.0]
     star = by_params.lines[-1]  # and as one point at its parameter count
-    assert list(star.get_xdata()) == [350] and list(star.get_ydata()) == [0.5]
+    assert list(star.get_xdata()) == [350] and list(star.get_ydata()) == [50.0]
     assert [t.get_text() for t in by_params.get_legend().get_texts()] == ["esssm", "transformer"]
 
 
