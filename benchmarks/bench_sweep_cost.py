@@ -27,7 +27,7 @@ import yaml
 
 from esssm.budget import BudgetSampler
 from esssm.model import build_module
-from esssm.train.lit import SequenceTask
+from esssm.train.lit import SequenceModule
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -48,9 +48,9 @@ def line(points: dict[int, float]) -> tuple[float, float]:
     return mt - slope * mk, slope
 
 
-def mean_budget(task: SequenceTask, steps: int, epoch: int) -> float:
+def mean_budget(module: SequenceModule, steps: int, epoch: int) -> float:
     """The mean training budget under budget dropout after the warm-up epochs."""
-    sampler: BudgetSampler = task.sampler
+    sampler: BudgetSampler = module.sampler
     return statistics.fmean(sampler.sample(step, epoch) for step in range(steps))
 
 
@@ -72,30 +72,30 @@ def main() -> None:
     model_args = {k: v for k, v in config["model"].items() if k != "backbone"}
     backbone = build_module(config["model"]["backbone"])
     seq_len, k_max = backbone.seq_len, backbone.k_max
-    task = SequenceTask(backbone, num_classes=10, vocab_size=256, **model_args)
+    module = SequenceModule(backbone, num_classes=10, vocab_size=256, **model_args)
     x = torch.randint(1, 256, (args.batch, seq_len))
     batch = {"x": x, "mask": torch.ones_like(x, dtype=torch.bool), "y": torch.randint(0, 10, (args.batch,))}
-    optimizer = torch.optim.AdamW(task.model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(module.model.parameters(), lr=1e-4)
 
     def train_step(k: int) -> None:
-        task.model.train()
-        loss = F.cross_entropy(task(batch, k), batch["y"])
+        module.model.train()
+        loss = F.cross_entropy(module(batch, k), batch["y"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
     @torch.no_grad()
     def eval_pass(k: int) -> None:
-        task.eval_model.eval()
-        task.evaluate(batch, k)
+        module.eval_model.eval()
+        module.evaluate(batch, k)
 
-    grid = task.sampler.grid
+    grid = module.sampler.grid
     train = {k: median_seconds(lambda: train_step(k), args.repeats) / args.batch for k in (grid[0], k_max)}
     evals = {int(k): median_seconds(lambda: eval_pass(int(k)), args.repeats) / args.batch
              for k in args.eval_budgets.split(",")}
     train_a, train_b = line(train)
     eval_a, eval_b = line(evals)
-    k_mean = mean_budget(task, 10_000, epoch=task.sampler.warmup_epochs)
+    k_mean = mean_budget(module, 10_000, epoch=module.sampler.warmup_epochs)
     train_epoch = args.train_size * (train_a + train_b * k_mean)
     sweep = args.val_size * sum(eval_a + eval_b * k for k in range(1, k_max))
     result = {

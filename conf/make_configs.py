@@ -27,9 +27,10 @@ from baselines.sizing import match_width  # noqa: E402
 from esssm.budget import PAPER_EVAL_BUDGETS, BudgetSampler  # noqa: E402
 from esssm.files import atomic_write_text  # noqa: E402
 from esssm.lab.reproduce import QUICK_LISTOPS  # noqa: E402
-from esssm.model import build_module, build_task_model, count_parameters  # noqa: E402
+from esssm.model import build_module, count_parameters  # noqa: E402
+from esssm.objectives import objective_model  # noqa: E402
 from esssm.train.callbacks import VAL_SWEEP_EVERY_N_EPOCHS  # noqa: E402
-from esssm.train.lit import SequenceTask  # noqa: E402
+from esssm.train.lit import SequenceModule  # noqa: E402
 
 # Every truncation level is swept: at test always, at validation every 10 epochs (a sweep of all
 # k costs about one training epoch at the sCIFAR size; docs/design.md) and at the last epoch.
@@ -37,10 +38,10 @@ from esssm.train.lit import SequenceTask  # noqa: E402
 SWEEP = {"val_budgets": "all", "test_budgets": "all", "every_n_epochs": VAL_SWEEP_EVERY_N_EPOCHS}
 # Authors' recipe (docs/design.md section 1): AdamW lr 2e-4, betas (0.9, 0.95), wd 0.03, warm-up
 # 6% then cosine to 0.1x, clip 1.0, EMA 0.999, budget dropout (2 warm-up epochs, every 8th step
-# full, the paper's grid 2..32). Its values live in the defaults of SequenceTask (optimiser, EMA)
+# full, the paper's grid 2..32). Its values live in the defaults of SequenceModule (optimiser, EMA)
 # and BudgetSampler (budget dropout), which the configs state explicitly. The same optimiser
 # recipe is used for every model of a task so the comparison is fair.
-TASK_DEFAULTS = {name: p.default for name, p in inspect.signature(SequenceTask).parameters.items()}
+TASK_DEFAULTS = {name: p.default for name, p in inspect.signature(SequenceModule).parameters.items()}
 FULL_EVERY = inspect.signature(BudgetSampler).parameters["full_every"].default
 FULL_RECIPE = {"lr": TASK_DEFAULTS["lr"], "ema_decay": TASK_DEFAULTS["ema_decay"], "budget": {"warmup_epochs": 2},
                "sweep": SWEEP}
@@ -156,12 +157,12 @@ def baseline_builders(n_layers: int, seq_len: int, causal: bool = False) -> dict
 
 def whole_model_params(backbone: dict, data: dict) -> int:
     """Parameters of the task's whole model (its head included: Retrieval's MLP grows with width)."""
-    return count_parameters(build_task_model(backbone=build_module(backbone), **data))
+    return count_parameters(objective_model(backbone=build_module(backbone), **data))
 
 
 def matched(class_path: str, args: dict, multiple: int, target: int, data: dict) -> dict:
     spec = lambda d: {"class_path": class_path, "init_args": {"d_model": d, **args}}  # noqa: E731
-    width = match_width(lambda d: build_task_model(backbone=build_module(spec(d)), **data), target, multiple)
+    width = match_width(lambda d: objective_model(backbone=build_module(spec(d)), **data), target, multiple)
     return spec(width)
 
 
@@ -204,11 +205,11 @@ def data_args(task: dict) -> dict:
 
 
 def data_facts(task: dict) -> dict:
-    """build_task_model's task, num_classes, vocab_size and input_dim, from the datamodule (no data needed)."""
+    """objective_model's objective, num_classes, vocab_size and input_dim, from the datamodule (no data needed)."""
     from esssm.lab.loading import instantiate_datamodule
 
     dm = instantiate_datamodule({"class_path": task["data"], "init_args": data_args(task)})
-    return {"task": dm.task, "num_classes": dm.num_classes, "vocab_size": dm.vocab_size,
+    return {"objective": dm.objective, "num_classes": dm.num_classes, "vocab_size": dm.vocab_size,
             "input_dim": dm.input_dim}
 
 

@@ -76,7 +76,7 @@ class AANDataModule(LRAReleaseDataModule):
             seq_len=max_len,
             vocab_size=BYTE_VOCAB_SIZE,
             input_dim=None,
-            task="retrieval",
+            objective="retrieval",
             **kwargs,
         )
         self.max_len = max_len

@@ -67,7 +67,7 @@ class TaskDataModule(L.LightningDataModule):
         seq_len: int,
         vocab_size: int | None,
         input_dim: int | None,
-        task: Literal["classification", "retrieval", "lm"],
+        objective: Literal["classification", "retrieval", "lm"],
         data_dir: str | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -76,7 +76,8 @@ class TaskDataModule(L.LightningDataModule):
         download: bool = False,
         pad_to_max: bool = False,
     ) -> None:
-        """Subclasses pass num_classes, seq_len, vocab_size, input_dim and task explicitly (so the CLI
+        """Subclasses pass num_classes, seq_len, vocab_size, input_dim and objective (what the labels
+        are: one per example, per document pair or per token) explicitly (so the CLI
         does not offer them); the rest are the arguments every datamodule takes, which subclasses
         forward as ``**kwargs``.
 
@@ -103,7 +104,7 @@ class TaskDataModule(L.LightningDataModule):
         self.seq_len = seq_len
         self.vocab_size = vocab_size
         self.input_dim = input_dim
-        self.task = task
+        self.objective = objective
         self.datasets: dict[str, Dataset] = {}
 
     def prepare_data(self) -> None:

@@ -125,7 +125,7 @@ class ByteLMDataModule(TaskDataModule):
         """
         super().__init__(
             num_classes=BYTE_VOCAB_SIZE, seq_len=seq_len, vocab_size=BYTE_VOCAB_SIZE, input_dim=None,
-            task="lm", **kwargs,
+            objective="lm", **kwargs,
         )
         if python_stdlib:
             self.data_dir, pattern = Path(sysconfig.get_paths()["stdlib"]), "*.py"

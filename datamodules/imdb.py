@@ -83,7 +83,7 @@ class IMDBDataModule(TaskDataModule):
             seq_len=max_len,
             vocab_size=BYTE_VOCAB_SIZE,
             input_dim=None,
-            task="classification",
+            objective="classification",
             **kwargs,
         )
         self.max_len = max_len

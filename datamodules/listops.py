@@ -258,7 +258,7 @@ class ListOpsDataModule(LRAReleaseDataModule):
             seq_len=max_len,
             vocab_size=len(VOCAB),
             input_dim=None,
-            task="classification",
+            objective="classification",
             **kwargs,
         )
         self.max_len = max_len

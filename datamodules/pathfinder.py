@@ -208,7 +208,7 @@ class PathfinderDataModule(LRAReleaseDataModule):
             seq_len=resolution * resolution,
             vocab_size=BYTE_VOCAB_SIZE if mode == "tokens" else None,
             input_dim=None if mode == "tokens" else 1,
-            task="classification",
+            objective="classification",
             **kwargs,
         )
         self.resolution = resolution

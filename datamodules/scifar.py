@@ -141,7 +141,7 @@ class SCIFARDataModule(TaskDataModule):
             seq_len=SEQ_LEN,
             vocab_size=BYTE_VOCAB_SIZE if mode == "tokens" else None,
             input_dim=INPUT_DIMS[mode],
-            task="classification",
+            objective="classification",
             **kwargs,
         )
         self.mode = mode

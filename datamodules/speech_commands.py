@@ -256,7 +256,7 @@ class SpeechCommandsDataModule(TaskDataModule):
             seq_len=MFCC_FRAMES if mfcc else NUM_SAMPLES,
             vocab_size=None,
             input_dim=N_MFCC if mfcc else 1,
-            task="classification",
+            objective="classification",
             **kwargs,
         )
         self.subset = subset

@@ -6,7 +6,8 @@ The method is plain torch and lives at the top of this package:
   FFT convolution;
 - `esssm.layer`: `ESSSMLayer`, the elastic mixer, and its settings (`ESSSMSettings`);
 - `esssm.ops`: the spectral-mixing kernel beside its plain reference;
-- `esssm.model`: the backbone, pooling and the task heads;
+- `esssm.model`: the backbone, pooling and the heads;
+- `esssm.objectives`: what each objective (classification, retrieval, lm) predicts and scores;
 - `esssm.budget`: the budget-dropout sampler and budget-curve summaries;
 - `esssm.batch`: the batch contract shared with the datamodules.
 
@@ -31,9 +32,10 @@ _EXPORTS = {
     "SequenceClassifier": "esssm.model",
     "SpectralSettings": "esssm.layer",
     "active_parameters": "esssm.model",
-    "build_task_model": "esssm.model",
     "causal_fft_conv": "esssm.spectral",
     "check_budget": "esssm.layer",
+    "get_objective": "esssm.objectives",
+    "objective_model": "esssm.objectives",
     "spectral_filters": "esssm.spectral",
 }
 __all__ = sorted(_EXPORTS)

@@ -14,7 +14,7 @@ import torch
 PAD = 0  # token id 0 pads sequences; as an LM target it marks positions without a next byte
 BYTE_VOCAB_SIZE = 257  # PAD, then byte values 0..255 as ids 1..256
 # What a datamodule tells the model about its data (the CLI links them, exports record them).
-DATA_FIELDS = ("num_classes", "vocab_size", "input_dim", "task")
+DATA_FIELDS = ("num_classes", "vocab_size", "input_dim", "objective")
 
 Batch = dict[str, Any]
 

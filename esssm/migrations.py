@@ -71,7 +71,13 @@ def nest_layer_settings(settings: dict[str, Any], has: Callable[[str], bool]) ->
         init_args["layer"] = layer
 
 
-STEPS: tuple[Step, ...] = (fold_budget_arguments, record_lm_head_bias, nest_layer_settings)
+def rename_task_to_objective(settings: dict[str, Any], has: Callable[[str], bool]) -> None:
+    """3 -> 4: the head kind ("classification", "retrieval", "lm") was called `task`."""
+    if "task" in settings:
+        settings.setdefault("objective", settings.pop("task"))
+
+
+STEPS: tuple[Step, ...] = (fold_budget_arguments, record_lm_head_bias, nest_layer_settings, rename_task_to_objective)
 SCHEMA_VERSION = len(STEPS)
 
 

@@ -7,7 +7,7 @@ The backbone interface every sequence model in the project implements:
     backbone(x, mask=None, budget=None) -> (B, L, d_model)
 
 where x is the already-encoded input (B, L, d_model) and mask (B, L) is True at valid tokens.
-Input encoders and task heads live in `SequenceClassifier`/`RetrievalClassifier`, so a config
+Input encoders and heads live in `SequenceClassifier`/`RetrievalClassifier`, so a config
 swaps one backbone for another without touching the data side.
 """
 
@@ -269,7 +269,12 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         self.encoder = InputEncoder(backbone.d_model, vocab_size, input_dim, embed_dropout, embed_std)
         self.backbone = backbone
-        self.head = nn.Linear(backbone.d_model, num_classes)
+        self.head = self.make_head(backbone.d_model, num_classes)
+
+    @staticmethod
+    def make_head(d_model: int, num_classes: int) -> nn.Module:
+        """Pooled features (B, d_model) -> logits (B, num_classes)."""
+        return nn.Linear(d_model, num_classes)
 
     @property
     def k_max(self) -> int | None:
@@ -290,18 +295,9 @@ class SequenceClassifier(nn.Module):
 class RetrievalClassifier(SequenceClassifier):
     """Two documents through one shared backbone, [a, b, a-b, a*b] -> MLP -> logits (B, classes)."""
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        num_classes: int = 2,
-        vocab_size: int | None = None,
-        input_dim: int | None = None,
-        embed_dropout: float = 0.1,
-        embed_std: float | None = 0.02,
-    ) -> None:
-        super().__init__(backbone, num_classes, vocab_size, input_dim, embed_dropout, embed_std)
-        d = backbone.d_model
-        self.head = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Linear(d, num_classes))
+    @staticmethod
+    def make_head(d_model: int, num_classes: int) -> nn.Module:
+        return nn.Sequential(nn.Linear(4 * d_model, d_model), nn.GELU(), nn.Linear(d_model, num_classes))
 
     def forward(  # type: ignore[override]
         self,
@@ -338,23 +334,6 @@ class LanguageModel(SequenceClassifier):
         self, x: torch.Tensor, mask: torch.Tensor | None = None, budget: int | None = None
     ) -> torch.Tensor:
         return self.head(self.backbone(self.encoder(x), mask=mask, budget=budget))
-
-
-def build_task_model(
-    task: str, backbone: nn.Module, num_classes: int, vocab_size: int | None, input_dim: int | None,
-    embed_dropout: float = 0.1, embed_std: float | None = 0.02, lm_head_bias: bool = False,
-) -> nn.Module:
-    """The plain-torch model of a task around a backbone (what export and deployment load).
-
-    Defaults are the authors' block: embedding dropout 0.1, embeddings N(0, 0.02^2), tied LM
-    head without bias (lm_head_bias only concerns task "lm").
-    """
-    if task == "lm":
-        if vocab_size is None:
-            raise ValueError("task 'lm' needs token inputs: vocab_size must be set")
-        return LanguageModel(backbone, vocab_size, embed_dropout, embed_std, lm_head_bias)
-    model_cls = RetrievalClassifier if task == "retrieval" else SequenceClassifier
-    return model_cls(backbone, num_classes, vocab_size, input_dim, embed_dropout, embed_std)
 
 
 def module_spec(module: SequenceBackbone) -> dict[str, Any]:

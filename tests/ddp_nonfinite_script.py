@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from esssm.model import ESSSM
-from esssm.train.lit import SequenceTask
+from esssm.train.lit import SequenceModule
 
 
 def examples(count: int, seed: int, nan_at: int | None = None) -> list[dict]:
@@ -29,7 +29,7 @@ def examples(count: int, seed: int, nan_at: int | None = None) -> list[dict]:
 def main(skip: int, out: str) -> None:
     L.seed_everything(0)
     backbone = ESSSM(d_model=8, n_layers=1, seq_len=12, k_max=4, dropout=0.0, drop_path=0.0)
-    task = SequenceTask(backbone, num_classes=2, input_dim=1, ema_decay=None, skip_nonfinite_steps=skip)
+    task = SequenceModule(backbone, num_classes=2, input_dim=1, ema_decay=None, skip_nonfinite_steps=skip)
     # Lightning's distributed sampler deals each example to one rank: only that rank sees the NaN.
     train = DataLoader(examples(32, 0, nan_at=5), batch_size=4)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,

@@ -14,7 +14,7 @@ from toy_data import ToyDataModule  # noqa: E402
 
 from esssm.model import ESSSM  # noqa: E402
 from esssm.train.callbacks import BudgetSweep  # noqa: E402
-from esssm.train.lit import SequenceTask  # noqa: E402
+from esssm.train.lit import SequenceModule  # noqa: E402
 
 
 def main(devices: int, out: str, mode: str = "validate") -> None:
@@ -22,7 +22,7 @@ def main(devices: int, out: str, mode: str = "validate") -> None:
     any scheduled sweep, so the sweep runs at its end (lr 0: the same weights on 1 and 2 processes)."""
     L.seed_everything(0)
     backbone = ESSSM(d_model=16, n_layers=1, seq_len=24, k_max=4, dropout=0.0, drop_path=0.0)
-    task = SequenceTask(backbone, num_classes=3, vocab_size=8, ema_decay=None, lr=0.0 if mode == "fit" else 2e-4)
+    task = SequenceModule(backbone, num_classes=3, vocab_size=8, ema_decay=None, lr=0.0 if mode == "fit" else 2e-4)
     sweep = BudgetSweep([1, 2, 4], every_n_epochs=10)
     trainer = L.Trainer(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from datamodules import ListOpsDataModule
-from esssm.lab.loading import load_task
+from esssm.lab.loading import load_module
 from esssm.lab.sweep import run_sweep
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -26,7 +26,7 @@ BUDGETS = (2, 8)
 
 def listops_numbers() -> dict:
     """Test-split accuracy and loss per budget (the sweep path) and the first batch's logits."""
-    task = load_task(FIXTURES / "listops_esssm.ckpt")
+    task = load_module(FIXTURES / "listops_esssm.ckpt")
     data = ListOpsDataModule(max_len=64, data_dir=str(FIXTURES / "listops_tiny"), batch_size=16)
     rows = run_sweep(task, data, list(BUDGETS), split="test", accelerator="cpu")
     batch = next(iter(data.test_dataloader()))
@@ -43,7 +43,7 @@ def lm_tokens() -> torch.Tensor:
 
 def lm_numbers() -> dict:
     """Logits of every 8th position and the first 16 bytes per budget of the byte-level LM."""
-    task = load_task(FIXTURES / "lm_fixed.ckpt")
+    task = load_module(FIXTURES / "lm_fixed.ckpt")
     batch = {"x": lm_tokens()}
     with torch.no_grad():
         return {str(k): task.evaluate(batch, k)[:, ::8, :16].tolist() for k in BUDGETS}
@@ -63,11 +63,11 @@ def close(got, want) -> None:
 
 
 def test_flat_budget_hyperparameters_become_the_budget_setting():
-    elastic = load_task(FIXTURES / "listops_esssm.ckpt").hparams.budget
+    elastic = load_module(FIXTURES / "listops_esssm.ckpt").hparams.budget
     assert elastic == {"grid": [1, 2, 4, 8], "k_min": 1, "warmup_epochs": 0, "warmup_steps": None,
                        "full_every": 8, "bias": 0.6, "seed": 0}
-    assert load_task(FIXTURES / "listops_esssm.ckpt").sampler.grid == [1, 2, 4, 8]
-    assert load_task(FIXTURES / "lm_fixed.ckpt").hparams.budget is None
+    assert load_module(FIXTURES / "listops_esssm.ckpt").sampler.grid == [1, 2, 4, 8]
+    assert load_module(FIXTURES / "lm_fixed.ckpt").hparams.budget is None
 
 
 def test_listops_checkpoint_loads_and_sweeps_as_before(expected):

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from esssm.lab.cli import lightning_main, main
-from esssm.lab.loading import load_task
+from esssm.lab.loading import load_module
 from esssm.train.cli import MID_EPOCH_INTERVAL
 
 REPO = Path(__file__).parents[1]
@@ -256,9 +256,9 @@ def test_a_fit_killed_mid_epoch_resumes_from_the_mid_epoch_checkpoint(tmp_path, 
     assert saved["global_step"] == 6  # the last step before the kill, not the epoch end (step 4)
     assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches_done": 2}]
     lightning_main(["fit", "--config", str(config), "--ckpt_path", "last"])
-    resumed = load_task(ckpt_dir / "last.ckpt").state_dict()
+    resumed = load_module(ckpt_dir / "last.ckpt").state_dict()
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["global_step"] == 8
 
     lightning_main(["fit", "--config", str(config), "--trainer.logger.init_args.version", "whole"])  # never killed
-    whole = load_task(tmp_path / "runs" / "tiny" / "whole" / "checkpoints" / "last.ckpt").state_dict()
+    whole = load_module(tmp_path / "runs" / "tiny" / "whole" / "checkpoints" / "last.ckpt").state_dict()
     assert all(torch.equal(resumed[name], whole[name]) for name in whole)

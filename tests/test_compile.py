@@ -140,19 +140,19 @@ def test_torch_export_at_a_fixed_budget(name):
 
 @pytest.mark.e2e
 def test_lightning_trains_compiled_like_eager(tmp_path):
-    """SequenceTask(compile=True), the `model.compile: true` config switch: a few optimizer steps
+    """SequenceModule(compile=True), the `model.compile: true` config switch: a few optimizer steps
     under budget dropout end with the weights of the same steps in eager mode, and the
     checkpointed state dict has the eager model's keys."""
     import lightning as L
 
-    from esssm.lab.loading import load_task
-    from esssm.train.lit import SequenceTask
+    from esssm.lab.loading import load_module
+    from esssm.train.lit import SequenceModule
     from toy_data import ToyDataModule
 
-    def fit(compile: bool) -> SequenceTask:
+    def fit(compile: bool) -> SequenceModule:
         L.seed_everything(0)
         backbone = ESSSM(d_model=16, n_layers=1, seq_len=24, k_max=4, dropout=0.0, drop_path=0.0)
-        task = SequenceTask(
+        task = SequenceModule(
             backbone, num_classes=3, vocab_size=8, lr=3e-3, budget={"warmup_epochs": 0}, embed_dropout=0.0,
             compile=compile,
         )
@@ -166,7 +166,7 @@ def test_lightning_trains_compiled_like_eager(tmp_path):
 
     eager, compiled = fit(False), fit(True)
     assert compiled.model._compiled_call_impl is not None
-    loaded = load_task(tmp_path / "compileTrue.ckpt")  # tools evaluate and export: never compiled
+    loaded = load_module(tmp_path / "compileTrue.ckpt")  # tools evaluate and export: never compiled
     assert loaded.hparams.compile is False and loaded.model._compiled_call_impl is None
     assert eager.state_dict().keys() == compiled.state_dict().keys()
     for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):

@@ -13,7 +13,8 @@ from esssm.lab.cli import main
 from esssm.lab.loading import load_datamodule
 from esssm.lab.reproduce import QUICK_LISTOPS
 from esssm.layer import ESSSMLayer
-from esssm.model import build_module, build_task_model, count_parameters
+from esssm.model import build_module, count_parameters
+from esssm.objectives import objective_model
 from esssm.spectral import filter_scale, spectral_filters
 
 CONF = Path(__file__).parents[1] / "conf"
@@ -60,8 +61,8 @@ def whole_model_params(path: Path) -> int:
     config = yaml.safe_load(path.read_text())
     data = load_datamodule(path)  # reads no files: the facts are known at construction
     with torch.device("meta"):  # count without allocating ~20M parameters per config
-        model = build_task_model(
-            data.task, build_module(config["model"]["backbone"]), data.num_classes, data.vocab_size, data.input_dim
+        model = objective_model(
+            data.objective, build_module(config["model"]["backbone"]), data.num_classes, data.vocab_size, data.input_dim
         )
     return count_parameters(model)
 

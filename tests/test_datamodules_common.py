@@ -42,7 +42,7 @@ def test_model_facing_attributes_exist_before_setup(module_class, tmp_path: Path
     assert isinstance(module.num_classes, int) and module.num_classes >= 2
     assert (module.vocab_size is None) != (module.input_dim is None)
     assert isinstance(module.seq_len, int) and module.seq_len > 0
-    assert module.task in ("classification", "retrieval")
+    assert module.objective in ("classification", "retrieval")
     assert module.datasets == {}
 
 
@@ -61,7 +61,7 @@ def test_model_facing_attributes_exist_before_setup(module_class, tmp_path: Path
 )
 def test_attribute_values(module_class, kwargs, expected) -> None:
     module = module_class(**kwargs)
-    assert (module.num_classes, module.vocab_size, module.input_dim, module.seq_len, module.task) == expected
+    assert (module.num_classes, module.vocab_size, module.input_dim, module.seq_len, module.objective) == expected
 
 
 def test_everything_is_exported() -> None:
@@ -209,7 +209,7 @@ def test_cli_config_reaches_every_argument(module_class, task_args) -> None:
               "download": False, "pad_to_max": True}  # fmt: skip
     class_path = f"{module_class.__module__}.{module_class.__name__}"
     config = parser.parse_object({"data": {"class_path": class_path, "init_args": {**common, **task_args}}})
-    model_facing = {"num_classes", "seq_len", "vocab_size", "input_dim", "task"}
+    model_facing = {"num_classes", "seq_len", "vocab_size", "input_dim", "objective"}
     assert model_facing.isdisjoint(vars(config.data.init_args))  # fixed by the class, not configurable
     module = parser.instantiate(config).data
     assert isinstance(module, module_class)

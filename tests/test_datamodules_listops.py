@@ -152,7 +152,7 @@ def test_reads_release_format(tmp_path: Path, header: bool, newline: str) -> Non
 
 def test_attributes_and_batches(tmp_path: Path) -> None:
     module = ListOpsDataModule(data_dir=str(write_listops(tmp_path)), batch_size=4)
-    assert (module.num_classes, module.vocab_size, module.input_dim, module.seq_len, module.task) == (
+    assert (module.num_classes, module.vocab_size, module.input_dim, module.seq_len, module.objective) == (
         10, 16, None, 2000, "classification")  # fmt: skip
     module.setup("fit")
     batch = next(iter(module.val_dataloader()))

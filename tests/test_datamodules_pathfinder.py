@@ -99,7 +99,7 @@ def item_number(item: dict) -> int:
 )
 def test_attributes_before_setup(kwargs, expected) -> None:
     module = PathfinderDataModule(**kwargs)
-    assert (module.num_classes, module.vocab_size, module.input_dim, module.seq_len, module.task) == expected
+    assert (module.num_classes, module.vocab_size, module.input_dim, module.seq_len, module.objective) == expected
     assert module.datasets == {}
 
 

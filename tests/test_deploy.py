@@ -13,10 +13,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from esssm import infer
 from esssm.infer import CurvePoint
 from esssm.lab.cli import main
-from esssm.lab.loading import load_task
+from esssm.lab.loading import load_module
 from esssm.model import ESSSM, active_parameters, count_parameters, module_spec
 from esssm.train.callbacks import BudgetSweep
-from esssm.train.lit import SequenceTask
+from esssm.train.lit import SequenceModule
 import esssm.layer
 from toy_data import ToyDataModule, collate
 
@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     L.seed_everything(0)
     backbone = ESSSM(d_model=32, n_layers=2, seq_len=24, k_max=8, dropout=0.0, drop_path=0.0)
-    task = SequenceTask(
+    task = SequenceModule(
         backbone, num_classes=3, vocab_size=8, lr=3e-3, ema_decay=0.9, budget={"warmup_epochs": 0}
     )
     trainer = L.Trainer(
@@ -44,7 +44,7 @@ def trained(tmp_path_factory):
     )
     trainer.fit(task, ToyDataModule())
     ckpt = root / "ckpts" / "last.ckpt"
-    task = load_task(ckpt).eval()
+    task = load_module(ckpt).eval()
     return {"ckpt": ckpt, "task": task, "config": infer.model_config(task.hparams), "root": root}
 
 
@@ -104,7 +104,7 @@ def test_retrieval_with_continuous_inputs_exports_and_cascades(tmp_path):
     torch.manual_seed(0)
     backbone = ESSSM(d_model=16, n_layers=1, seq_len=20, k_max=6, dropout=0.0, drop_path=0.0)
     config = {"backbone": module_spec(backbone), "num_classes": 2, "vocab_size": None,
-              "input_dim": 3, "task": "retrieval"}
+              "input_dim": 3, "objective": "retrieval"}
     model = infer.build_model(config).eval()
     batch = infer.synthetic_batch(config, 4, 20)
     assert batch["x1"].shape == (4, 20, 3) and set(batch) == {"x1", "mask1", "x2", "mask2"}
@@ -298,7 +298,7 @@ def test_commands_export_plan_cascade(trained, tmp_path, capsys):
 def test_language_model_exports_with_tied_head(tmp_path):
     torch.manual_seed(0)
     backbone = ESSSM(d_model=16, n_layers=1, seq_len=32, k_max=6, dropout=0.0)
-    task = SequenceTask(backbone, num_classes=257, vocab_size=257, task="lm", ema_decay=None).eval()
+    task = SequenceModule(backbone, num_classes=257, vocab_size=257, objective="lm", ema_decay=None).eval()
     config = infer.model_config(task.hparams)
     x = torch.randint(1, 257, (2, 32))
     small, small_config = infer.truncate(task.eval_model, config, 2)

@@ -18,7 +18,7 @@ from esssm.checkpoints import CheckpointError, save_checked
 from esssm.files import ChecksumError, sidecar_path, verify_checksum
 from esssm.lab.cli import lightning_main, main
 from esssm.lab.commands import TOOLS
-from esssm.lab.loading import load_task
+from esssm.lab.loading import load_module
 from esssm.train.cli import AtomicCheckpointIO, RunFolderError
 from test_cli import write_config
 
@@ -127,10 +127,10 @@ def fit_nan_batch(tmp_path, skip: int, nan_at: int = 5, ema_decay: float | None 
     import lightning as L
 
     from esssm.model import ESSSM
-    from esssm.train.lit import SequenceTask
+    from esssm.train.lit import SequenceModule
 
     backbone = ESSSM(d_model=8, n_layers=1, seq_len=12, k_max=4, dropout=0.0, drop_path=0.0)
-    task = SequenceTask(backbone, num_classes=2, input_dim=1, ema_decay=ema_decay, skip_nonfinite_steps=skip)
+    task = SequenceModule(backbone, num_classes=2, input_dim=1, ema_decay=ema_decay, skip_nonfinite_steps=skip)
     trainer = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", max_epochs=1, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, plugins=[AtomicCheckpointIO()],
                         callbacks=list(callbacks), **trainer_args)
@@ -222,7 +222,7 @@ def test_validation_of_a_nan_model_stops_before_any_checkpoint(run):
 
     from toy_data import ToyDataModule
 
-    task = load_task(run["last"])
+    task = load_module(run["last"])
     with torch.no_grad():
         next(task.ema.parameters()).view(-1)[0] = float("nan")
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
@@ -506,7 +506,7 @@ def test_damaged_checkpoints_without_a_sidecar_name_the_file(run, tmp_path, dama
     bad = tmp_path / "last.ckpt"
     bad.write_bytes(damage(run["last"].read_bytes()))
     with pytest.raises(CheckpointError, match=f"checkpoint {bad} {problem}"):
-        load_task(bad)
+        load_module(bad)
     with pytest.raises(CheckpointError, match=f"checkpoint {bad} {problem}"):
         main(["export", "--ckpt", str(bad), "--budget", "2", "--out", str(tmp_path / "k2.pt")])
 

@@ -23,7 +23,7 @@ from esssm.lab.cli import main
 from esssm.lab.loading import load_language_model
 from esssm.layer import ESSSMLayer
 from esssm.model import ESSSM, LanguageModel
-from esssm.train.lit import SequenceTask
+from esssm.train.lit import SequenceModule
 
 SEQ_LEN, K_MAX = 96, 6
 TEXT = "the quick brown fox jumps over the lazy dog. " * 40
@@ -45,7 +45,7 @@ def trained(tmp_path_factory):
     data = ByteLMDataModule(data_dir=str(folder), seq_len=SEQ_LEN, batch_size=8, val_fraction=0.2,
                             test_fraction=0.2)
     backbone = ESSSM(d_model=32, n_layers=2, seq_len=SEQ_LEN, k_max=K_MAX, dropout=0.0, drop_path=0.0)
-    task = SequenceTask(backbone, num_classes=257, vocab_size=257, task="lm", lr=5e-3, ema_decay=0.9,
+    task = SequenceModule(backbone, num_classes=257, vocab_size=257, objective="lm", lr=5e-3, ema_decay=0.9,
                         budget={"warmup_epochs": 0, "grid": None, "k_min": 1})
     trainer = L.Trainer(
         default_root_dir=root, accelerator="cpu", devices=1, max_epochs=5, logger=False,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from esssm.budget import BudgetSampler, curve_summary, sweep_budgets
 from esssm.model import ESSSM
 from esssm.train.callbacks import BudgetSweep
-from esssm.train.lit import SequenceTask, parameter_groups, warmup_cosine
+from esssm.train.lit import SequenceModule, parameter_groups, warmup_cosine
 from esssm.train.metrics import ExactAccuracy
 from toy_data import ToyDataModule
 
@@ -25,10 +25,10 @@ class BudgetSpy(L.Callback):
         self.seen.append((trainer.global_step, pl_module.current_budget()))
 
 
-def make_task(**kw) -> SequenceTask:
+def make_task(**kw) -> SequenceModule:
     backbone = ESSSM(d_model=32, n_layers=2, seq_len=24, k_max=8, dropout=0.0, drop_path=0.0)
     args = dict(num_classes=3, vocab_size=8, lr=3e-3, ema_decay=None, budget={"warmup_epochs": 0})
-    return SequenceTask(backbone, **{**args, **kw})
+    return SequenceModule(backbone, **{**args, **kw})
 
 
 def trainer(tmp_path, **kw) -> L.Trainer:
@@ -81,7 +81,7 @@ def test_baseline_without_budget_trains_and_sweeps_once(tmp_path):
         def __init__(self, d_model: int = 16):
             super().__init__(lambda i: MeanMixer(), d_model, 1)
 
-    task = SequenceTask(Cumulative(), num_classes=3, vocab_size=8, ema_decay=None)
+    task = SequenceModule(Cumulative(), num_classes=3, vocab_size=8, ema_decay=None)
     fit = trainer(tmp_path, max_epochs=1)
     fit.fit(task, ToyDataModule())
     assert "val/acc@kfull" in fit.callback_metrics

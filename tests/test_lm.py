@@ -10,7 +10,7 @@ import torch
 from datamodules import ByteLMDataModule, DataFolderError
 from esssm.model import ESSSM, LanguageModel
 from esssm.train.callbacks import BudgetSweep
-from esssm.train.lit import SequenceTask
+from esssm.train.lit import SequenceModule
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 40
 
@@ -26,7 +26,7 @@ def text_folder(tmp_path, documents=24):
 def test_segments_are_shifted_windows_and_splits_are_by_document(tmp_path):
     dm = ByteLMDataModule(data_dir=str(text_folder(tmp_path)), seq_len=64, batch_size=4,
                           val_fraction=0.2, test_fraction=0.2)
-    assert (dm.task, dm.vocab_size, dm.num_classes, dm.seq_len) == ("lm", 257, 257, 64)
+    assert (dm.objective, dm.vocab_size, dm.num_classes, dm.seq_len) == ("lm", 257, 257, 64)
     dm.setup("fit")
     assert all(len(dm.datasets[s]) > 0 for s in ("train", "val", "test"))
     batch = next(iter(dm.val_dataloader()))
@@ -112,8 +112,8 @@ def test_tiny_lm_learns_and_sweep_reports_bits_per_byte(tmp_path):
     L.seed_everything(0)
     dm = ByteLMDataModule(data_dir=str(text_folder(tmp_path)), seq_len=64, batch_size=8,
                           val_fraction=0.2, test_fraction=0.2)
-    task = SequenceTask(ESSSM(d_model=32, n_layers=2, seq_len=64, k_max=4, dropout=0.0), num_classes=257,
-                        vocab_size=257, task="lm", lr=3e-3, ema_decay=None, budget={"warmup_epochs": 0})
+    task = SequenceModule(ESSSM(d_model=32, n_layers=2, seq_len=64, k_max=4, dropout=0.0), num_classes=257,
+                        vocab_size=257, objective="lm", lr=3e-3, ema_decay=None, budget={"warmup_epochs": 0})
     trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[BudgetSweep([1, 2, 4])], default_root_dir=tmp_path)
@@ -139,18 +139,19 @@ def test_default_block_is_the_authors():
 
 def test_checkpoint_with_an_lm_head_bias_and_no_flag_loads_with_the_bias(tmp_path):
     """A schema-0 LM checkpoint (head bias, no `lm_head_bias` hyperparameter) loads with it."""
-    from esssm.lab.loading import load_task
+    from esssm.lab.loading import load_module
 
     backbone = ESSSM(d_model=16, n_layers=1, seq_len=40, k_max=4)
-    old = SequenceTask(backbone, vocab_size=257, task="lm", lm_head_bias=True)
+    old = SequenceModule(backbone, vocab_size=257, objective="lm", lm_head_bias=True)
     with torch.no_grad():
         old.model.head.bias.normal_()
         old.ema.module.head.bias.copy_(old.model.head.bias)
-    hparams = {k: v for k, v in old.hparams.items() if k != "lm_head_bias"}
+    hparams = {k: v for k, v in old.hparams.items() if k not in ("lm_head_bias", "objective")}
+    hparams["task"] = "lm"  # the objective's name then
     path = tmp_path / "old.ckpt"
     torch.save({"state_dict": old.state_dict(), "hyper_parameters": hparams,
                 "pytorch-lightning_version": L.__version__}, path)
-    loaded = load_task(path).eval()
+    loaded = load_module(path).eval()
     assert torch.equal(loaded.model.head.bias, old.model.head.bias)
     x = torch.randint(1, 257, (2, 40))
     with torch.no_grad():
@@ -164,9 +165,10 @@ def test_lm_export_with_a_head_bias_and_no_flag_loads_with_the_bias(tmp_path):
     from esssm.migrations import SCHEMA_KEY
 
     backbone = ESSSM(d_model=16, n_layers=1, seq_len=40, k_max=4)
-    task = SequenceTask(backbone, vocab_size=257, task="lm", lm_head_bias=True)
+    task = SequenceModule(backbone, vocab_size=257, objective="lm", lm_head_bias=True)
     config = infer.model_config(task.hparams)
-    del config["lm_head_bias"]  # as written before the flag existed
+    del config["lm_head_bias"]  # as written before the flag existed, when the objective was the task
+    config["task"] = config.pop("objective")
     infer.save_exported(task.eval_model.eval(), config, tmp_path / "old.pt")
     payload = torch.load(tmp_path / "old.pt", weights_only=True)
     del payload[SCHEMA_KEY]

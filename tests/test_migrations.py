@@ -8,7 +8,7 @@ import torch
 from esssm import infer
 from esssm.checkpoints import CheckpointError
 from esssm.files import sidecar_path
-from esssm.lab.loading import load_task
+from esssm.lab.loading import load_module
 from esssm.migrations import SCHEMA_KEY, SCHEMA_VERSION, fold_budget_arguments, migrate_checkpoint
 from esssm.model import ESSSM
 from test_lit import make_task, trainer
@@ -32,13 +32,15 @@ def test_flat_budget_arguments_fold_into_the_budget_setting():
     assert fixed == {"budget": None}
 
 
-@pytest.mark.parametrize("name", ["listops_esssm.ckpt", "lm_fixed.ckpt"])
-def test_the_fixtures_are_schema_0_and_migrate_to_the_current_version(name):
+@pytest.mark.parametrize("name, objective", [("listops_esssm.ckpt", "classification"), ("lm_fixed.ckpt", "lm")])
+def test_the_fixtures_are_schema_0_and_migrate_to_the_current_version(name, objective):
     checkpoint = torch.load(FIXTURES / name, weights_only=True)
-    assert SCHEMA_KEY not in checkpoint
+    assert SCHEMA_KEY not in checkpoint and checkpoint["hyper_parameters"]["task"] == objective
     migrate_checkpoint(checkpoint, name)
     assert checkpoint[SCHEMA_KEY] == SCHEMA_VERSION
-    assert not any(key.startswith("budget_") for key in checkpoint["hyper_parameters"])
+    settings = checkpoint["hyper_parameters"]
+    assert not any(key.startswith("budget_") for key in settings)
+    assert settings["objective"] == objective and "task" not in settings
 
 
 def test_a_new_checkpoint_and_export_carry_the_current_version(tmp_path):
@@ -61,15 +63,15 @@ def test_a_checkpoint_from_a_newer_version_is_refused(tmp_path):
                 SCHEMA_KEY: SCHEMA_VERSION + 1}, path)
     with pytest.raises(CheckpointError, match=f"future.ckpt was written by a newer ES-SSM Lab .*schema version "
                                               f"{SCHEMA_VERSION + 1}.*update the project"):
-        load_task(path)
+        load_module(path)
 
 
 def test_an_export_from_a_newer_version_is_refused(tmp_path):
     backbone = ESSSM(d_model=8, n_layers=1, seq_len=12, k_max=4)
     model = infer.build_model({"backbone": {"class_path": "esssm.model.ESSSM", "init_args": backbone.init_args},
-                                "task": "classification", "num_classes": 3, "vocab_size": 8, "input_dim": None})
+                                "objective": "classification", "num_classes": 3, "vocab_size": 8, "input_dim": None})
     path = tmp_path / "future.pt"
-    infer.save_exported(model, {"task": "classification"}, path)
+    infer.save_exported(model, {"objective": "classification"}, path)
     payload = torch.load(path, weights_only=True)
     payload[SCHEMA_KEY] = SCHEMA_VERSION + 1
     torch.save(payload, path)

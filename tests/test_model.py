@@ -70,7 +70,7 @@ def trained_by(model: RetrievalClassifier, x1, x2, block: int) -> set[str]:
 
 def test_retrieval_head_shares_backbone():
     torch.manual_seed(0)
-    model = RetrievalClassifier(tiny_backbone(), vocab_size=11).eval()
+    model = RetrievalClassifier(tiny_backbone(), num_classes=2, vocab_size=11).eval()
     classifier = SequenceClassifier(tiny_backbone(), num_classes=2, vocab_size=11)
     # one encoder and one backbone: a classifier's parameters, with the MLP for the linear head
     assert count_parameters(model) == (

@@ -32,7 +32,7 @@ def tiny_model(task: str) -> tuple[torch.nn.Module, dict]:
     num_classes, vocab_size, input_dim = TASKS[task]
     backbone = ESSSM(d_model=16, n_layers=1, seq_len=SEQ_LEN, k_max=K_MAX, dropout=0.0, drop_path=0.0)
     config = {"backbone": module_spec(backbone), "num_classes": num_classes, "vocab_size": vocab_size,
-              "input_dim": input_dim, "task": task}
+              "input_dim": input_dim, "objective": task}
     return infer.build_model(config).eval(), config
 
 

@@ -19,13 +19,13 @@ from esssm.lab.quiet import quiet_banners
 from esssm.lab.sweep import run_sweep
 from esssm.model import ESSSM
 from esssm.train.callbacks import BudgetSweep
-from esssm.train.lit import SequenceTask
+from esssm.train.lit import SequenceModule
 
 
 def test_fit_writes_a_progress_record(tmp_path):
     path = tmp_path / "progress.json"
     L.seed_everything(0)
-    task = SequenceTask(ESSSM(d_model=16, n_layers=1, seq_len=24, k_max=4), num_classes=3, vocab_size=8,
+    task = SequenceModule(ESSSM(d_model=16, n_layers=1, seq_len=24, k_max=4), num_classes=3, vocab_size=8,
                         budget={"warmup_epochs": 0})
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False,
@@ -160,7 +160,7 @@ def test_phase_progress_prints_plain_lines_with_an_eta():
 def test_sweep_reports_progress_per_batch_and_lightning_banners_are_gone(capfd):
     quiet_banners()
     L.seed_everything(0)
-    task = SequenceTask(ESSSM(d_model=16, n_layers=1, seq_len=24, k_max=4), num_classes=3, vocab_size=8)
+    task = SequenceModule(ESSSM(d_model=16, n_layers=1, seq_len=24, k_max=4), num_classes=3, vocab_size=8)
     stream = io.StringIO()
     run_sweep(task, ToyDataModule(train_size=16, val_size=21, batch_size=8), "all", split="val",
               accelerator="cpu", progress="[toy] ", stream=stream)

@@ -26,7 +26,7 @@ def tiny_model(task: str) -> tuple[torch.nn.Module, dict]:
         "class_path": "esssm.model.ESSSM",
         "init_args": {"d_model": D, "n_layers": 1, "seq_len": L, "k_max": K, "dropout": 0.0, "drop_path": 0.0},
     }
-    config = {"task": task, "num_classes": 3, "vocab_size": 11, "input_dim": None, "backbone": backbone}
+    config = {"objective": task, "num_classes": 3, "vocab_size": 11, "input_dim": None, "backbone": backbone}
     torch.manual_seed(0)
     model = infer.build_model(config).eval()
     with torch.no_grad():

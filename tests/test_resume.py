@@ -15,7 +15,7 @@ from datamodules import ByteLMDataModule, ListOpsDataModule
 from datamodules.base import SPLITS
 from datamodules.batching import ResumableLoader
 from esssm.model import ESSSM
-from esssm.train.lit import SequenceTask
+from esssm.train.lit import SequenceModule
 from test_datamodules_common import LISTOPS_ROWS
 
 
@@ -38,8 +38,8 @@ def train(datamodule, epochs: int, root: Path, every_n_steps: int | None = None,
     and saving a checkpoint every `every_n_steps`; returns its final state dict."""
     L.seed_everything(0)
     backbone = ESSSM(d_model=16, n_layers=2, seq_len=datamodule.seq_len, k_max=4, dropout=0.1, drop_path=0.2)
-    task = SequenceTask(backbone, num_classes=datamodule.num_classes, vocab_size=datamodule.vocab_size,
-                        task=datamodule.task, lr=3e-3, ema_decay=0.9,
+    task = SequenceModule(backbone, num_classes=datamodule.num_classes, vocab_size=datamodule.vocab_size,
+                        objective=datamodule.objective, lr=3e-3, ema_decay=0.9,
                         budget={"warmup_epochs": 0, "grid": None, "k_min": 1})
     callbacks = [ModelCheckpoint(dirpath=root, filename="{step}", every_n_train_steps=every_n_steps,
                                  save_top_k=-1)] if every_n_steps else []

@@ -18,7 +18,7 @@ from torch.serialization import get_unsafe_globals_in_checkpoint
 from esssm.checkpoints import CheckpointError, UnsafeCheckpointError
 from esssm.files import sidecar_path, sidecar_text
 from esssm.lab.cli import lightning_main, main
-from esssm.lab.loading import load_task
+from esssm.lab.loading import load_module
 from test_cli import write_config
 from test_failure_behaviour import plain_argv, run  # noqa: F401  (argv reset; a toy run fitted through the CLI)
 
@@ -82,7 +82,7 @@ def test_the_older_pickle_format_is_refused_too(run, tmp_path, marker):
     legacy = crafted(run["last"], tmp_path / "legacy.ckpt", RunsShell(f"touch {marker}"),
                      _use_new_zipfile_serialization=False)
     with pytest.raises(UnsafeCheckpointError, match=f"checkpoint {legacy} holds pickled objects"):
-        load_task(legacy)
+        load_module(legacy)
     assert not marker.exists()
 
 
@@ -143,7 +143,7 @@ def test_trust_checkpoint_loads_an_older_pickle_on_request(run, tmp_path):
     with pytest.raises(UnsafeCheckpointError, match=f"{old} .*argparse.Namespace.*--trust-checkpoint"):
         main(["export", "--ckpt", str(old), "--budget", "2", "--out", str(out)])
     assert main(["export", "--ckpt", str(old), "--budget", "2", "--out", str(out), "--trust-checkpoint"]) == 0
-    assert load_task(old, trust=True).source["checkpoint"] == "old.ckpt"
+    assert load_module(old, trust=True).source["checkpoint"] == "old.ckpt"
 
 
 def test_the_projects_checkpoints_need_no_trust(run):
@@ -151,7 +151,7 @@ def test_the_projects_checkpoints_need_no_trust(run):
     tensors and plain containers, so they load weights-only with no allow-listed globals."""
     for path in (run["last"], FIXTURES / "listops_esssm.ckpt", FIXTURES / "lm_fixed.ckpt"):
         assert get_unsafe_globals_in_checkpoint(path) == []
-        load_task(path)
+        load_module(path)
 
 
 def test_help_says_trusting_a_checkpoint_runs_its_code(capsys):

@@ -9,7 +9,7 @@ import torch
 from datamodules import ByteLMDataModule
 from esssm.lab import smoke
 from esssm.model import ESSSM
-from esssm.train.lit import SequenceTask
+from esssm.train.lit import SequenceModule
 
 CONF = smoke.REPO / "conf"
 # Every task with ES-SSM; every baseline kind once (sCIFAR, L = 1024); the LM's fixed-budget SSM.
@@ -61,7 +61,7 @@ def test_full_run_steps_of_the_lm_count_optimizer_steps():
 
 
 def test_non_finite_logits_fail_naming_the_config(tmp_path, monkeypatch):
-    task = SequenceTask(ESSSM(d_model=8, n_layers=1, seq_len=16, k_max=4), num_classes=3, vocab_size=9)
+    task = SequenceModule(ESSSM(d_model=8, n_layers=1, seq_len=16, k_max=4), num_classes=3, vocab_size=9)
     probe = smoke.SmokeProbe("conf/x/esssm.yaml", str(tmp_path / "probe.json"))
     real = task.evaluate
     monkeypatch.setattr(task, "evaluate", lambda batch, k: real(batch, k) * (float("nan") if k == 3 else 1.0))

@@ -28,7 +28,7 @@ from baselines import Transformer
 from esssm.lab.sweep import run_sweep
 from esssm.model import ESSSM
 from esssm.train.callbacks import BudgetSweep
-from esssm.train.lit import SequenceTask
+from esssm.train.lit import SequenceModule
 
 K_MAX = 12
 EPOCHS = 2
@@ -44,7 +44,7 @@ def train_runs(root: Path) -> dict[str, Path]:
         L.seed_everything(0)
         backbone = (Transformer(d_model=16, n_layers=1, n_heads=2, max_len=24) if name == "transformer"
                     else ESSSM(d_model=16, n_layers=1, seq_len=24, k_max=K_MAX))
-        task = SequenceTask(backbone, num_classes=3, vocab_size=8, lr=3e-3, ema_decay=0.9,
+        task = SequenceModule(backbone, num_classes=3, vocab_size=8, lr=3e-3, ema_decay=0.9,
                             budget={"warmup_epochs": 0, "grid": None, "k_min": 1} if name == "esssm" else None)
         logger = TensorBoardLogger(root, name=name, version="seed0", default_hp_metric=False)
         trainer = L.Trainer(max_epochs=EPOCHS, accelerator="cpu", logger=logger, enable_progress_bar=False,
@@ -52,7 +52,7 @@ def train_runs(root: Path) -> dict[str, Path]:
                             callbacks=[BudgetSweep(every_n_epochs=1)])
         datamodule = ToyDataModule(train_size=48, val_size=21)
         trainer.fit(task, datamodule=datamodule)
-        task.source = {"step": trainer.global_step}  # what load_task records of a checkpoint
+        task.source = {"step": trainer.global_step}  # what load_module records of a checkpoint
         evaluation = TensorBoardLogger(root, name=name, version="seed0", default_hp_metric=False)
         run_sweep(task, datamodule, "all", accelerator="cpu", logger=evaluation,
                   reference_budgets=list(range(1, K_MAX + 1)))

@@ -49,7 +49,7 @@ class ToyDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.num_classes, self.seq_len, self.vocab_size = num_classes, seq_len, num_classes + 5
-        self.input_dim, self.task = None, "classification"
+        self.input_dim, self.objective = None, "classification"
         self.train_size, self.val_size, self.seed = train_size, val_size, seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
 

@@ -14,7 +14,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from esssm.lab.commands import load_datamodule, load_task
+from esssm.lab.commands import load_datamodule, load_module
 from esssm.layer import ESSSMLayer
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     datamodule.setup("validate")
     batch = next(iter(datamodule.val_dataloader()))
     for ckpt in args.ckpts:
-        task = load_task(ckpt).eval()
+        task = load_module(ckpt).eval()
         cells = [f"{s:.3f}/{k:.3f}" for s, k in layer_gains(task, batch, args.budget)]
         print(f"{ckpt}: spectral/skip RMS per layer: {', '.join(cells)}")
 

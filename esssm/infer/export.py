@@ -52,7 +52,7 @@ def truncated_state_dict(model: nn.Module, budget: int) -> dict[str, torch.Tenso
 def truncate(model: nn.Module, config: Mapping[str, Any], budget: int) -> tuple[nn.Module, dict]:
     """A standalone model holding channels 1..budget only, and its config (k_max = budget).
 
-    model: the full classifier (for a trained task, its EMA `eval_model`); config: its
+    model: the full classifier (for a trained run, its EMA `eval_model`); config: its
     `model_config`. The result, called at its full budget, equals `model` at `budget`.
     """
     k_max = elastic_k_max(model)
@@ -91,7 +91,7 @@ def load_exported(path: str | Path, map_location: str | torch.device = "cpu") ->
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise ValueError(
             f"{path} is not an `esssm export` file (a Lightning checkpoint loads with "
-            "esssm.lab.loading.load_task)"
+            "esssm.lab.loading.load_module)"
         )
     if payload.get("version") != EXPORT_VERSION:
         raise ValueError(f"{path} has export version {payload.get('version')}, expected {EXPORT_VERSION}")

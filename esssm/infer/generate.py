@@ -318,7 +318,7 @@ def scheduled_logits(model: LanguageModel, ids: torch.Tensor, budget: Budget = N
 def lm_k_max(model: nn.Module) -> int:
     """The language model's k_max, or a clear error for anything else."""
     if not isinstance(model, LanguageModel):
-        raise ValueError(f"generation needs a byte-level LanguageModel (task 'lm'), got {type(model).__name__}")
+        raise ValueError(f"generation needs a byte-level LanguageModel (objective 'lm'), got {type(model).__name__}")
     if model.k_max is None or not any(isinstance(m, ESSSMLayer) for m in model.modules()):
         raise ValueError(
             f"budgeted generation needs an ES-SSM backbone, got {type(model.backbone).__name__}"

@@ -1,4 +1,4 @@
-"""The plain-torch model of a trained task and the batches the deployment tools feed it."""
+"""The plain-torch model of a trained run and the batches the deployment tools feed it."""
 
 from __future__ import annotations
 
@@ -12,31 +12,32 @@ from torch import nn
 
 from esssm.batch import DATA_FIELDS, Batch, model_inputs
 from esssm.layer import ESSSMLayer
-from esssm.model import build_module, build_task_model
+from esssm.model import build_module
+from esssm.objectives import get_objective
 
 
 def model_config(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """What rebuilds a classifier without Lightning: the backbone spec and the data facts.
 
-    hparams: a SequenceTask's hyperparameters (`task.hparams`) or an exported config.
+    hparams: a SequenceModule's hyperparameters (`module.hparams`) or an exported config.
     """
     config = {key: hparams.get(key) for key in DATA_FIELDS}
-    config["task"] = config["task"] or "classification"
+    config["objective"] = config["objective"] or "classification"
     config["lm_head_bias"] = bool(hparams.get("lm_head_bias", False))
     config["backbone"] = copy.deepcopy(dict(hparams["backbone"]))
     return config
 
 
 def build_model(config: Mapping[str, Any], init_filters: bool = True) -> nn.Module:
-    """The task's plain-torch model (classifier, retrieval or LM) from `model_config`. init_filters=False skips the
+    """The plain-torch model (classifier, retrieval or LM) from `model_config`. init_filters=False skips the
     eigendecomposition of a spectral backbone (one with `layer` settings; the state dict brings the filters)."""
     spec = copy.deepcopy(dict(config["backbone"]))
     layer = spec.get("init_args", {}).get("layer")
     if not init_filters and layer is not None:
         spec["init_args"]["layer"] = {**layer, "init_filters": False}
     backbone = build_module(spec)
-    return build_task_model(
-        config["task"], backbone, config["num_classes"], config["vocab_size"], config["input_dim"],
+    return get_objective(config["objective"]).build(
+        backbone, config["num_classes"], config["vocab_size"], config["input_dim"],
         lm_head_bias=config.get("lm_head_bias", False),
     )
 
@@ -49,7 +50,7 @@ def batch_logits(model: nn.Module, batch: Batch, budget: int | None = None) -> t
 def synthetic_batch(
     config: Mapping[str, Any], batch_size: int, seq_len: int, device: str | torch.device = "cpu"
 ) -> Batch:
-    """Random inputs of the task's kind, shape (B, L) token ids or (B, L, C) features, with
+    """Random inputs of the objective's kind, shape (B, L) token ids or (B, L, C) features, with
     all-valid masks; two documents for retrieval. Seeded, so every call gives the same batch."""
     gen = torch.Generator().manual_seed(0)
 
@@ -58,7 +59,7 @@ def synthetic_batch(
             return torch.randint(config["vocab_size"], (batch_size, seq_len), generator=gen)
         return torch.randn(batch_size, seq_len, config["input_dim"], generator=gen)
 
-    names = [("x1", "mask1"), ("x2", "mask2")] if config["task"] == "retrieval" else [("x", "mask")]
+    names = get_objective(config["objective"]).documents
     mask = torch.ones(batch_size, seq_len, dtype=torch.bool)
     return {key: t.to(device) for x, m in names for key, t in ((x, document()), (m, mask))}
 

@@ -38,6 +38,7 @@ from esssm.infer.dft import MatmulConvolution
 from esssm.infer.export import truncate
 from esssm.infer.model import batch_logits, relative_error, synthetic_batch
 from esssm.layer import ESSSMLayer, check_budget
+from esssm.objectives import get_objective
 
 # Largest relative error (max |onnx - torch| / max |torch|) an export may show on its check batches.
 RELATIVE_TOLERANCE = 1e-4
@@ -88,8 +89,8 @@ def onnx_copy(model: nn.Module) -> nn.Module:
 
 
 def input_names(config: Mapping[str, Any]) -> tuple[str, ...]:
-    """The graph inputs: the batch keys of the task's model."""
-    return ("x1", "mask1", "x2", "mask2") if config["task"] == "retrieval" else ("x", "mask")
+    """The graph inputs: the batch keys of the objective's model."""
+    return get_objective(config["objective"]).inputs
 
 
 class _NamedInputs(nn.Module):

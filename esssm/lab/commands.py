@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from esssm.files import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from esssm.train.lit import SequenceTask
+    from esssm.train.lit import SequenceModule
 
 
 # --------------------------------------------------------------------------- argument types
@@ -110,12 +110,12 @@ def add_checkpoint_arguments(
     )
 
 
-def check_budgets(task: SequenceTask, budgets: list[int] | str | None, ckpt: str) -> None:
+def check_budgets(module: SequenceModule, budgets: list[int] | str | None, ckpt: str) -> None:
     """Budgets outside 1..k_max of the checkpoint are refused before any data is read."""
     from esssm.budget import sweep_budgets
 
     try:
-        sweep_budgets(task.k_max, budgets, "--budgets")
+        sweep_budgets(module.k_max, budgets, "--budgets")
     except ValueError as error:
         raise ValueError(f"{error} of {ckpt}") from None
 
@@ -132,14 +132,14 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--accelerator", default="auto")
     args = parser.parse_args(argv)
     from esssm import infer
-    from esssm.lab.loading import load_datamodule, load_task
+    from esssm.lab.loading import load_datamodule, load_module
     from esssm.lab.sweep import format_table, run_sweep
 
     overrides = {"data_dir": args.data_dir, "eval_batch_size": args.batch_size}
     datamodule = load_datamodule(args.data_config, {k: v for k, v in overrides.items() if v is not None})
-    task = load_task(args.ckpt, trust=args.trust_checkpoint)
-    check_budgets(task, args.budgets, args.ckpt)  # before the data is read (at setup)
-    rows = run_sweep(task, datamodule, args.budgets, args.split, args.accelerator, output_dir=Path(args.ckpt).parent,
+    module = load_module(args.ckpt, trust=args.trust_checkpoint)
+    check_budgets(module, args.budgets, args.ckpt)  # before the data is read (at setup)
+    rows = run_sweep(module, datamodule, args.budgets, args.split, args.accelerator, output_dir=Path(args.ckpt).parent,
                      progress="")
     print(format_table(rows))
     print(f"curve: {Path(args.ckpt).parent / infer.curve_name(args.ckpt, args.split)}", file=sys.stderr)

@@ -224,12 +224,12 @@ def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | Non
     without a budget as a flat line over `reference_budgets`, the task's elastic budgets)."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from esssm.lab.loading import load_datamodule, load_task
+    from esssm.lab.loading import load_datamodule, load_module
     from esssm.lab.sweep import run_sweep
     from esssm.model import count_parameters
 
     ckpt = best_checkpoint(run)
-    task = load_task(ckpt).eval()
+    task = load_module(ckpt).eval()
     datamodule = load_datamodule(run.config, overrides)
     logger = TensorBoardLogger(run.out / "runs", name=f"{run.task}/{run.model}", version=run.version,
                                default_hp_metric=False)

@@ -1,4 +1,4 @@
-"""The budget table of a trained task on one split: every budget evaluated by BudgetSweep."""
+"""The budget table of a trained run on one split: every budget evaluated by BudgetSweep."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from lightning.pytorch.loggers import Logger
 from esssm.budget import sweep_budgets
 from esssm.infer.plan import curve_name
 from esssm.train.callbacks import BudgetSweep, write_curve
-from esssm.train.lit import SequenceTask
+from esssm.train.lit import SequenceModule
 
 
 def run_sweep(
-    task: SequenceTask,
+    module: SequenceModule,
     datamodule: L.LightningDataModule,
     budgets: list[int] | str | None = None,
     split: str = "test",
@@ -27,7 +27,7 @@ def run_sweep(
     expected_s: float | None = None,
     stream: TextIO | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate a trained task (from `load_task`) at every budget on one split; rows of budget,
+    """Evaluate a trained module (from `load_module`) at every budget on one split; rows of budget,
     acc, loss, params. Raises FloatingPointError on a non-finite loss.
 
     With `output_dir`, the curve goes to `output_dir/<checkpoint stem>.budget_curve_{split}.csv`
@@ -42,7 +42,7 @@ def run_sweep(
 
     callbacks: list[L.Callback] = []
     if progress is not None:
-        count = len(sweep_budgets(task.k_max, budgets))
+        count = len(sweep_budgets(module.k_max, budgets))
         label = f"{progress}{split} sweep at {count} budget{'s' if count > 1 else ''}"
         callbacks.append(SweepProgress(label, stream, expected_s=expected_s))
     sweep = BudgetSweep(val_budgets=budgets, test_budgets=budgets, every_n_epochs=1, curve_file=None,
@@ -58,11 +58,11 @@ def run_sweep(
         enable_model_summary=False,
     )
     run = trainer.test if split == "test" else trainer.validate
-    run(task, datamodule=datamodule, verbose=False)
+    run(module, datamodule=datamodule, verbose=False)
     rows = sweep.last_results["test" if split == "test" else "val"]
     if output_dir is not None:
-        path = Path(output_dir) / curve_name(task.source["checkpoint"], split)
-        write_curve(path, rows, **task.source)
+        path = Path(output_dir) / curve_name(module.source["checkpoint"], split)
+        write_curve(path, rows, **module.source)
     return rows
 
 

@@ -101,7 +101,7 @@ class BudgetSweep(L.Callback):
         self.validated_step = self.swept_step = None
         if trainer.is_global_zero and pl_module.k_max is not None:
             for logger in _tensorboards(trainer):
-                logger.experiment.add_custom_scalars(custom_scalars_layout(pl_module.hparams.task == "lm"))
+                logger.experiment.add_custom_scalars(custom_scalars_layout(pl_module.objective.score))
 
     def sweeps_validation(self, trainer: L.Trainer) -> bool:
         """Whether this validation pass sweeps: always in `validate`; while fitting, in every n-th
@@ -201,7 +201,7 @@ class BudgetSweep(L.Callback):
                     "loss": float(result["loss"]),
                     "count": int(result["count"]),
                     "active_params": active_parameters(pl_module.eval_model, k),
-                    **({"bpb": float(result["loss"]) / math.log(2)} if pl_module.hparams.task == "lm" else {}),
+                    **pl_module.objective.extra_metrics(float(result["loss"])),
                 }
             )
         bad = [row["budget"] for row in rows if not math.isfinite(row["loss"])]
@@ -287,7 +287,7 @@ def check_sweep_schedule(every_n_epochs: int | None, every_n_steps: int | None) 
 
 
 def trained_step(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
-    """The training step of the evaluated weights: the checkpoint's (`load_task`'s `source`) in a
+    """The training step of the evaluated weights: the checkpoint's (`load_module`'s `source`) in a
     fresh evaluation trainer, else the trainer's global step."""
     source = getattr(pl_module, "source", None) or {}
     return trainer.global_step or int(source.get("step") or 0)
@@ -337,11 +337,10 @@ def budget_tag(stage: str, metric: str, budget: int | str | None, k_max: int | N
     return f"{stage}/{metric}@k{budget:0{len(str(k_max))}d}"
 
 
-def custom_scalars_layout(lm: bool) -> dict[str, dict[str, list]]:
+def custom_scalars_layout(score: str) -> dict[str, dict[str, list]]:
     """TensorBoard custom-scalars layout, one category (the first, expanded): the test sweep
-    against k (bits per byte for language models, else accuracy; every run of the task on one
-    chart), then one multiline chart per metric with a line per budget k over training."""
-    score = "bpb" if lm else "acc"
+    against k of `score` (the objective's: "bpb" or "acc"; every run of the task on one chart),
+    then one multiline chart per metric with a line per budget k over training."""
     return {
         "budget curves": {
             f"test {score} vs budget k (x axis = k)": ["Multiline", [rf"^test/{score}_vs_k$"]],

@@ -31,7 +31,7 @@ from esssm.files import remove_with_sidecar
 from esssm.migrations import migrate_checkpoint
 from esssm.train import SUBCOMMANDS
 from esssm.train.callbacks import BudgetSweep
-from esssm.train.lit import SequenceTask
+from esssm.train.lit import SequenceModule
 
 LOCK_FILE = "fit.lock"
 FIT_OUTPUTS = ("checkpoints", "config.yaml", "hparams.yaml", "events.out.tfevents.*")  # what a fit writes
@@ -284,7 +284,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
 def run_cli(args: list[str] | None, description: str) -> ESSSMCLI:
     """Parse `args` (fit|validate|test ...; None: sys.argv) and run the subcommand."""
     return ESSSMCLI(
-        SequenceTask,
+        SequenceModule,
         L.LightningDataModule,
         subclass_mode_data=True,
         auto_configure_optimizers=False,

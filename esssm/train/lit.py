@@ -15,24 +15,25 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torchmetrics.classification import MulticlassAccuracy
 
-from esssm.batch import PAD, model_inputs
+from esssm.batch import model_inputs
 from esssm.budget import BudgetSampler
 from esssm.migrations import stamp
-from esssm.model import build_module, build_task_model, module_spec
+from esssm.model import build_module, module_spec
+from esssm.objectives import get_objective
 from esssm.train.metrics import ExactAccuracy
 
 Batch = dict[str, torch.Tensor]
-TASKS = ("classification", "retrieval", "lm")
 # The keys of the `budget` setting: BudgetSampler's arguments other than k_max (the backbone's) and enabled.
 BUDGET_SETTINGS = set(inspect.signature(BudgetSampler).parameters) - {"k_max", "enabled"}
 
 
-class SequenceTask(L.LightningModule):
+class SequenceModule(L.LightningModule):
     """Sequence classification (batch x, mask, y), two-document retrieval (x1, mask1, x2, mask2,
     y) or causal language modelling (x (B, L), y (B, L) next-token ids, 0 = no target).
 
     The backbone is any `esssm.model.SequenceBackbone` (ES-SSM or a baseline). num_classes,
-    vocab_size/input_dim and task come from the datamodule (the CLI links them). Elastic
+    vocab_size/input_dim and objective ("classification", "retrieval" or "lm":
+    `esssm.objectives`) come from the datamodule (the CLI links them). Elastic
     backbones (k_max set) train under budget dropout unless `budget` is None: one budget per
     optimizer step, a pure function of (seed, global step), so every DDP rank and accumulation
     micro-batch agrees and a resumed run continues the same sequence.
@@ -54,7 +55,7 @@ class SequenceTask(L.LightningModule):
             value outside 1..k_max) is an error naming it, never clamped.
         embed_dropout, embed_std, lm_head_bias: the input encoder and LM head (defaults: the
             authors' dropout 0.1, N(0, 0.02^2) embeddings, tied LM head without bias; see
-            `esssm.model.build_task_model` and docs/fidelity.md).
+            `esssm.objectives.Objective.build` and docs/fidelity.md).
         skip_nonfinite_steps: optimizer steps with a NaN/inf training loss that are skipped
             before the run stops; 0 (default) stops at the first one. A skipped step changes
             nothing: weights, optimizer state, EMA and learning-rate schedule stay as they were
@@ -73,7 +74,7 @@ class SequenceTask(L.LightningModule):
         num_classes: int = 2,
         vocab_size: int | None = None,
         input_dim: int | None = None,
-        task: str = "classification",
+        objective: str = "classification",
         lr: float = 2e-4,
         weight_decay: float = 0.03,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -90,16 +91,15 @@ class SequenceTask(L.LightningModule):
         compile: bool = False,  # noqa: A002 (the config key users write: model.compile)
     ) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.objective = get_objective(objective)
         if skip_nonfinite_steps < 0:
             raise ValueError(f"skip_nonfinite_steps must be >= 0, got {skip_nonfinite_steps}")
         if isinstance(backbone, dict):  # rebuilt from a checkpoint's hyperparameters
             backbone = build_module(backbone)
         self.save_hyperparameters(ignore=["backbone"])
         self.hparams["backbone"] = module_spec(backbone)
-        self.model = build_task_model(
-            task, backbone, num_classes, vocab_size, input_dim, embed_dropout, embed_std, lm_head_bias
+        self.model = self.objective.build(
+            backbone, num_classes, vocab_size, input_dim, embed_dropout, embed_std, lm_head_bias
         )
         self.ema = self._make_ema(ema_decay, ema_warmup)
         if compile:
@@ -110,8 +110,7 @@ class SequenceTask(L.LightningModule):
             for model in {self.model, self.eval_model}:
                 model.compile()  # in place: state-dict keys stay those of the eager model
         self.sampler = self._make_sampler()
-        ignore = PAD if task == "lm" else None
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=self.objective.ignore_index)
         self.val_metric, self.test_metric = ExactAccuracy(), ExactAccuracy()
         self.skipped_steps = 0
         # set by a non-finite micro-batch; the optimizer step it belongs to then changes nothing
@@ -162,19 +161,9 @@ class SequenceTask(L.LightningModule):
         return self(batch, budget, self.eval_model)
 
     def example_stats(self, batch: Batch, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Per example (B,): correct predictions, summed cross-entropy (nats), predictions made.
-
-        One prediction per example for classification; one per target token for "lm", so
-        the exact metrics give per-token accuracy and loss (bits per byte = loss / ln 2).
-        """
-        y = batch["y"]
-        if self.hparams.task != "lm":
-            loss = F.cross_entropy(logits.float(), y, reduction="none")
-            return logits.argmax(-1) == y, loss, torch.ones_like(loss)
-        valid = y != PAD
-        loss = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none", ignore_index=PAD)
-        correct = (logits.argmax(-1) == y) & valid
-        return correct.sum(1), loss.sum(1), valid.sum(1)
+        """Per example (B,): correct predictions, summed cross-entropy (nats), predictions made
+        (one per example, or one per target token for "lm": `Objective.example_stats`)."""
+        return self.objective.example_stats(logits, batch["y"])
 
     def current_budget(self) -> int | None:
         """The training budget of the current optimizer step."""
@@ -201,7 +190,7 @@ class SequenceTask(L.LightningModule):
         flat_logits, flat_y = logits.reshape(-1, logits.shape[-1]), batch["y"].reshape(-1)
         loss = F.cross_entropy(
             flat_logits, flat_y, label_smoothing=self.hparams.label_smoothing,
-            ignore_index=PAD if self.hparams.task == "lm" else -100,
+            ignore_index=self.objective.ignore_index,
         )
         if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
             return self._skip_nonfinite(loss, batch_idx, budget)
@@ -257,8 +246,8 @@ class SequenceTask(L.LightningModule):
             )
         self.log(f"{stage}/acc", result["acc"], prog_bar=True, sync_dist=False, rank_zero_only=False)
         self.log(f"{stage}/loss", result["loss"], sync_dist=False, rank_zero_only=False)
-        if self.hparams.task == "lm":
-            self.log(f"{stage}/bpb", result["loss"] / math.log(2), prog_bar=True, sync_dist=False)
+        for name, value in self.objective.extra_metrics(result["loss"]).items():
+            self.log(f"{stage}/{name}", value, prog_bar=True, sync_dist=False)
         metric.reset()
 
     def on_validation_epoch_end(self) -> None:
