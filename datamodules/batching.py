@@ -1,4 +1,4 @@
-"""From examples to batches: token datasets, seeded splits, the padding collate that builds the
+"""From examples to batches: labelled and token datasets, seeded splits, the padding collate that builds the
 batch dicts (with masks and an ``index`` per example) and the resumable (seed, epoch) training order."""
 
 from __future__ import annotations
@@ -13,7 +13,24 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
-class TokenDataset(Dataset):
+class LabelledDataset(Dataset):
+    """Examples with one integer label each: items {**inputs(i), "y": label, "index": i}, where
+    subclasses give the input tensors of example i (read or converted on access)."""
+
+    def __init__(self, labels: Sequence[int] | np.ndarray) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def inputs(self, index: int) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.inputs(index), "y": int(self.labels[index]), "index": index}
+
+
+class TokenDataset(LabelledDataset):
     """Examples of one or more byte/token sequences with a label.
 
     ``columns`` maps a batch key ("x", or "x1"/"x2" for pairs) to one uint8 array per
@@ -21,21 +38,13 @@ class TokenDataset(Dataset):
     """
 
     def __init__(self, columns: dict[str, list[np.ndarray]], labels: Sequence[int], id_offset: int) -> None:
+        super().__init__(labels)
         self.columns = columns
-        self.labels = np.asarray(labels, dtype=np.int64)
         self.id_offset = id_offset
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            key: torch.from_numpy(sequences[index].astype(np.int64)) + self.id_offset
-            for key, sequences in self.columns.items()
-        }
-        item["y"] = int(self.labels[index])
-        item["index"] = index
-        return item
+    def inputs(self, index: int) -> dict[str, Tensor]:
+        return {key: torch.from_numpy(sequences[index].astype(np.int64)) + self.id_offset
+                for key, sequences in self.columns.items()}
 
 
 class IndexedSubset(Dataset):

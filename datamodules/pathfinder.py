@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from datamodules import sources
 from datamodules.archives import extract_tar
 from datamodules.base import LRAReleaseDataModule, generate_command
-from datamodules.batching import seeded_split
+from datamodules.batching import LabelledDataset, seeded_split
 from datamodules.parsing import MalformedDataError, malformed, parse_label
 from datamodules.pathfinder_generator import (
     CONTOUR_LENGTHS,
@@ -130,26 +130,22 @@ def read_png(path: Path, resolution: int) -> np.ndarray:
     return pixels.reshape(-1)
 
 
-class PathfinderImages(Dataset):
+class PathfinderImages(LabelledDataset):
     """Images listed in the metadata, decoded on access (Path-X: 200k x 16384 pixels stay on disk).
 
     "x": (L,) long ids gray + 1 (mode "tokens") or (L, 1) float gray scaled to [-1, 1] (as S4).
     """
 
     def __init__(self, folder: Path, files: list[str], labels: np.ndarray, resolution: int, mode: str) -> None:
+        super().__init__(labels)
         self.folder = folder
         self.files = files
-        self.labels = labels
         self.resolution = resolution
         self.mode = mode
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def inputs(self, index: int) -> dict[str, torch.Tensor]:
         pixels = torch.from_numpy(read_png(self.folder / self.files[index], self.resolution))
-        x = pixels.long() + 1 if self.mode == "tokens" else (pixels.float()[:, None] / 255.0 - 0.5) / 0.5
-        return {"x": x, "y": int(self.labels[index]), "index": index}
+        return {"x": pixels.long() + 1 if self.mode == "tokens" else (pixels.float()[:, None] / 255.0 - 0.5) / 0.5}
 
 
 def extract_lra_folder(data_dir: Path, folder: str, url: str) -> None:

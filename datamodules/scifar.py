@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from datamodules.archives import extract_tar_file
 from datamodules.base import TaskDataModule
-from datamodules.batching import seeded_split
+from datamodules.batching import LabelledDataset, seeded_split
 from datamodules.parsing import MalformedDataError, check_labels
 from esssm.batch import BYTE_VOCAB_SIZE
 
@@ -89,29 +89,24 @@ def to_gray(pixels: torch.Tensor) -> torch.Tensor:
     return torch.round(pixels.float() @ GRAY_WEIGHTS).clamp(0, 255)
 
 
-class PixelSequenceDataset(Dataset):
+class PixelSequenceDataset(LabelledDataset):
     """Images (N, 1024, 3) uint8 as sequences: "x" (1024,) long ids for tokens, else (1024, C) float.
 
     Keeps the uint8 pixels and converts per item, so the 60k images stay at 180 MB.
     """
 
     def __init__(self, pixels: np.ndarray, labels: np.ndarray, mode: str) -> None:
+        super().__init__(labels)
         self.pixels = pixels
-        self.labels = labels
         self.mode = mode
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def inputs(self, index: int) -> dict[str, torch.Tensor]:
         pixels = torch.from_numpy(self.pixels[index])
         if self.mode == "tokens":
-            x = to_gray(pixels).long() + 1
-        elif self.mode == "gray":
-            x = (to_gray(pixels)[:, None] / 255.0 - GRAY_MEAN) / GRAY_STD
-        else:
-            x = (pixels.float() / 255.0 - RGB_MEAN) / RGB_STD
-        return {"x": x, "y": int(self.labels[index]), "index": index}
+            return {"x": to_gray(pixels).long() + 1}
+        if self.mode == "gray":
+            return {"x": (to_gray(pixels)[:, None] / 255.0 - GRAY_MEAN) / GRAY_STD}
+        return {"x": (pixels.float() / 255.0 - RGB_MEAN) / RGB_STD}
 
 
 class SCIFARDataModule(TaskDataModule):

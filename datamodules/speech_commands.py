@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from datamodules.archives import extract_tar_file
 from datamodules.base import TaskDataModule
+from datamodules.batching import LabelledDataset
 from datamodules.parsing import MalformedDataError, malformed
 from datamodules.sources import DataFolderError
 
@@ -121,19 +122,16 @@ class WaveFeatures:
         self.std = features.std(dim=0).clamp_min(1e-8)
 
 
-class SpeechDataset(Dataset):
+class SpeechDataset(LabelledDataset):
     """Files with labels; items are {"x": (T', C) float, "y", "index"}, read on access."""
 
     def __init__(self, paths: list[Path], labels: list[int], features: WaveFeatures) -> None:
+        super().__init__(labels)
         self.paths = paths
-        self.labels = labels
         self.features = features
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"x": self.features(read_wave(self.paths[index])), "y": self.labels[index], "index": index}
+    def inputs(self, index: int) -> dict[str, torch.Tensor]:
+        return {"x": self.features(read_wave(self.paths[index]))}
 
 
 def read_file_list(path: Path) -> dict[str, int]:

@@ -18,10 +18,9 @@ cascades, generation) and `esssm.lab` (reproduce, smoke, tables and the `esssm` 
 Names below are imported on first use, so `import esssm` (and every command's `--help`) stays cheap.
 """
 
-from importlib import import_module
-from typing import Any
+from esssm.lazy import lazy_exports
 
-_EXPORTS = {
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "BudgetSampler": "esssm.budget",
     "ESSSM": "esssm.model",
     "ESSSMLayer": "esssm.layer",
@@ -37,15 +36,4 @@ _EXPORTS = {
     "get_objective": "esssm.objectives",
     "objective_model": "esssm.objectives",
     "spectral_filters": "esssm.spectral",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'esssm' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 import urllib.request
 from pathlib import Path
@@ -15,6 +16,7 @@ from datamodules import (
     AANDataModule,
     IMDBDataModule,
     ListOpsDataModule,
+    MalformedDataError,
     SCIFARDataModule,
     SpeechCommandsDataModule,
 )
@@ -22,6 +24,9 @@ from datamodules.base import SPLITS
 from datamodules.batching import IndexedSubset, TokenDataset, pad_collate, seeded_split
 from datamodules.sources import LRA_RELEASE_ROOT, download_lra_files, resolve_data_dir
 import datamodules
+from data_files import append_line
+from test_datamodules_listops import write_listops as write_listops_rows
+from test_datamodules_text import write_aan
 
 ALL_MODULES = [ListOpsDataModule, IMDBDataModule, AANDataModule, SCIFARDataModule, SpeechCommandsDataModule]
 LISTOPS_ROWS = "( ( ( [MAX 2 ) 9 ) ] )\t9\n( ( ( [MIN 2 ) 9 ) ] )\t2\n"
@@ -230,3 +235,32 @@ def test_training_order_follows_seed_and_epoch_so_resume_sees_the_same_order(tmp
     resumed = module.train_dataloader()  # a fresh loader, as after a restart in epoch 1
     resumed.sampler.set_epoch(1)
     assert [i for batch in resumed for i in batch["index"].tolist()] == epoch1
+
+
+MALFORMED_ROWS = [
+    *[(ListOpsDataModule, write_listops_rows, "basic_val.tsv", line, problem) for line, problem in [
+        ("( [MAX 2 ) 9 ) ] )", "2 tab-separated columns"),
+        ("( ( [MAX 2 ) 12 ) ] )\t3", "unknown ListOps token b'12'"),
+        ("( ( [MAX 2 ) 9 ) ] )\tnine", "label 'nine' is not a number"),
+        ("( ( [MAX 2 ) 9 ) ] )\t10", "outside 0..9"),
+        ("( ( [MAX 2 ) 9 ) ] )\tinf", "label 'inf' is not an integer class id"),
+        ("( ( [MAX 2 ) 9 ) ] )\t3.7", "label '3.7' is not an integer class id"),
+        ("( ( ) )\t3", "Source is empty"),
+    ]],
+    *[(AANDataModule, write_aan, "new_aan_pairs.eval.tsv", line, problem) for line, problem in [
+        ("1\tP1\tP2\tonly four", "expected 5 tab-separated columns"),
+        ("yes\tP1\tP2\ta\tb", "not a number"),
+        ("2\tP1\tP2\ta\tb", "outside 0..1"),
+        ("nan\tP1\tP2\ta\tb", "label 'nan' is not an integer class id"),
+        ("1\tP1\tP2\t\tb", "text1 is empty"),
+    ]],
+]
+
+
+@pytest.mark.parametrize(("module_class", "write", "file", "bad_line", "problem"), MALFORMED_ROWS,
+                         ids=lambda value: value if isinstance(value, str) else "")
+def test_a_malformed_row_names_its_file_and_line(tmp_path: Path, module_class, write, file, bad_line, problem) -> None:
+    write(tmp_path)
+    location = append_line(tmp_path / file, bad_line)
+    with pytest.raises(MalformedDataError, match=location + ".*" + re.escape(problem)):
+        module_class(data_dir=str(tmp_path)).setup()

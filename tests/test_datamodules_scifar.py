@@ -11,6 +11,7 @@ import torch
 
 from datamodules import DataFolderError, MalformedDataError, SCIFARDataModule
 from datamodules.scifar import RGB_MEAN, RGB_STD
+from data_files import fitted
 
 IMAGES_PER_BATCH = 8
 
@@ -49,9 +50,7 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def loaded_module(root: Path, **kwargs) -> SCIFARDataModule:
-    module = SCIFARDataModule(data_dir=str(root), val_size=10, **kwargs)
-    module.setup("fit")
-    return module
+    return fitted(SCIFARDataModule(data_dir=str(root), val_size=10, **kwargs))
 
 
 def test_splits_are_seeded_and_test_is_the_test_batch(cifar_root: Path) -> None:

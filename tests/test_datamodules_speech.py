@@ -12,6 +12,7 @@ import torch
 from datamodules import DataFolderError, MalformedDataError, SpeechCommandsDataModule
 from datamodules.base import SPLITS
 from datamodules.speech_commands import SC10_WORDS, SC35_WORDS
+from data_files import fitted
 
 # word -> (file name, number of samples); files under 16000 samples get padded, longer ones cropped
 CLIPS = {
@@ -45,9 +46,7 @@ def speech_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def loaded_module(root: Path, **kwargs) -> SpeechCommandsDataModule:
-    module = SpeechCommandsDataModule(data_dir=str(root), batch_size=8, **kwargs)
-    module.setup("fit")
-    return module
+    return fitted(SpeechCommandsDataModule(data_dir=str(root), batch_size=8, **kwargs))
 
 
 def test_sc35_splits_labels_and_raw_batches(speech_root: Path) -> None:

@@ -168,24 +168,6 @@ def test_aan_finds_lra_release_folder(tmp_path: Path) -> None:
     assert len(module.datasets["train"]) == 3
 
 
-@pytest.mark.parametrize(
-    ("bad_line", "problem"),
-    [
-        ("1\tP1\tP2\tonly four", "expected 5 tab-separated columns"),
-        ("yes\tP1\tP2\ta\tb", "not a number"),
-        ("2\tP1\tP2\ta\tb", "outside 0..1"),
-        ("nan\tP1\tP2\ta\tb", "label 'nan' is not an integer class id"),
-        ("1\tP1\tP2\t\tb", "text1 is empty"),
-    ],
-)
-def test_aan_malformed_row_names_file_and_line(tmp_path: Path, bad_line: str, problem: str) -> None:
-    write_aan(tmp_path)
-    path = tmp_path / "new_aan_pairs.eval.tsv"
-    path.write_text(path.read_text() + bad_line + "\n")
-    with pytest.raises(MalformedDataError, match=re.escape(f"{path}:4: ") + ".*" + re.escape(problem)):
-        AANDataModule(data_dir=str(tmp_path)).setup()
-
-
 def test_aan_missing_folder_error(tmp_path: Path) -> None:
     (tmp_path / "new_aan_pairs.train.tsv").write_text("")
     with pytest.raises(DataFolderError) as error:
