@@ -79,6 +79,22 @@ def test_fullgraph_compile_equals_eager_in_inference_and_training(name):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_the_compile_runtime_compiles_every_budget_before_timing_starts():
+    """`esssm plan --runtime compile`: each budget called once while preparing (with progress),
+    so the timed rounds run compiled code, and each call gives the eager logits."""
+    from esssm import infer
+
+    model = classifier("esssm").eval()
+    x, mask = inputs()
+    example = {"x": x, "mask": mask}
+    ready = []
+    forwards = infer.budget_forwards("compile", model, {}, example, [1, 3, K], advance=lambda: ready.append(1))
+    assert len(ready) == 3
+    with torch.no_grad():
+        for k, forward in forwards.items():
+            assert_close(forward(), model(x, mask, budget=k))
+
+
 def check_inductor(name: str, lengths: tuple[int, ...], budgets: tuple[int | None, ...]) -> None:
     """Inductor's generated code equals eager in inference (each length and budget) and in a
     training step at budget 2. Each shape and budget is one C++ compilation (seconds each)."""

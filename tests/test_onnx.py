@@ -139,8 +139,10 @@ def test_plan_times_budgets_in_onnxruntime(trained, tmp_path, capsys):
     args = ["plan", "--ckpt", ckpt, "--curve", str(curve), "--runtime", "onnxruntime", "--repeats", "1",
             "--warmup", "0", "--latency-ms", "1e9"]
     assert main(args) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert "(onnxruntime)" in text and "best budget: k=" in text and text.count(" yes") == 2
+    assert "preparing 2 budgets (onnxruntime): 2 budgets in " in captured.err  # the exports, with progress
 
 
 def test_onnxruntime_runtime_refuses_a_gpu_and_unknown_runtimes(trained):

@@ -275,7 +275,8 @@ def format_onnx_export(report: Mapping[str, Any]) -> str:
 
 
 def onnx_forwards(
-    model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int], device: str | torch.device
+    model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int], device: str | torch.device,
+    advance: Callable[[], object] = lambda: None,
 ) -> dict[int, Callable[[], object]]:
     """One onnxruntime call of `example` per budget (for `time_budgets`): each budget is
     exported to a temporary ONNX file and loaded in its own session, with torch's thread count."""
@@ -287,6 +288,7 @@ def onnx_forwards(
             path = Path(folder) / f"k{check_budget(k, model.k_max)}.onnx"
             export_onnx(*truncate(model, config, k), path)
             forwards[k] = _bound_call(load_onnx(path, threads=torch.get_num_threads()), example)
+            advance()
     return forwards
 
 

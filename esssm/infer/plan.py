@@ -150,14 +150,16 @@ def curve_for(ckpt: str | Path, source: Mapping[str, Any], curve: str | Path | N
 
 
 Forward = Callable[[], object]
-# A runtime: (model, config, example, budgets, device) -> one call running `example` per budget.
-Runtime = Callable[[nn.Module, Mapping[str, Any], Batch, Sequence[int], str | torch.device], dict[int, Forward]]
+# A runtime: (model, config, example, budgets, device, advance) -> one call running `example` per
+# budget; advance() is called as each budget is ready (exported, compiled or loaded).
+Runtime = Callable[..., dict[int, Forward]]
 
 
 def torch_forwards(
-    model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int], device: str | torch.device
+    model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int], device: str | torch.device,
+    advance: Callable[[], object] = lambda: None,
 ) -> dict[int, Forward]:
-    """The PyTorch model itself at each budget on `device` (inference mode)."""
+    """The PyTorch model itself at each budget on `device` (inference mode; nothing to prepare)."""
     model = model.to(device).eval()
     example = to_device(example, device)
 
@@ -165,15 +167,24 @@ def torch_forwards(
         with torch.inference_mode():
             return batch_logits(model, example, budget)
 
-    return {k: functools.partial(forward, k) for k in budgets}
+    forwards = {k: functools.partial(forward, k) for k in budgets}
+    for _ in forwards:
+        advance()
+    return forwards
 
 
 def compiled_forwards(
-    model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int], device: str | torch.device
+    model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int], device: str | torch.device,
+    advance: Callable[[], object] = lambda: None,
 ) -> dict[int, Forward]:
-    """The model through torch.compile (Inductor) at each budget: its first calls compile
-    (untimed warm-up rounds), then every budget after the first two shares one graph."""
-    return torch_forwards(torch.compile(model.to(device).eval()), config, example, budgets, device)
+    """The model through torch.compile (Inductor) at each budget, compiled here by one call per
+    budget (the first two budgets compile; every later one shares the dynamic graph), so timing
+    rounds see compiled code only."""
+    forwards = torch_forwards(torch.compile(model.to(device).eval()), config, example, budgets, device)
+    for forward in forwards.values():
+        forward()
+        advance()
+    return forwards
 
 
 # What `esssm plan --runtime` times: each entry builds the per-budget calls of one runtime.
@@ -184,12 +195,13 @@ RUNTIMES: dict[str, Runtime] = {
 
 def budget_forwards(
     runtime: str, model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int],
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", advance: Callable[[], object] = lambda: None,
 ) -> dict[int, Forward]:
-    """One call running `example` at each budget in `runtime` (a key of RUNTIMES)."""
+    """One call running `example` at each budget in `runtime` (a key of RUNTIMES); advance() is
+    called as each budget is ready (ONNX and AOTInductor export and compile each one first)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {sorted(RUNTIMES)}, got {runtime!r}")
-    return RUNTIMES[runtime](model, config, example, budgets, device)
+    return RUNTIMES[runtime](model, config, example, budgets, device, advance=advance)
 
 
 def time_budgets(

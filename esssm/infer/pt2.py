@@ -233,7 +233,8 @@ def export_pt2(
 
 
 def pt2_forwards(
-    model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int], device: str | torch.device
+    model: nn.Module, config: Mapping[str, Any], example: Batch, budgets: Sequence[int], device: str | torch.device,
+    advance: Callable[[], object] = lambda: None,
 ) -> dict[int, Callable[[], object]]:
     """One call of `example` per budget through the AOTInductor package of `model` (with its
     `model_config`) truncated to that budget, for `esssm.infer.plan.time_budgets`.
@@ -251,6 +252,7 @@ def pt2_forwards(
             path = Path(folder) / f"k{k}.pt2"
             export_pt2(small.to(device), example, path)
             forwards[k] = functools.partial(_run_package, load_pt2(path), inputs)
+            advance()
     return forwards
 
 

@@ -211,7 +211,8 @@ def plan_main(argv: list[str]) -> int:
     parser = _ckpt_parser("plan", "Best budget for a latency target on this machine.")
     parser.add_argument("--latency-ms", type=positive_float, required=True, help="latency target per batch")
     parser.add_argument("--runtime", type=key_of("esssm.infer", "RUNTIMES"), default="torch",
-                        help="what runs the model: torch (eager), compile (torch.compile; the first rounds compile), "
+                        help="what runs the model: torch (eager), compile (torch.compile; each budget is called once "
+                        "first, which compiles), "
                         "onnxruntime (each budget exported to ONNX; CPU) or pt2 (each budget compiled to an "
                         "AOTInductor package; tens of seconds each)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torch)")
@@ -235,7 +236,8 @@ def plan_main(argv: list[str]) -> int:
     seq_len = infer.example_seq_len(config, args.seq_len)
     example = infer.synthetic_batch(config, args.batch, seq_len)
     budgets = [p.budget for p in curve]
-    forwards = infer.budget_forwards(args.runtime, model, config, example, budgets, args.device)
+    with PhaseProgress(f"preparing {len(budgets)} budgets ({args.runtime})", len(budgets), "budgets") as progress:
+        forwards = infer.budget_forwards(args.runtime, model, config, example, budgets, args.device, progress.advance)
     with PhaseProgress(f"timing {len(budgets)} budgets ({args.runtime})", args.warmup + args.repeats,
                        "rounds") as progress:
         latencies = infer.time_budgets(forwards, args.device, args.repeats, args.warmup, advance=progress.advance)
