@@ -161,11 +161,17 @@ def test_overwrite_is_one_bare_flag_in_every_command(tmp_path, capsys):
 # ------------------------------------------------------------------------------ fast help
 
 
+def run_module(module: str, *args: str) -> str:
+    """The code of `python -m <module> <args>`."""
+    return f"import runpy; sys.argv = [{module!r}, *{list(args)!r}]; runpy.run_module({module!r}, run_name='__main__')"
+
+
 HELP_COMMANDS = {
     "esssm": "from esssm.lab.cli import main; main(['--help'])",
     **{f"esssm {tool}": f"from esssm.lab.cli import main; main(['{tool}', '--help'])"
        for tool in ("sweep", "export", "plan", "cascade", "generate")},
     "lightning": "from esssm.lab.cli import lightning_main; lightning_main(['--help'])",
+    "./reproduce.sh": run_module("esssm.lab.reproduce_cli", "--help"),
 }
 
 
