@@ -82,7 +82,7 @@ class Run:
 
 def generate_quick_listops(folder: Path, train_size: int) -> None:
     """Generated ListOps for the quick profile; kept when already there."""
-    from datamodules.listops import generate_dataset
+    from datamodules.listops_generator import generate_dataset
 
     if all((folder / f"basic_{s}.tsv").exists() for s in ("train", "val", "test")):
         return
