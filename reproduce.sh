@@ -8,4 +8,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=${PYTHON:-python3}; fi
-exec "$PY" -m esssm.lab.reproduce "$@"
+exec "$PY" -m esssm.lab.reproduce_cli "$@"

@@ -1,12 +1,11 @@
-"""The base of the task datamodules: the model-facing attributes every task exposes, its
-loaders, and the `python -m datamodules.<task> generate` command shape. Where the files come
-from is in `datamodules.sources`, how rows are read in `datamodules.parsing`, and how examples
-become batches in `datamodules.batching`.
+"""The base of the task datamodules: the model-facing attributes every task exposes and its
+loaders. Where the files come from is in `datamodules.sources`, how rows are read in
+`datamodules.parsing`, how examples become batches in `datamodules.batching`, and the
+`python -m datamodules.<task> generate` command shape in `datamodules.commands`.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -28,19 +27,6 @@ from datamodules.sources import (
 )
 
 SPLITS = ("train", "val", "test")
-
-
-def generate_command(
-    module: str, summary: str, help_text: str, description: str
-) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """(parser, generate sub-parser) of `python -m datamodules.<module> generate ...`."""
-    parser = argparse.ArgumentParser(prog=f"python -m datamodules.{module}", description=summary)
-    commands = parser.add_subparsers(dest="command", required=True)
-    generate = commands.add_parser(
-        "generate", help=help_text, description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    return parser, generate
 
 
 class TaskDataModule(L.LightningDataModule):

@@ -1,4 +1,4 @@
-"""LRA Pathfinder and Path-X: the datamodule over the LRA release layout, and its command line.
+"""LRA Pathfinder and Path-X: the datamodule over the LRA release layout.
 
 Each image shows two marker dots and dashed curved paths; the label is 1 when the dots
 lie on the two ends of the same path. LRA release layout (``lra_release/pathfinder{32,64,128}``;
@@ -12,7 +12,8 @@ image number, label, then the generator's settings (LRA's TFDS builder and the S
 columns 0, 1 and 3 the same way). Difficulties: curv_baseline (paths of 6 dashes),
 curv_contour_length_9 and curv_contour_length_14.
 
-The generator (datamodules.pathfinder_generator) draws LRA-like images with its own code.
+The generator and its command line (datamodules.pathfinder_generator) draw LRA-like images with
+this project's own code.
 Generate a data set with no download (LRA's size: 200k images, split 80/10/10 when read)::
 
     python -m datamodules.pathfinder generate --out data/pathfinder --resolution 32 --count 200000 --workers 2
@@ -20,10 +21,16 @@ Generate a data set with no download (LRA's size: 200k images, split 80/10/10 wh
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # the generate command: answered before torch and Lightning are imported below
+    from datamodules.pathfinder_generator import main
+
+    sys.exit(main())
+
 import io
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, replace
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -35,17 +42,10 @@ from torch.utils.data import Dataset
 
 from datamodules import sources
 from datamodules.archives import extract_tar
-from datamodules.base import LRAReleaseDataModule, generate_command
+from datamodules.base import LRAReleaseDataModule
 from datamodules.batching import LabelledDataset, seeded_split
 from datamodules.parsing import MalformedDataError, malformed, parse_label
-from datamodules.pathfinder_generator import (
-    CONTOUR_LENGTHS,
-    RESOLUTIONS,
-    Difficulty,
-    check_variant,
-    generate_dataset,
-    lra_style,
-)
+from datamodules.pathfinder_generator import Difficulty, check_variant
 from datamodules.sources import LRA_RELEASE_ROOT, DataFolderError, lra_release
 from esssm.batch import BYTE_VOCAB_SIZE
 
@@ -236,40 +236,3 @@ class PathfinderDataModule(LRAReleaseDataModule):
         rest, test = seeded_split(images, test_size, self.seed)
         train, val = seeded_split(rest, val_size, self.seed)
         return {"train": train, "val": val, "test": test}
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser, generate = generate_command(
-        "pathfinder",
-        __doc__.split("\n")[0],
-        "draw Pathfinder images in the LRA release layout",
-        "Write <out>/pathfinder<resolution>/<difficulty>/{imgs,metadata} like the LRA release. "
-        "Knobs left unset take the resolution's and difficulty's defaults (lengths in dashes, sizes in pixels).",
-    )
-    generate.add_argument("--out", type=Path, required=True, help="output folder (the datamodule's data_dir)")
-    generate.add_argument("--resolution", type=int, choices=RESOLUTIONS, default=32, help="image side (128: Path-X)")
-    generate.add_argument("--difficulty", choices=list(CONTOUR_LENGTHS), default="curv_contour_length_14")
-    generate.add_argument("--count", type=int, default=200_000, help="images (labels exactly balanced)")
-    generate.add_argument("--seed", type=int, default=0, help="random seed")
-    generate.add_argument("--per-folder", type=int, default=1000, help="images per imgs/<n> folder")
-    generate.add_argument("--workers", type=int, default=1, help="processes (output does not depend on it)")
-    knobs = {"contour_length": (int, "dashes per marked path"), "distractors": (int, "distractor paths"),
-             "distractor_length": (int, "dashes per distractor"), "dash_length": (float, "dash length"),
-             "dash_gap": (float, "gap between dashes"), "thickness": (float, "dash thickness"),
-             "marker_radius": (float, "marker disc radius"), "spacing": (float, "least gap between paths"),
-             "seed_distance": (float, "distance of the two marked paths' starts"),
-             "max_turn": (float, "largest turn between dashes, degrees")}  # fmt: skip
-    for name, (kind, text) in knobs.items():
-        generate.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default: per resolution)")
-    args = parser.parse_args(argv)
-    overrides = {name: getattr(args, name) for name in knobs if getattr(args, name) is not None}
-    style = replace(lra_style(args.resolution, args.difficulty), **overrides)
-    root = generate_dataset(args.out, args.difficulty, args.count, args.seed, style, args.per_folder, args.workers)
-    print(f"wrote {args.count} images to {root} ({', '.join(f'{k}={v}' for k, v in asdict(style).items())})")
-
-
-if __name__ == "__main__":
-    main()

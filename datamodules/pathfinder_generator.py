@@ -3,8 +3,9 @@ original generator's pixels), written in the LRA release layout that datamodules
 
 Each image shows two marker dots and dashed curved paths built from short dashes, plus
 distractors; the label is 1 when the dots lie on the two ends of the same path. A spacing
-between paths keeps the label readable from the pixels (see PathStyle). The command line is
-`python -m datamodules.pathfinder generate` (see that module).
+between paths keeps the label readable from the pixels (see PathStyle). `main` is the command
+line `python -m datamodules.pathfinder generate`; this module imports neither torch nor Lightning,
+so its --help and argument errors answer at once.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import math
 import os
 from collections.abc import Generator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from PIL import Image
 
+from datamodules.commands import generate_command
 from esssm.files import atomic_write, atomic_write_text
 
 RESOLUTIONS = (32, 64, 128)
@@ -361,3 +363,36 @@ def generate_dataset(
         for job in jobs:
             write_folder(*job)
     return root
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser, generate = generate_command(
+        "pathfinder",
+        "LRA Pathfinder and Path-X: LRA-like images in the LRA release layout",
+        "draw Pathfinder images in the LRA release layout",
+        "Write <out>/pathfinder<resolution>/<difficulty>/{imgs,metadata} like the LRA release. "
+        "Knobs left unset take the resolution's and difficulty's defaults (lengths in dashes, sizes in pixels).",
+    )
+    generate.add_argument("--out", type=Path, required=True, help="output folder (the datamodule's data_dir)")
+    generate.add_argument("--resolution", type=int, choices=RESOLUTIONS, default=32, help="image side (128: Path-X)")
+    generate.add_argument("--difficulty", choices=list(CONTOUR_LENGTHS), default="curv_contour_length_14")
+    generate.add_argument("--count", type=int, default=200_000, help="images (labels exactly balanced)")
+    generate.add_argument("--seed", type=int, default=0, help="random seed")
+    generate.add_argument("--per-folder", type=int, default=1000, help="images per imgs/<n> folder")
+    generate.add_argument("--workers", type=int, default=1, help="processes (output does not depend on it)")
+    knobs = {"contour_length": (int, "dashes per marked path"), "distractors": (int, "distractor paths"),
+             "distractor_length": (int, "dashes per distractor"), "dash_length": (float, "dash length"),
+             "dash_gap": (float, "gap between dashes"), "thickness": (float, "dash thickness"),
+             "marker_radius": (float, "marker disc radius"), "spacing": (float, "least gap between paths"),
+             "seed_distance": (float, "distance of the two marked paths' starts"),
+             "max_turn": (float, "largest turn between dashes, degrees")}  # fmt: skip
+    for name, (kind, text) in knobs.items():
+        generate.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default: per resolution)")
+    args = parser.parse_args(argv)
+    overrides = {name: getattr(args, name) for name in knobs if getattr(args, name) is not None}
+    style = replace(lra_style(args.resolution, args.difficulty), **overrides)
+    root = generate_dataset(args.out, args.difficulty, args.count, args.seed, style, args.per_folder, args.workers)
+    print(f"wrote {args.count} images to {root} ({', '.join(f'{k}={v}' for k, v in asdict(style).items())})")

@@ -27,7 +27,7 @@ def _text(rng: np.random.Generator, n_bytes: int) -> str:
 
 def write_listops(folder: Path, count: int, seed: int = 0) -> Path:
     """basic_{train,val,test}.tsv from the LRA generator at LRA's lengths (500-2000)."""
-    from datamodules.listops import generate_dataset
+    from datamodules.listops_generator import generate_dataset
 
     generate_dataset(folder, {"train": count, "val": count, "test": count}, 500, 2000, 10, 10, seed)
     return folder

@@ -12,7 +12,8 @@ import torch
 
 from datamodules import DataFolderError, ListOpsDataModule
 from datamodules.base import SPLITS
-from datamodules.listops import VOCAB, evaluate, generate_examples, main, to_source
+from datamodules.listops import VOCAB
+from datamodules.listops_generator import evaluate, generate_examples, main, to_source
 
 # Rows as in the LRA release files (LRA's parentheses included); values worked by hand.
 ROWS = [

@@ -20,8 +20,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from datamodules import DataFolderError, MalformedDataError, PathfinderDataModule, sources
-from datamodules.pathfinder import main, read_metadata
-from datamodules.pathfinder_generator import PathStyle, draw_image, generate_dataset, lra_style
+from datamodules.pathfinder import read_metadata
+from datamodules.pathfinder_generator import PathStyle, draw_image, generate_dataset, lra_style, main
 
 HARD = "curv_contour_length_14"
 FOLDERS = {0: 8, 2: 7, 10: 5}  # imgs/<n> -> images; 10 sorts after 2 (metadata files in number order)

@@ -11,7 +11,7 @@ import torch
 from submitit.core.utils import JobPaths
 
 from esssm.checkpoints import read_checkpoint
-from esssm.lab import launch, reproduce
+from esssm.lab import launch, reproduce, reproduce_cli
 from esssm.lab.reproduce import Run
 
 # Two seeds of a tiny ES-SSM on 32 generated ListOps examples: one step per epoch, two epochs.
@@ -36,13 +36,13 @@ def weights(out, seed):
 @pytest.mark.slow  # five tiny fits (one killed, then resumed): 72 s on 2 cores, 5 min when they are shared
 def test_local_launcher_matches_in_process_and_a_killed_job_resumes(tmp_path, capsys):
     reference, launched = tmp_path / "inprocess", tmp_path / "local"
-    assert reproduce.main(["--out", str(reference), "--jobs", "2", *GRID, *FIT]) == 0
+    assert reproduce_cli.main(["--out", str(reference), "--jobs", "2", *GRID, *FIT]) == 0
     capsys.readouterr()
 
     # seed0's fit is SIGKILLed as it starts its second epoch; seed1 trains on.
     kill = ["--trainer.callbacks+=tests.launch_faults.KillOnce", "--trainer.callbacks.version=seed0",
             f"--trainer.callbacks.marker={tmp_path / 'killed'}"]
-    assert reproduce.main(["--out", str(launched), "--launcher", "local", *GRID, *FIT, *kill]) == 1
+    assert reproduce_cli.main(["--out", str(launched), "--launcher", "local", *GRID, *FIT, *kill]) == 1
     out = capsys.readouterr().out
     jobs = launch.read_jobs(launched / "launch")
     assert set(jobs) == {"listops/esssm/seed0", "listops/esssm/seed1"}
@@ -54,12 +54,12 @@ def test_local_launcher_matches_in_process_and_a_killed_job_resumes(tmp_path, ca
     assert [r["n"] for r in rows] == ["1"]  # the tables hold seed1 only
     assert (launched / "runs" / "listops" / "esssm" / "seed0" / "checkpoints" / "last.ckpt").exists()
 
-    assert reproduce.main(["--out", str(launched), "--launcher", "local", "--status", *GRID]) == 0
+    assert reproduce_cli.main(["--out", str(launched), "--launcher", "local", "--status", *GRID]) == 0
     status = capsys.readouterr().out
     assert "listops/esssm/seed1: done" in status
     assert f"listops/esssm/seed0: failed, job {seed0_job} (local); fit log {seed0_log}" in status
 
-    assert reproduce.main(["--out", str(launched), "--launcher", "local", *GRID, *FIT, *kill]) == 0  # rerun
+    assert reproduce_cli.main(["--out", str(launched), "--launcher", "local", *GRID, *FIT, *kill]) == 0  # rerun
     out = capsys.readouterr().out
     assert "[listops/esssm/seed1] finished earlier" in out
     job = launch.read_jobs(launched / "launch")["listops/esssm/seed0"]
@@ -71,14 +71,14 @@ def test_local_launcher_matches_in_process_and_a_killed_job_resumes(tmp_path, ca
         assert got.keys() == expected.keys()
         assert all(torch.allclose(got[k], expected[k], atol=1e-6) for k in expected)
 
-    assert reproduce.main(["--out", str(launched), "--collect", *GRID]) == 0
+    assert reproduce_cli.main(["--out", str(launched), "--collect", *GRID]) == 0
     assert "MISSING" not in capsys.readouterr().out
 
 
 def test_a_failing_job_is_reported_with_its_log_and_fails_the_command(tmp_path, capsys):
     argv = ["--out", str(tmp_path), "--launcher", "local", *GRID[:-4], "--seeds", "0",
             "--", "--trainer.no_such_option=1"]
-    assert reproduce.main(argv) == 1
+    assert reproduce_cli.main(argv) == 1
     out = capsys.readouterr().out
     job = launch.read_jobs(tmp_path / "launch")["listops/esssm/seed0"]["job_id"]
     log = tmp_path / "runs" / "listops" / "esssm" / "seed0" / "fit.log"
@@ -86,7 +86,7 @@ def test_a_failing_job_is_reported_with_its_log_and_fails_the_command(tmp_path, 
     assert f"FAILED jobs:\n  listops/esssm/seed0 (job {job} (local); fit log {log}; job log " in out
     assert "FAILED runs (rerun to resume): listops/esssm/seed0" in out and "tables NOT written" in out
 
-    assert reproduce.main(["--out", str(tmp_path), "--collect", *GRID[:-4], "--seeds", "0"]) == 1
+    assert reproduce_cli.main(["--out", str(tmp_path), "--collect", *GRID[:-4], "--seeds", "0"]) == 1
     assert "MISSING runs (not finished): listops/esssm/seed0" in capsys.readouterr().out
 
 
@@ -94,7 +94,7 @@ def test_slurm_without_sbatch_says_so_and_stops(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     message = r"--launcher slurm: there is no `sbatch` or `srun` on this machine's PATH, so no SLURM cluster"
     with pytest.raises(SystemExit, match=message):
-        reproduce.main(["--out", str(tmp_path), "--launcher", "slurm"])
+        reproduce_cli.main(["--out", str(tmp_path), "--launcher", "slurm"])
     assert not tmp_path.exists() or not list(tmp_path.iterdir())  # nothing generated or submitted
 
 
@@ -110,13 +110,13 @@ def test_slurm_without_sbatch_says_so_and_stops(tmp_path, monkeypatch):
 def test_launcher_options_that_would_be_ignored_are_refused(tmp_path, monkeypatch, args, message):
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
     with pytest.raises(SystemExit, match=message):
-        reproduce.main(["--out", str(tmp_path), *args])
+        reproduce_cli.main(["--out", str(tmp_path), *args])
 
 
 def test_slurm_job_script_carries_the_resources_and_the_requeue(tmp_path, monkeypatch):
     """The sbatch script submitit would submit, with sbatch and srun pretended present."""
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
-    args = reproduce.parse_args(["--launcher", "slurm", "--gpus-per-run", "4", "--cpus-per-run", "32", "--mem", "200",
+    args = reproduce_cli.parse_args(["--launcher", "slurm", "--gpus-per-run", "4", "--cpus-per-run", "32", "--mem", "200",
                                  "--time", "720", "--slurm-partition", "gpu", "--slurm-account", "lab",
                                  "--slurm-qos", "high", "--max-running", "8"])
     executor = launch.make_executor("slurm", tmp_path, args, devices=4)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from esssm.lab import reproduce
+from esssm.lab import reproduce, reproduce_cli
 
 BUDGETS = [1, 4, 16]  # a few budgets of k_max=16 keep the test short; the default is all 16
 TINY = ["--quick", "--data-size", "48", "--budgets", "1,4,16", "--",
@@ -18,7 +18,7 @@ TINY = ["--quick", "--data-size", "48", "--budgets", "1,4,16", "--",
 @pytest.mark.e2e
 def test_quick_pipeline_end_to_end_and_rerun_skips(tmp_path, capsys):
     argv = ["--out", str(tmp_path), "--jobs", "2", "--seeds", "0,1", "--progress-every", "0.5", *TINY]
-    assert reproduce.main(argv) == 0  # six runs, two side by side
+    assert reproduce_cli.main(argv) == 0  # six runs, two side by side
     out = capsys.readouterr().out
     results = tmp_path / "results"
     tables = (results / "tables.md").read_text()
@@ -58,7 +58,7 @@ def test_quick_pipeline_end_to_end_and_rerun_skips(tmp_path, capsys):
     assert log.startswith("$ ") and "-m esssm fit --config" in log.splitlines()[0]
     assert "GPU available" not in log + out and "Tip:" not in log + out
 
-    assert reproduce.main(["--out", str(tmp_path), "--jobs", "1", "--seeds", "0,1", *TINY]) == 0  # rerun
+    assert reproduce_cli.main(["--out", str(tmp_path), "--jobs", "1", "--seeds", "0,1", *TINY]) == 0  # rerun
     assert capsys.readouterr().out.count("finished earlier") == 6
 
 
@@ -79,7 +79,7 @@ def test_missing_data_is_reported_and_skipped(tmp_path, capsys, monkeypatch):
     """With every task skipped there is nothing to tabulate: the job fails and keeps the old tables."""
     monkeypatch.setenv("ESSSM_DATA", str(tmp_path / "nowhere"))
     tables = earlier_tables(tmp_path)
-    assert reproduce.main(["--full", "--tasks", "text", "--models", "esssm", "--out", str(tmp_path)]) == 1
+    assert reproduce_cli.main(["--full", "--tasks", "text", "--models", "esssm", "--out", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "[text] SKIPPED, data missing" in out and "aclImdb" in out
     assert f"tables NOT written: no table has a row (runs evaluated: none); {tables}" in out
@@ -99,13 +99,13 @@ def test_missing_data_is_reported_and_skipped(tmp_path, capsys, monkeypatch):
 def test_bad_selections_stop_before_anything_trains_or_is_written(tmp_path, args, message):
     tables = earlier_tables(tmp_path)
     with pytest.raises(SystemExit, match=message):
-        reproduce.main(["--out", str(tmp_path), "--data-size", "48", *args])
+        reproduce_cli.main(["--out", str(tmp_path), "--data-size", "48", *args])
     assert [p.name for p in tmp_path.iterdir()] == ["results"] and tables.read_text() == "earlier tables\n"
 
 
 def test_a_budget_that_is_not_an_integer_is_an_argument_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        reproduce.main(["--out", str(tmp_path), "--budgets", "2.5"])
+        reproduce_cli.main(["--out", str(tmp_path), "--budgets", "2.5"])
     assert stop.value.code == 2
     assert "argument --budgets: expected 'all', 'paper' or distinct budgets >= 1" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
@@ -125,7 +125,7 @@ def test_paper_budgets_reach_the_tables(tmp_path, monkeypatch):
 
     monkeypatch.setattr(reproduce, "train_all", lambda plans, *args: {run for run, _ in plans})
     monkeypatch.setattr(reproduce, "load_or_evaluate", evaluated)
-    assert reproduce.main(["--out", str(tmp_path), "--data-size", "48", "--budgets", "paper"]) == 0
+    assert reproduce_cli.main(["--out", str(tmp_path), "--data-size", "48", "--budgets", "paper"]) == 0
     rows_b = list(csv.DictReader(open(tmp_path / "results" / "table_b.csv")))
     assert [int(r["budget"]) for r in rows_b] == [1, 2, 3, 4, 6, 8, 12, 16]
 
@@ -133,7 +133,7 @@ def test_paper_budgets_reach_the_tables(tmp_path, monkeypatch):
 def test_failed_side_by_side_runs_show_their_log_and_fail(tmp_path, capsys):
     tables = earlier_tables(tmp_path)
     argv = ["--out", str(tmp_path), "--models", "esssm,fixed", "--jobs", "2", *TINY, "--trainer.no_such_option=1"]
-    assert reproduce.main(argv) == 1
+    assert reproduce_cli.main(argv) == 1
     out = capsys.readouterr().out
     assert out.count("training FAILED") == 2 and "no_such_option" in out  # the log's tail is printed
     assert "FAILED runs (rerun to resume): listops/esssm/seed0, listops/fixed/seed0" in out

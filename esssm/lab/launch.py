@@ -36,51 +36,16 @@ from esssm.files import atomic_write_text
 from esssm.lab import reproduce
 from esssm.lab.progress import ProgressBoard, describe, read_record
 from esssm.lab.reproduce import Run
+from esssm.lab.reproduce_cli import DEFAULT_MINUTES
 from esssm.train.cli import LOCK_FILE, _alive
 
-LAUNCHERS = ("inprocess", "local", "slurm")
 SLURM_OPTIONS = ("slurm_partition", "slurm_account", "slurm_qos", "gpus_per_run", "cpus_per_run", "mem", "max_running")
-DEFAULT_MINUTES = 24 * 60  # --time
 POLL_S = 1.0
 ATTEMPT_FILE = "slurm_attempt.json"  # in a run folder: the SLURM job (and host) that last trained it
 # sacct states of a job that may still train; every other state without finished.json is a failure.
 SLURM_RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "RESIZING", "SUSPENDED", "STAGE_OUT"}
 SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "READY", "UNKNOWN"}
 Plan = tuple[Run, dict[str, Any]]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("launcher", "where each run's `esssm fit` runs (submitit; see README)")
-    group.add_argument("--launcher", choices=LAUNCHERS, default="inprocess",
-                       help="inprocess (default): fit processes started here; local: submitit jobs on this "
-                            "machine; slurm: one SLURM job per run, submitted as a job array")
-    group.add_argument("--status", action="store_true",
-                       help="print each run's state (done, pending, running, failed with its logs) and exit")
-    group.add_argument("--collect", action="store_true",
-                       help="train nothing: evaluate the finished runs, write the tables, name the missing runs")
-    group.add_argument("--time", type=positive,
-                       help=f"minutes per job (local and slurm; default {DEFAULT_MINUTES}); at SLURM's limit a run "
-                            "saves and is requeued")
-    group.add_argument("--slurm-partition", help="slurm: partition (sbatch --partition)")
-    group.add_argument("--slurm-account", help="slurm: account to charge (sbatch --account)")
-    group.add_argument("--slurm-qos", help="slurm: quality of service (sbatch --qos)")
-    group.add_argument("--gpus-per-run", type=positive,
-                       help="slurm: GPUs per run on one node, one task each; they are the run's "
-                            "--trainer.devices (default: --devices)")
-    group.add_argument("--cpus-per-run", type=positive, help="slurm: CPU cores per run, split over its tasks")
-    group.add_argument("--mem", type=positive, help="slurm: GB of memory per run (sbatch --mem)")
-    group.add_argument("--max-running", type=positive,
-                       help="slurm: runs of the array running at once (the array's %%N; default 256)")
-
-
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def check_arguments(args: argparse.Namespace) -> int:

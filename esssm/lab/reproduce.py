@@ -4,7 +4,8 @@ write the paper's tables (mean ± std over seeds, markdown + CSV) and budget-cur
 Each run trains through the same `esssm fit --config conf/...` a user would type, in its own
 process, with its output in fit.log and one live progress line here. A run whose
 `finished.json` exists is not retrained; an interrupted one resumes from its last checkpoint.
-Tasks whose data folder is missing are reported and skipped.
+Tasks whose data folder is missing are reported and skipped. The command line is parsed before
+this module (and torch) is imported: esssm/lab/reproduce_cli.py.
 """
 
 from __future__ import annotations
@@ -28,21 +29,15 @@ import yaml
 
 from esssm.budget import sweep_budgets
 from esssm.files import atomic_write_text
-from esssm.lab.commands import budget_list
 from esssm.lab.progress import ProgressBoard, duration, evaluation_guess, read_record, remaining_evaluation
-from esssm.lab.quiet import quiet_banners
+from esssm.lab.reproduce_cli import QUICK_LISTOPS, REPO, TASKS
 from esssm.lab.tables import ABLATION_ONLY, NoResultsError, write_curves, write_tables
 
-REPO = Path(__file__).resolve().parents[2]
-TASKS = ("listops", "text", "retrieval", "scifar", "pathfinder", "speech")
 BASELINES = ("transformer", "mamba", "mamba2", "s4d", "arstu")
 PROFILES = {
     "quick": {"conf": "conf/quick", "tasks": ("listops",), "models": ("esssm", "fixed", "transformer")},
     "full": {"conf": "conf", "tasks": (*TASKS, "lm"), "models": ("esssm", "fixed", *BASELINES, *ABLATION_ONLY)},
 }
-# The quick profile's ListOps: the LRA generator at short lengths (no download).
-# conf/make_configs.py reads its length and folder (under the output folder) for the quick configs.
-QUICK_LISTOPS = {"train": 4000, "val": 500, "test": 500, "min_len": 20, "max_len": 256, "folder": "data/listops-quick"}
 
 
 @dataclass(frozen=True)
@@ -87,7 +82,7 @@ class Run:
 
 def generate_quick_listops(folder: Path, train_size: int) -> None:
     """Generated ListOps for the quick profile; kept when already there."""
-    from datamodules.listops import generate_dataset
+    from datamodules.listops_generator import generate_dataset
 
     if all((folder / f"basic_{s}.tsv").exists() for s in ("train", "val", "test")):
         return
@@ -314,48 +309,6 @@ def evaluate_all(plans: list[tuple[Run, dict[str, Any]]], trained: set[Run], bud
 # ----------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    from esssm.lab import launch  # imports this module
-
-    parser = argparse.ArgumentParser(prog="./reproduce.sh", description=__doc__.split("\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="profile", action="store_const", const="quick",
-                      help="generated ListOps, small models, minutes on a CPU (default); "
-                           "--tasks listops,lm adds a byte-level LM on the Python stdlib")
-    mode.add_argument("--full", dest="profile", action="store_const", const="full",
-                      help="the paper's five tasks at ~20M parameters (GPUs and the data sets)")
-    parser.add_argument("--tasks", help="comma-separated task folders of the profile's configs (quick: listops, lm; "
-                        f"full: {','.join(TASKS)},lm)")
-    parser.add_argument("--models", help="comma-separated config names under conf/<task>/ (e.g. esssm,fixed)")
-    parser.add_argument("--devices", type=int, default=1, help="devices per run (DDP when > 1)")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="runs trained at once (default: 1 with a GPU; on a CPU all pending runs, "
-                             "up to 2 per core, splitting the cores between them)")
-    parser.add_argument("--out", type=Path, default=REPO, help="folder for runs/, results/ and data/")
-    parser.add_argument("--data-size", type=int, default=QUICK_LISTOPS["train"],
-                        help="training examples of the quick profile's generated ListOps")
-    parser.add_argument("--budgets", type=budget_list, default=None,
-                        help="test budgets: 'all' (quick's default), 'paper' (full's default: the paper's grid "
-                             "plus 1 and k_max) or a comma list such as 1,2,4,8 (k_max is always added)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="instead of training: every config of the profile at its real length and width "
-                             "for 2 steps on generated data, then results/smoke.md (see esssm/lab/smoke.py)")
-    parser.add_argument("--smoke-batch", type=int, default=2,
-                        help="batch of --smoke on a CPU (GPU: each config's own); step times are scaled")
-    parser.add_argument("--smoke-budgets", choices=("all", "paper"), default="all",
-                        help="budgets --smoke checks on the validation batch: every k, or the paper's grid")
-    parser.add_argument("--seeds", default="0",
-                        help="comma-separated seeds: each (task, model) trains once per seed (model init, data "
-                             "order, budget sequence); tables give mean ± std over them")
-    parser.add_argument("--progress-every", type=float, default=30.0,
-                        help="seconds between progress lines when stdout is not a terminal (CI, nohup)")
-    parser.add_argument("extra", nargs=argparse.REMAINDER,
-                        help="after --: extra `esssm fit` arguments for every run, e.g. -- --trainer.max_epochs=1")
-    launch.add_arguments(parser)
-    parser.set_defaults(profile="quick")
-    return parser.parse_args(argv)
-
-
 def select(text: str | None, default: tuple[str, ...]) -> list[str]:
     return list(default) if text is None else [s.strip() for s in text.split(",") if s.strip()]
 
@@ -426,11 +379,10 @@ def report(results: dict[tuple[str, str], list[dict]], out: Path, profile: str) 
     print(f"tensorboard --logdir {out / 'runs'}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(args: argparse.Namespace, command: str) -> int:
+    """The job of a parsed command line (esssm/lab/reproduce_cli.py); command: that line, for --smoke's report."""
     from esssm.lab import launch  # imports this module
 
-    quiet_banners()
-    args = parse_args(sys.argv[1:] if argv is None else argv)
     profile = PROFILES[args.profile]
     out = args.out.resolve()
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
@@ -438,7 +390,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         from esssm.lab import smoke
 
-        command = "./reproduce.sh " + " ".join(argv or sys.argv[1:])
         return smoke.run(smoke.plans_for(REPO / profile["conf"], tasks, models), out, args.smoke_batch, command,
                          args.smoke_budgets)
     seeds = parse_seeds(args.seeds)
@@ -482,7 +433,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tables NOT written: {error}")
         return 1
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
