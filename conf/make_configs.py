@@ -23,6 +23,19 @@ import yaml
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+
+def arguments() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Write (or --check) every YAML config from this file's tables.")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; print each file that differs from the generator and exit 1 if any does")
+    parser.add_argument("--conf-dir", type=Path, default=ROOT,
+                        help="the folder that holds the task folders (default: this file's folder)")
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help and bad options answer before the imports below load torch
+
 from baselines.sizing import match_width  # noqa: E402
 from esssm.budget import PAPER_EVAL_BUDGETS, BudgetSampler  # noqa: E402
 from esssm.files import atomic_write_text  # noqa: E402
@@ -292,11 +305,7 @@ def check(conf_dir: Path, files: dict[str, str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write (or --check) every YAML config from this file's tables.")
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; print each file that differs from the generator and exit 1 if any does")
-    parser.add_argument("--conf-dir", type=Path, default=ROOT,
-                        help="the folder that holds the task folders (default: this file's folder)")
+    parser = arguments()
     args = parser.parse_args(argv)
     if args.check and not args.conf_dir.is_dir():
         parser.error(f"--conf-dir {args.conf_dir} is not a folder: give the folder that holds the task folders")

@@ -174,6 +174,8 @@ HELP_COMMANDS = {
     "./reproduce.sh": run_module("esssm.lab.reproduce_cli", "--help"),
     **{f"python -m datamodules.{task} generate": run_module(f"datamodules.{task}", "generate", "--help")
        for task in ("listops", "pathfinder")},
+    "python conf/make_configs.py": f"import runpy; sys.argv = ['make_configs.py', '--help']; "
+                                   f"runpy.run_path({str(REPO / 'conf' / 'make_configs.py')!r}, run_name='__main__')",
 }
 HELP_IMPORTS = {"python -m datamodules.pathfinder generate": ["numpy"]}  # its generator's module draws with numpy
 
