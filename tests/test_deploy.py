@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     L.seed_everything(0)
     backbone = ESSSM(d_model=32, n_layers=2, seq_len=24, k_max=8, dropout=0.0, drop_path=0.0)
-    task = SequenceModule(
+    module = SequenceModule(
         backbone, num_classes=3, vocab_size=8, lr=3e-3, ema_decay=0.9, budget={"warmup_epochs": 0}
     )
     trainer = L.Trainer(
@@ -42,10 +42,10 @@ def trained(tmp_path_factory):
         enable_progress_bar=False, enable_model_summary=False,
         callbacks=[BudgetSweep(BUDGETS), ModelCheckpoint(dirpath=root / "ckpts", save_last=True)],
     )
-    trainer.fit(task, ToyDataModule())
+    trainer.fit(module, ToyDataModule())
     ckpt = root / "ckpts" / "last.ckpt"
-    task = load_module(ckpt).eval()
-    return {"ckpt": ckpt, "task": task, "config": infer.model_config(task.hparams), "root": root}
+    module = load_module(ckpt).eval()
+    return {"ckpt": ckpt, "module": module, "config": infer.model_config(module.hparams), "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +57,9 @@ def batch():
 
 
 def test_export_equals_full_model_at_budget_and_is_smaller(trained, batch, tmp_path):
-    task, config = trained["task"], trained["config"]
-    full = task.eval_model
-    assert full is task.ema.module  # export uses the EMA weights the curve was measured with
+    module, config = trained["module"], trained["config"]
+    full = module.eval_model
+    assert full is module.ema.module  # export uses the EMA weights the curve was measured with
     sizes = []
     for k in (1, 3, 8):
         small, small_config = infer.truncate(full, config, k)
@@ -68,7 +68,7 @@ def test_export_equals_full_model_at_budget_and_is_smaller(trained, batch, tmp_p
         loaded = infer.load_exported(path)
         assert loaded.k_max == k and loaded.export_config["exported"] == {"budget": k, "from_k_max": 8}
         with torch.no_grad():
-            expected = task.evaluate(batch, k)
+            expected = module.evaluate(batch, k)
             assert torch.allclose(infer.batch_logits(loaded, batch), expected, atol=1e-6, rtol=0)
         assert count_parameters(loaded) == active_parameters(full, k)
         layer = loaded.backbone.blocks[0].mixer
@@ -79,7 +79,7 @@ def test_export_equals_full_model_at_budget_and_is_smaller(trained, batch, tmp_p
 
 def test_loading_an_export_computes_no_filters_and_needs_no_lightning(trained, tmp_path, monkeypatch):
     path = tmp_path / "k2.pt"
-    infer.save_exported(*infer.truncate(trained["task"].eval_model, trained["config"], 2), path)
+    infer.save_exported(*infer.truncate(trained["module"].eval_model, trained["config"], 2), path)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("an exported model must not recompute its filters")
@@ -124,12 +124,12 @@ def test_load_exported_rejects_a_training_checkpoint(trained):
 
 
 def test_torchscript_agrees(trained, batch, tmp_path):
-    small, _ = infer.truncate(trained["task"].eval_model, trained["config"], 4)
+    small, _ = infer.truncate(trained["module"].eval_model, trained["config"], 4)
     path = tmp_path / "k4.torchscript.pt"
     assert infer.export_torchscript(small, batch, path) == path.stat().st_size
     with torch.no_grad():
         traced = infer.load_torchscript(path)(batch["x"], batch["mask"])
-        assert torch.allclose(traced, trained["task"].evaluate(batch, 4), atol=1e-5, rtol=0)
+        assert torch.allclose(traced, trained["module"].evaluate(batch, 4), atol=1e-5, rtol=0)
 
 
 def test_non_elastic_model_is_refused():
@@ -152,7 +152,7 @@ def test_plan_picks_the_most_accurate_budget_meeting_the_target(target, expected
 
 
 def test_measure_latencies_interleaves_rounds_and_takes_medians(trained):
-    model, config = trained["task"].eval_model, trained["config"]
+    model, config = trained["module"].eval_model, trained["config"]
     seen, fake = [], iter([99, 99, 5, 50, 1, 10, 3, 30])  # warm-up round, then 3 rounds of (k=1, k=4)
 
     def fake_timer(fn, device):
@@ -165,11 +165,11 @@ def test_measure_latencies_interleaves_rounds_and_takes_medians(trained):
 
 
 def test_curve_beside_the_checkpoint(trained):
-    path = infer.curve_for(trained["ckpt"], trained["task"].source)
+    path = infer.curve_for(trained["ckpt"], trained["module"].source)
     assert path.name == "budget_curve_val.csv"
     curve = infer.read_curve(path)
     assert [p.budget for p in curve] == BUDGETS
-    assert [p.active_params for p in curve] == [active_parameters(trained["task"].eval_model, k) for k in BUDGETS]
+    assert [p.active_params for p in curve] == [active_parameters(trained["module"].eval_model, k) for k in BUDGETS]
 
 
 CURVE_HEADER = "checkpoint,sha256,epoch,step,budget,acc,loss,count,active_params\n"
@@ -225,7 +225,7 @@ def test_plan_names_a_curve_it_cannot_read(trained, tmp_path):
 
 
 def test_cascade_extremes_and_compute_accounting(trained, batch):
-    model, budgets = trained["task"].eval_model, [2, 4, 8]
+    model, budgets = trained["module"].eval_model, [2, 4, 8]
     params = {k: active_parameters(model, k) for k in budgets}
     with torch.no_grad():
         low = infer.cascade_predict(model, batch, budgets, 0.0)
@@ -249,7 +249,7 @@ def test_cascade_extremes_and_compute_accounting(trained, batch):
 def test_cascade_sweep_rows_next_to_the_fixed_budget_curve(trained):
     data = ToyDataModule(val_size=30, eval_batch_size=8)
     data.setup()
-    model = trained["task"].eval_model
+    model = trained["module"].eval_model
     rows = infer.cascade_sweep(model, data.val_dataloader, [2, 8], [0.0, 2.0])
     assert [r["policy"] for r in rows] == ["k=2", "k=8", "cascade 2,8 @ 0", "cascade 2,8 @ 2"]
     fixed2, fixed8, low, high = rows
@@ -264,7 +264,7 @@ def test_commands_export_plan_cascade(trained, tmp_path, capsys):
     ckpt, out = str(trained["ckpt"]), tmp_path / "model_k4.pt"
     assert main(["export", "--ckpt", ckpt, "--budget", "4", "--out", str(out), "--torchscript"]) == 0
     text = capsys.readouterr().out
-    small = active_parameters(trained["task"].eval_model, 4)
+    small = active_parameters(trained["module"].eval_model, 4)
     assert f"-> {small:,d}" in text and "max |logits" in text and "torchscript" in text
     assert out.is_file() and out.with_suffix(".torchscript.pt").is_file()
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
@@ -274,7 +274,7 @@ def test_commands_export_plan_cascade(trained, tmp_path, capsys):
     fast = ["plan", "--ckpt", ckpt, "--repeats", "1", "--warmup", "0"]
     assert main([*fast, "--latency-ms", "1e9"]) == 0
     text = capsys.readouterr().out
-    best = max(p.acc for p in infer.read_curve(infer.curve_for(ckpt, trained["task"].source)))
+    best = max(p.acc for p in infer.read_curve(infer.curve_for(ckpt, trained["module"].source)))
     assert "best budget: k=" in text and f"({100 * best:.2f}%" in text
     assert main([*fast, "--latency-ms", "1e-9"]) == 1
     assert "no budget meets" in capsys.readouterr().out
@@ -298,12 +298,12 @@ def test_commands_export_plan_cascade(trained, tmp_path, capsys):
 def test_language_model_exports_with_tied_head(tmp_path):
     torch.manual_seed(0)
     backbone = ESSSM(d_model=16, n_layers=1, seq_len=32, k_max=6, dropout=0.0)
-    task = SequenceModule(backbone, num_classes=257, vocab_size=257, objective="lm", ema_decay=None).eval()
-    config = infer.model_config(task.hparams)
+    module = SequenceModule(backbone, num_classes=257, vocab_size=257, objective="lm", ema_decay=None).eval()
+    config = infer.model_config(module.hparams)
     x = torch.randint(1, 257, (2, 32))
-    small, small_config = infer.truncate(task.eval_model, config, 2)
+    small, small_config = infer.truncate(module.eval_model, config, 2)
     infer.save_exported(small, small_config, tmp_path / "lm.pt")
     loaded = infer.load_exported(tmp_path / "lm.pt")
     assert loaded.head.weight is loaded.encoder.proj.weight
     with torch.no_grad():
-        assert torch.allclose(loaded(x), task.evaluate({"x": x}, 2), atol=1e-6, rtol=0)
+        assert torch.allclose(loaded(x), module.evaluate({"x": x}, 2), atol=1e-6, rtol=0)

@@ -20,19 +20,19 @@ pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SEQ_LEN, K_MAX = 12, 3
-TASKS = {  # task: (num_classes, vocab_size, input_dim)
+OBJECTIVES = {  # objective: (num_classes, vocab_size, input_dim)
     "classification": (3, 8, None),
     "retrieval": (2, None, 3),
     "lm": (257, 257, None),
 }
 
 
-def tiny_model(task: str) -> tuple[torch.nn.Module, dict]:
+def tiny_model(objective: str) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(0)
-    num_classes, vocab_size, input_dim = TASKS[task]
+    num_classes, vocab_size, input_dim = OBJECTIVES[objective]
     backbone = ESSSM(d_model=16, n_layers=1, seq_len=SEQ_LEN, k_max=K_MAX, dropout=0.0, drop_path=0.0)
     config = {"backbone": module_spec(backbone), "num_classes": num_classes, "vocab_size": vocab_size,
-              "input_dim": input_dim, "objective": task}
+              "input_dim": input_dim, "objective": objective}
     return infer.build_model(config).eval(), config
 
 
@@ -46,16 +46,16 @@ def relative_error(got: np.ndarray, expected: torch.Tensor) -> float:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("task", TASKS)
-def test_onnx_equals_pytorch_at_every_budget_batch_size_and_length(task, tmp_path):
-    model, config = tiny_model(task)
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_onnx_equals_pytorch_at_every_budget_batch_size_and_length(objective, tmp_path):
+    model, config = tiny_model(objective)
     for budget in (1, 2, K_MAX):
         onnx_model = exported(model, config, budget, tmp_path / f"k{budget}.onnx")
         assert onnx_model.names == deploy_onnx.input_names(config)
         for batch_size in (1, 3):
             for length in (SEQ_LEN, 5):
                 batch = infer.synthetic_batch(config, batch_size, length)
-                if task == "retrieval":  # documents of different lengths in one batch
+                if objective == "retrieval":  # documents of different lengths in one batch
                     batch.update({k: v for k, v in infer.synthetic_batch(config, batch_size, 7).items() if "2" in k})
                 with torch.no_grad():
                     expected = infer.batch_logits(model, batch, budget)
@@ -107,7 +107,7 @@ def test_cli_exports_onnx_with_a_sidecar_and_refuses_a_failing_check(trained, tm
     assert out.is_file() and sidecar_path(out).is_file()
     batch = infer.synthetic_batch(trained["config"], 2, 24)
     with torch.no_grad():
-        expected = trained["task"].evaluate(batch, 4)
+        expected = trained["module"].evaluate(batch, 4)
     assert relative_error(infer.load_onnx(out, threads=1)(batch), expected) < 1e-5
 
     before = out.read_bytes()
@@ -129,7 +129,7 @@ def test_cli_exports_onnx_with_a_sidecar_and_refuses_a_failing_check(trained, tm
 
 def test_plan_times_budgets_in_onnxruntime(trained, tmp_path, capsys):
     ckpt = str(trained["ckpt"])
-    with open(infer.curve_for(ckpt, trained["task"].source), newline="") as f:
+    with open(infer.curve_for(ckpt, trained["module"].source), newline="") as f:
         rows = list(csv.DictReader(f))[:2]  # budgets 1 and 2: two exports keep the test short
     curve = tmp_path / "curve.csv"
     with open(curve, "w", newline="") as f:
@@ -146,7 +146,7 @@ def test_plan_times_budgets_in_onnxruntime(trained, tmp_path, capsys):
 
 
 def test_onnxruntime_runtime_refuses_a_gpu_and_unknown_runtimes(trained):
-    model, config = trained["task"].eval_model, trained["config"]
+    model, config = trained["module"].eval_model, trained["config"]
     example = infer.synthetic_batch(config, 1, 24)
     with pytest.raises(ValueError, match="runs on the CPU"):
         infer.budget_forwards("onnxruntime", model, config, example, [1], "cuda")
@@ -176,9 +176,9 @@ def test_non_finite_weights_are_never_exported(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("task", TASKS)
-def test_elastic_file_serves_every_budget_as_pytorch_does(task, tmp_path):
-    model, config = tiny_model(task)
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_elastic_file_serves_every_budget_as_pytorch_does(objective, tmp_path):
+    model, config = tiny_model(objective)
     path = tmp_path / "elastic.onnx"
     infer.export_onnx(model, config, path, elastic=True)
     onnx_model = infer.load_onnx(path, threads=1)

@@ -20,13 +20,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 D, L, K = 16, 32, 4
 
 
-def tiny_model(task: str) -> tuple[torch.nn.Module, dict]:
-    """A one-layer ES-SSM model of `task` (d=16, seq_len=32, k_max=4) and its config."""
+def tiny_model(objective: str) -> tuple[torch.nn.Module, dict]:
+    """A one-layer ES-SSM model of `objective` (d=16, seq_len=32, k_max=4) and its config."""
     backbone = {
         "class_path": "esssm.model.ESSSM",
         "init_args": {"d_model": D, "n_layers": 1, "seq_len": L, "k_max": K, "dropout": 0.0, "drop_path": 0.0},
     }
-    config = {"objective": task, "num_classes": 3, "vocab_size": 11, "input_dim": None, "backbone": backbone}
+    config = {"objective": objective, "num_classes": 3, "vocab_size": 11, "input_dim": None, "backbone": backbone}
     torch.manual_seed(0)
     model = infer.build_model(config).eval()
     with torch.no_grad():
@@ -59,10 +59,10 @@ def assert_package_equals(runner: pt2.Pt2Runner, full: torch.nn.Module, config: 
             assert relative_error(runner(*inputs), full(*inputs, budget=budget)) < 1e-5
 
 
-def export_budget(task: str, budget: int, path, check=None, batch: int = 3) -> tuple[torch.nn.Module, dict]:
-    """Export the tiny model of `task` truncated to `budget` to `path` from an example of
+def export_budget(objective: str, budget: int, path, check=None, batch: int = 3) -> tuple[torch.nn.Module, dict]:
+    """Export the tiny model of `objective` truncated to `budget` to `path` from an example of
     `batch` x 32; returns (full model, config)."""
-    full, config = tiny_model(task)
+    full, config = tiny_model(objective)
     small, _ = infer.truncate(full, config, budget)
     pt2.export_pt2(small, infer.synthetic_batch(config, batch, L), path, check)
     return full, config
@@ -140,10 +140,10 @@ def test_export_refuses_a_bad_name_or_example_before_compiling(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("budget", [1, 2, K])
-@pytest.mark.parametrize("task", ["classification", "retrieval", "lm"])
-def test_package_equals_the_model_at_every_budget(task, budget, tmp_path):
-    path = tmp_path / f"{task}_k{budget}.pt2"
-    full, config = export_budget(task, budget, path)
+@pytest.mark.parametrize("objective", ["classification", "retrieval", "lm"])
+def test_package_equals_the_model_at_every_budget(objective, budget, tmp_path):
+    path = tmp_path / f"{objective}_k{budget}.pt2"
+    full, config = export_budget(objective, budget, path)
     assert_package_equals(pt2.load_pt2(path), full, config, budget)
 
 
@@ -176,10 +176,10 @@ def test_cli_exports_a_checked_package_and_plans_with_it(trained, tmp_path, caps
     assert "relative error against the full model at k=4" in capsys.readouterr().out
     batch = infer.synthetic_batch(trained["config"], 2, 20)
     with torch.no_grad():
-        assert relative_error(pt2.load_pt2(out)(*model_inputs(batch)), trained["task"].evaluate(batch, 4)) < 1e-5
+        assert relative_error(pt2.load_pt2(out)(*model_inputs(batch)), trained["module"].evaluate(batch, 4)) < 1e-5
 
     curve = tmp_path / "curve.csv"
-    with open(infer.curve_for(ckpt, trained["task"].source), newline="") as f:
+    with open(infer.curve_for(ckpt, trained["module"].source), newline="") as f:
         curve.write_text("".join(f.readlines()[:2]))  # the header and budget 1
     args = ["plan", "--ckpt", ckpt, "--curve", str(curve), "--runtime", "pt2", "--repeats", "1", "--warmup", "0",
             "--latency-ms", "1e9"]
