@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 CONF = Path(__file__).parents[1] / "conf"
+pytestmark = pytest.mark.e2e  # renders all configs: in CI, not in the everyday unit run
 
 
 def load_make_configs():
