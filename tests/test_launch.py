@@ -33,7 +33,7 @@ def weights(out, seed):
     return read_checkpoint(ckpt)["state_dict"]
 
 
-@pytest.mark.slow  # five tiny fits (one killed, then resumed): 72 s on 2 cores, 5 min when they are shared
+@pytest.mark.e2e  # five tiny fits (one killed, then resumed): 72 s on 2 idle cores, 5 min when they are shared
 def test_local_launcher_matches_in_process_and_a_killed_job_resumes(tmp_path, capsys):
     reference, launched = tmp_path / "inprocess", tmp_path / "local"
     assert reproduce_cli.main(["--out", str(reference), "--jobs", "2", *GRID, *FIT]) == 0
