@@ -162,7 +162,8 @@ def train(run: Run, overrides: dict[str, Any], devices: int, extra: list[str], t
     start = time.time()
     board.start(run.label, run.progress)
     with open(log, "a") as stream:
-        stream.write(f"$ {shlex.join(command)}\n")  # the full command, for the log's reader only
+        # the full command, for the log's reader only; on a line of its own after a killed attempt's last line
+        stream.write(("\n" if stream.tell() else "") + f"$ {shlex.join(command)}\n")
         stream.flush()
         code = subprocess.run(command, cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
     if code == 0 and not (read_record(run.progress) or {}).get("done"):
