@@ -21,4 +21,5 @@ def append_line(path: Path, line: str) -> str:
     """Append `line` to a text file; the regex of the location an error must name: "<path>:<line no>: "."""
     text = path.read_text() + line + "\n"
     path.write_text(text)
-    return re.escape(f"{path}:{text.count(chr(10))}: ")
+    line_number = text.count("\n")
+    return re.escape(f"{path}:{line_number}: ")

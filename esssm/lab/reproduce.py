@@ -225,29 +225,29 @@ def evaluate(run: Run, overrides: dict[str, Any], budgets: list[int] | str | Non
     from esssm.model import count_parameters
 
     ckpt = best_checkpoint(run)
-    task = load_module(ckpt).eval()
+    module = load_module(ckpt).eval()
     datamodule = load_datamodule(run.config, overrides)
     logger = TensorBoardLogger(run.out / "runs", name=f"{run.task}/{run.model}", version=run.version,
                                default_hp_metric=False)
-    rows = run_sweep(task, datamodule, budgets, split="test", output_dir=ckpt.parent, logger=logger,
+    rows = run_sweep(module, datamodule, budgets, split="test", output_dir=ckpt.parent, logger=logger,
                      reference_budgets=reference_budgets, progress=f"[{run.label}] ", stream=sys.stdout,
                      expected_s=evaluation_guess(read_record(run.progress)))
     batch = next(iter(datamodule.test_dataloader()))
-    time_rows(task, batch, rows)
+    time_rows(module, batch, rows)
     return {
         "task": run.task, "model": run.model, "seed": run.seed, "checkpoint": str(ckpt),
-        "params": count_parameters(task.eval_model), "k_max": task.k_max,
+        "params": count_parameters(module.eval_model), "k_max": module.k_max,
         "batch_size": int(batch["y"].shape[0]), "rows": rows,
     }
 
 
-def time_rows(task: Any, batch: dict[str, Any], rows: list[dict[str, Any]], rounds: int = 5) -> None:
+def time_rows(module: Any, batch: dict[str, Any], rows: list[dict[str, Any]], rounds: int = 5) -> None:
     """Adds each row's latency: the median ms of one forward pass of `batch` at its budget, all
     budgets timed in interleaved rounds in a pass of their own after the sweep, and the spread of
     those rounds (`latency_spread`; the tables mark a latency noisy above NOISY_SPREAD)."""
     from esssm.timing import interleaved_ms, spread
 
-    calls = {row["budget"]: functools.partial(task.evaluate, batch, None if row["budget"] == "full" else row["budget"])
+    calls = {row["budget"]: functools.partial(module.evaluate, batch, None if row["budget"] == "full" else row["budget"])
              for row in rows}
     with torch.no_grad():
         times = interleaved_ms(calls, rounds=rounds, warmup=1)

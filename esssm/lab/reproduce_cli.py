@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from esssm.lab.commands import budget_list
+from esssm.lab.commands import budget_list, positive_int
 from esssm.lab.quiet import quiet_banners
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,16 +24,6 @@ DESCRIPTION = ("train every (task, model, seed) run, sweep its budgets on the te
                "tables (mean ± std over seeds, markdown + CSV) and budget-curve PNGs")
 
 
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of esssm/lab/launch.py, which checks them (`check_arguments`) and runs the jobs."""
     group = parser.add_argument_group("launcher", "where each run's `esssm fit` runs (submitit; see README)")
@@ -44,18 +34,18 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
                        help="print each run's state (done, pending, running, failed with its logs) and exit")
     group.add_argument("--collect", action="store_true",
                        help="train nothing: evaluate the finished runs, write the tables, name the missing runs")
-    group.add_argument("--time", type=positive,
+    group.add_argument("--time", type=positive_int,
                        help=f"minutes per job (local and slurm; default {DEFAULT_MINUTES}); at SLURM's limit a run "
                             "saves and is requeued")
     group.add_argument("--slurm-partition", help="slurm: partition (sbatch --partition)")
     group.add_argument("--slurm-account", help="slurm: account to charge (sbatch --account)")
     group.add_argument("--slurm-qos", help="slurm: quality of service (sbatch --qos)")
-    group.add_argument("--gpus-per-run", type=positive,
+    group.add_argument("--gpus-per-run", type=positive_int,
                        help="slurm: GPUs per run on one node, one task each; they are the run's "
                             "--trainer.devices (default: --devices)")
-    group.add_argument("--cpus-per-run", type=positive, help="slurm: CPU cores per run, split over its tasks")
-    group.add_argument("--mem", type=positive, help="slurm: GB of memory per run (sbatch --mem)")
-    group.add_argument("--max-running", type=positive,
+    group.add_argument("--cpus-per-run", type=positive_int, help="slurm: CPU cores per run, split over its tasks")
+    group.add_argument("--mem", type=positive_int, help="slurm: GB of memory per run (sbatch --mem)")
+    group.add_argument("--max-running", type=positive_int,
                        help="slurm: runs of the array running at once (the array's %%N; default 256)")
 
 
